@@ -1,0 +1,459 @@
+"""A real etcd + kube-apiserver (+ kube-scheduler) on loopback, for tests and demos.
+
+There is no kubelet and no kube-controller-manager: nodes are API objects whose status the
+caller sets (see :mod:`localcluster.k8s`), which is all kube-scheduler looks at. Two admission
+plugins depend on controllers that are absent here and are disabled:
+
+- ``ServiceAccount`` would reject every pod until a ``default`` ServiceAccount exists, which the
+  (absent) service-account controller creates.
+- ``TaintNodesByCondition`` taints each new node ``node.kubernetes.io/not-ready:NoSchedule``
+  until the (absent) node lifecycle controller sees a Ready kubelet; :func:`k8s.set_node_ready`
+  manages that taint instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import secrets
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from localcluster import k8s, pki
+from localcluster.process import ManagedProcess, tail
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+DEFAULT_EXTENDER_WEIGHT = 100
+"""kube-scheduler scales an extender's 0..10 score by weight x 10; at 100 the extender's range
+(0..10,000) outweighs the in-tree plugins' sum (about 1,200), so gpusched's ranking decides."""
+
+SERVICE_CIDR = "10.0.0.0/24"
+DISABLED_ADMISSION_PLUGINS = ("ServiceAccount", "TaintNodesByCondition")
+SCHEDULER_USER = "system:kube-scheduler"
+
+
+class ClusterError(RuntimeError):
+    """A component failed to start or stopped unexpectedly."""
+
+
+_running: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for cluster in list(_running):
+        cluster.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def default_bin_dir() -> Path:
+    """Directory with etcd, kube-apiserver and kube-scheduler, built on first use."""
+    from localcluster.build import ensure_built
+
+    return ensure_built()
+
+
+def extender_entry(url: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``extenders`` item for gpusched at ``url``; ``overrides`` replace any field."""
+    entry: dict[str, Any] = {
+        "urlPrefix": url,
+        "filterVerb": "filter",
+        "prioritizeVerb": "prioritize",
+        "bindVerb": "bind",
+        "preemptVerb": "preempt",
+        "weight": DEFAULT_EXTENDER_WEIGHT,
+        "nodeCacheCapable": True,
+        "enableHTTPS": False,
+        "httpTimeout": "5s",
+        "managedResources": [{"name": DEFAULT_GPU_RESOURCE, "ignoredByScheduler": False}],
+    }
+    entry.update(overrides or {})
+    return entry
+
+
+def scheduler_configuration(
+    kubeconfig: Path,
+    scheduler_names: Sequence[str],
+    extender_url: str | None = None,
+    extender_config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A KubeSchedulerConfiguration with one default profile per name and leader election off."""
+    config: dict[str, Any] = {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "leaderElection": {"leaderElect": False},
+        "profiles": [{"schedulerName": name} for name in scheduler_names],
+    }
+    if extender_url is not None:
+        config["extenders"] = [extender_entry(extender_url, extender_config)]
+    return config
+
+
+def _kubeconfig(server: str, ca: Path, user: str, token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+        "current-context": "local",
+    }
+
+
+def _http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | None = None) -> bool:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=2, context=context) as response:
+            return 200 <= int(response.status) < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class LocalCluster:
+    """etcd + kube-apiserver on loopback (optionally kube-scheduler), in ``workdir``.
+
+    Ports are picked at start, so any number of clusters can run side by side. Every child
+    runs in its own process group with its log in ``workdir`` (``etcd.log``,
+    ``kube-apiserver.log``, ``kube-scheduler.log``); :meth:`stop` ends them all and also runs
+    on ``__exit__`` and at interpreter exit.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        extender_url: str | None = None,
+        extender_config: Mapping[str, Any] | None = None,
+        scheduler_name: str | Sequence[str] = "default-scheduler",
+        bin_dir: Path | None = None,
+        die_with_parent: bool = True,
+        start_timeout: float = 120.0,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.extender_url = extender_url
+        self.extender_config: dict[str, Any] = dict(extender_config or {})
+        self.scheduler_names: tuple[str, ...] = (
+            (scheduler_name,) if isinstance(scheduler_name, str) else tuple(scheduler_name)
+        )
+        self._bin_dir = bin_dir
+        self._die_with_parent = die_with_parent
+        self.start_timeout = start_timeout
+        self.admin_token = secrets.token_hex(16)
+        self._scheduler_token = secrets.token_hex(16)
+        self._pki: pki.Pki | None = None
+        self.etcd_port = 0
+        self.apiserver_port = 0
+        self.scheduler_port = 0
+        self._etcd: ManagedProcess | None = None
+        self._apiserver: ManagedProcess | None = None
+        self._scheduler: ManagedProcess | None = None
+        self._scheduler_args: tuple[str | None, dict[str, Any]] = (extender_url, self.extender_config)
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        """Admin kubeconfig (token auth, group system:masters)."""
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def scheduler_kubeconfig_path(self) -> Path:
+        return self.workdir / "kube-scheduler.kubeconfig"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.workdir / "pki" / "ca.crt"
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            self._bin_dir = default_bin_dir()
+        return self._bin_dir
+
+    @property
+    def processes(self) -> dict[str, ManagedProcess]:
+        """Running (or exited but not yet stopped) components by name."""
+        procs = {"etcd": self._etcd, "kube-apiserver": self._apiserver, "kube-scheduler": self._scheduler}
+        return {name: proc for name, proc in procs.items() if proc is not None}
+
+    @property
+    def scheduler_running(self) -> bool:
+        return self._scheduler is not None and self._scheduler.alive()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self, *, scheduler: bool = False) -> None:
+        """Start etcd and kube-apiserver (and kube-scheduler if ``scheduler``); wait until ready."""
+        if self._apiserver is not None:
+            raise ClusterError("cluster already started")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        _running.add(self)
+        try:
+            self._pki = pki.generate(self.workdir / "pki")
+            self._write_tokens()
+            self._start_etcd()
+            self._start_apiserver()
+            self._write_kubeconfigs()
+            if scheduler:
+                self.start_scheduler()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every component, newest first. Safe to call more than once."""
+        self.stop_scheduler()
+        for attr in ("_apiserver", "_etcd"):
+            proc: ManagedProcess | None = getattr(self, attr)
+            if proc is not None:
+                proc.stop()
+                setattr(self, attr, None)
+        _running.discard(self)
+
+    def start_scheduler(
+        self, extender_url: str | None = None, *, extender_config: Mapping[str, Any] | None = None
+    ) -> None:
+        """Start kube-scheduler, with gpusched as extender when a URL is given here or at init.
+
+        ``extender_config`` (or the one given at init) is merged over the extender defaults.
+        Returns once the scheduler reports ready.
+        """
+        if self._apiserver is None:
+            raise ClusterError("start the cluster before the scheduler")
+        if self._scheduler is not None:
+            raise ClusterError("kube-scheduler is already running; use restart_scheduler()")
+        url = extender_url if extender_url is not None else self.extender_url
+        overrides = dict(extender_config) if extender_config is not None else self.extender_config
+        self._scheduler_args = (url, overrides)
+        config_path = self.workdir / "kube-scheduler.yaml"
+        config = scheduler_configuration(self.scheduler_kubeconfig_path, self.scheduler_names, url, overrides)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.scheduler_port = free_port()
+        kubeconfig = str(self.scheduler_kubeconfig_path)
+        self._scheduler = self._spawn(
+            "kube-scheduler",
+            [
+                f"--config={config_path}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.scheduler_port}",
+                f"--cert-dir={self.workdir / 'kube-scheduler-certs'}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--v=2",
+            ],
+        )
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self._wait_ready(self._scheduler, f"https://127.0.0.1:{self.scheduler_port}/readyz", context=insecure)
+
+    def stop_scheduler(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.stop()
+            self._scheduler = None
+
+    def restart_scheduler(self) -> None:
+        """Stop kube-scheduler and start it again with the configuration of its last start."""
+        url, overrides = self._scheduler_args
+        self.stop_scheduler()
+        self.start_scheduler(url, extender_config=overrides)
+
+    # ---------------------------------------------------------------- API helpers
+
+    def api_client(self) -> ApiClient:
+        """A kubernetes ApiClient authenticated as cluster admin."""
+        return k8s.api_client(self.kubeconfig_path)
+
+    def create_gpu_node(
+        self,
+        name: str,
+        gpus: int,
+        labels: Mapping[str, str] | None = None,
+        *,
+        gpu_resource: str = DEFAULT_GPU_RESOURCE,
+        cpu: str = "64",
+        memory: str = "512Gi",
+        images: Sequence[Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """See :func:`localcluster.k8s.create_gpu_node`."""
+        with self.api_client() as api:
+            return k8s.create_gpu_node(
+                api, name, gpus, labels, gpu_resource=gpu_resource, cpu=cpu, memory=memory, images=images
+            )
+
+    def set_node_ready(self, name: str, ready: bool) -> None:
+        """See :func:`localcluster.k8s.set_node_ready`."""
+        with self.api_client() as api:
+            k8s.set_node_ready(api, name, ready)
+
+    def create_namespace(self, name: str) -> None:
+        """See :func:`localcluster.k8s.create_namespace`."""
+        with self.api_client() as api:
+            k8s.create_namespace(api, name)
+
+    def apply_crds(self, path: Path, timeout: float = 60.0) -> list[str]:
+        """See :func:`localcluster.k8s.apply_crds`."""
+        with self.api_client() as api:
+            return k8s.apply_crds(api, path, timeout=timeout)
+
+    def apply_manifest(self, manifest: Path | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """See :func:`localcluster.k8s.apply_manifest`."""
+        with self.api_client() as api:
+            return k8s.apply_manifest(api, manifest)
+
+    # ------------------------------------------------------------------ internals
+
+    def _spawn(self, name: str, args: list[str]) -> ManagedProcess:
+        return ManagedProcess(
+            name,
+            [str(self.bin_dir / name), *args],
+            self.workdir / f"{name}.log",
+            die_with_parent=self._die_with_parent,
+        )
+
+    def _wait_ready(
+        self,
+        proc: ManagedProcess,
+        url: str,
+        *,
+        context: ssl.SSLContext | None = None,
+        token: str | None = None,
+    ) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise ClusterError(
+                    f"{proc.name} exited with code {proc.popen.returncode} during start; "
+                    f"end of {proc.log_path}:\n{tail(proc.log_path)}"
+                )
+            if _http_ok(url, context=context, token=token):
+                return
+            time.sleep(0.2)
+        raise ClusterError(
+            f"{proc.name} not ready at {url} after {self.start_timeout:.0f}s; "
+            f"end of {proc.log_path}:\n{tail(proc.log_path)}"
+        )
+
+    def _write_tokens(self) -> None:
+        # CSV columns: token, user name, uid, "groups"
+        rows = [
+            f'{self.admin_token},admin,admin,"system:masters"',
+            f"{self._scheduler_token},{SCHEDULER_USER},{SCHEDULER_USER}",
+        ]
+        path = self.workdir / "tokens.csv"
+        path.write_text("\n".join(rows) + "\n")
+        path.chmod(0o600)
+
+    def _start_etcd(self) -> None:
+        self.etcd_port, peer_port = free_port(), free_port()
+        client_url, peer_url = f"http://127.0.0.1:{self.etcd_port}", f"http://127.0.0.1:{peer_port}"
+        self._etcd = self._spawn(
+            "etcd",
+            [
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd-data'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                # Throwaway data: skipping fsync makes every write (and the tests) much faster.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        self._wait_ready(self._etcd, f"{client_url}/health")
+
+    def _start_apiserver(self) -> None:
+        assert self._pki is not None
+        self.apiserver_port = free_port()
+        self._apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--tls-cert-file={self._pki.serving_cert}",
+                f"--tls-private-key-file={self._pki.serving_key}",
+                f"--client-ca-file={self._pki.ca_cert}",
+                f"--token-auth-file={self.workdir / 'tokens.csv'}",
+                "--authorization-mode=Node,RBAC",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={self._pki.sa_pub}",
+                f"--service-account-signing-key-file={self._pki.sa_key}",
+                f"--disable-admission-plugins={','.join(DISABLED_ADMISSION_PLUGINS)}",
+                "--enable-priority-and-fairness=false",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        context = ssl.create_default_context(cafile=str(self._pki.ca_cert))
+        self._wait_ready(self._apiserver, f"{self.api_url}/readyz", context=context, token=self.admin_token)
+
+    def _write_kubeconfigs(self) -> None:
+        for path, user, token in (
+            (self.kubeconfig_path, "admin", self.admin_token),
+            (self.scheduler_kubeconfig_path, SCHEDULER_USER, self._scheduler_token),
+        ):
+            path.write_text(yaml.safe_dump(_kubeconfig(self.api_url, self.ca_path, user, token), sort_keys=False))
+            path.chmod(0o600)
+
+    def state(self) -> dict[str, Any]:
+        """What ``gpusched-cluster down``/``status`` need to find a detached cluster again."""
+        return {
+            "workdir": str(self.workdir),
+            "api_url": self.api_url,
+            "kubeconfig": str(self.kubeconfig_path),
+            "scheduler_port": self.scheduler_port or None,
+            "etcd_port": self.etcd_port,
+            "pids": {name: proc.pid for name, proc in self.processes.items()},
+        }
+
+    def write_state(self, path: Path) -> None:
+        path.write_text(json.dumps(self.state(), indent=2) + "\n")
+
+    def detach(self) -> None:
+        """Leave the components running after this process exits (``gpusched-cluster up --detach``)."""
+        _running.discard(self)
+        self._etcd = self._apiserver = self._scheduler = None

@@ -1,0 +1,1 @@
+"""gpusched: GPU-aware placement for Kubernetes."""

@@ -1,0 +1,196 @@
+"""The fixed pipeline: prefilter -> filter -> score -> normalise -> weight -> sum.
+
+Every plugin sees the whole candidate set as arrays; per-node Python work happens only to word the
+reasons of nodes that a filter turned away. Each plugin's scores are kept on the Decision so that
+every placement can be explained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from scheduler.core import gpusets
+from scheduler.core.config import SchedulerConfig
+from scheduler.core.snapshot import ClusterSnapshot
+from scheduler.core.types import PodRequest
+
+MAX_SCORE = 100.0
+
+
+class Cycle:
+    """One pod's scheduling cycle: the inputs plus a memo of arrays several plugins share."""
+
+    def __init__(self, snapshot: ClusterSnapshot, pod: PodRequest, config: SchedulerConfig) -> None:
+        self.snapshot = snapshot
+        self.pod = pod
+        self.config = config
+        self._sets: tuple[bytes, np.ndarray, np.ndarray] | None = None
+        self.notes: dict[str, Any] = {}  # per-cycle values a plugin wants shown in /explain
+
+    def eligible(self, nodes: np.ndarray) -> np.ndarray:
+        return gpusets.eligible_gpus(self.snapshot, self.pod, nodes)
+
+    def gpu_sets(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(set quality 0..1, -1 where none; chosen GPU indices) for the given nodes, memoised."""
+        key = nodes.tobytes()
+        if self._sets is None or self._sets[0] != key:
+            quality, chosen = gpusets.best_sets(self.snapshot, self.pod, nodes, self.eligible(nodes))
+            self._sets = (key, quality, chosen)
+        return self._sets[1], self._sets[2]
+
+
+class Plugin(ABC):
+    """Base of all plugins: a name, arguments from config, nothing else."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+        self.args = args
+        self.config = config
+
+
+class PreFilterPlugin(Plugin):
+    """Runs once per pod: may narrow the candidates (a gang's planned node) or refuse the pod."""
+
+    @abstractmethod
+    def prefilter(self, cycle: Cycle, nodes: np.ndarray) -> tuple[np.ndarray, str]:
+        """(nodes still allowed, a pod-level reason when none are)."""
+
+
+class FilterPlugin(Plugin):
+    @abstractmethod
+    def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        """Boolean mask over `nodes`: True where the pod may go."""
+
+    @abstractmethod
+    def reason(self, cycle: Cycle, node: int) -> str:
+        """Why the pod may not go to `node` (only asked for nodes this plugin turned away)."""
+
+
+class ScorePlugin(Plugin):
+    # min-max normalise over the feasible nodes before weighting (for raw scores of no fixed scale)
+    normalize: ClassVar[bool] = False
+
+    @abstractmethod
+    def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        """Scores over `nodes` in 0..100, higher is better."""
+
+
+@dataclass(slots=True)
+class Decision:
+    """The outcome of one cycle, with enough detail to explain it."""
+
+    pod: PodRequest
+    snapshot: ClusterSnapshot
+    feasible: np.ndarray  # node indices that passed every filter
+    total: np.ndarray  # weighted mean score 0..100, aligned with `feasible`
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # per plugin, aligned with `feasible`
+    reasons: dict[int, str] = field(default_factory=dict)  # node index -> why it was turned away
+    error: str = ""  # a pod-level refusal (malformed request, gang that cannot fit)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def best(self) -> int | None:
+        """The highest total; ties go to the node that comes first in the snapshot."""
+        if self.feasible.size == 0:
+            return None
+        return int(self.feasible[int(np.argmax(self.total))])
+
+    def ranked(self) -> list[tuple[str, float]]:
+        order = np.lexsort((self.feasible, -self.total))
+        return [(self.snapshot.names[self.feasible[i]], float(self.total[i])) for i in order]
+
+    def explain(self) -> dict[str, Any]:
+        names = self.snapshot.names
+        nodes: dict[str, Any] = {}
+        for pos, node in enumerate(self.feasible):
+            nodes[names[node]] = {
+                "feasible": True,
+                "total": round(float(self.total[pos]), 3),
+                "scores": {p: round(float(s[pos]), 3) for p, s in self.scores.items()},
+            }
+        for node, reason in self.reasons.items():
+            nodes[names[node]] = {"feasible": False, "reason": reason}
+        return {"pod": self.pod.key, "error": self.error, "best": _name(names, self.best()), "nodes": nodes,
+                "notes": self.notes}
+
+
+def _name(names: Sequence[str], index: int | None) -> str | None:
+    return None if index is None else names[index]
+
+
+class Framework:
+    """Runs a configured set of plugins over a snapshot for one pod."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        prefilters: Sequence[PreFilterPlugin],
+        filters: Sequence[FilterPlugin],
+        scores: Sequence[tuple[ScorePlugin, float]],
+    ) -> None:
+        self.config = config
+        self.prefilters = list(prefilters)
+        self.filters = list(filters)
+        self.scores = list(scores)
+        self.weight_sum = sum(w for _, w in self.scores) or 1.0
+
+    def decide(
+        self,
+        snapshot: ClusterSnapshot,
+        pod: PodRequest,
+        candidates: np.ndarray | None = None,
+        on_filter: Callable[[str, int], None] | None = None,
+    ) -> Decision:
+        """Filter and score `candidates` (default: every node) for `pod`."""
+        nodes = np.arange(len(snapshot), dtype=np.intp) if candidates is None else np.asarray(candidates, np.intp)
+        cycle = Cycle(snapshot, pod, self.config)
+        empty = np.zeros(0, dtype=np.intp)
+        if pod.errors:
+            return Decision(pod, snapshot, empty, np.zeros(0), error="; ".join(pod.errors))
+        for pre in self.prefilters:
+            nodes, error = pre.prefilter(cycle, nodes)
+            if error:
+                return Decision(pod, snapshot, empty, np.zeros(0), error=error, notes=cycle.notes)
+        reasons: dict[int, str] = {}
+        for plugin in self.filters:
+            if nodes.size == 0:
+                break
+            ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
+            for node in nodes[~ok]:
+                reasons[int(node)] = plugin.reason(cycle, int(node))
+                if on_filter is not None:
+                    on_filter(plugin.name, int(node))
+            nodes = nodes[ok]
+        scores: dict[str, np.ndarray] = {}
+        total = np.zeros(nodes.size)
+        if nodes.size:
+            for plugin, weight in self.scores:
+                raw = np.clip(np.asarray(plugin.score(cycle, nodes), dtype=np.float64), 0.0, MAX_SCORE)
+                if plugin.normalize:
+                    raw = minmax(raw)
+                scores[plugin.name] = raw
+                total += weight * raw
+            total /= self.weight_sum
+        return Decision(pod, snapshot, nodes, total, scores, reasons, notes=cycle.notes)
+
+    def choose_gpus(self, snapshot: ClusterSnapshot, pod: PodRequest, node: int) -> tuple[int, ...]:
+        """The GPUs the pod would get on `node`, or () when it does not fit there."""
+        cycle = Cycle(snapshot, pod, self.config)
+        _, chosen = cycle.gpu_sets(np.array([node], dtype=np.intp))
+        picked = tuple(int(x) for x in chosen[0] if x >= 0)
+        return picked if len(picked) == pod.gpus_needed else ()
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Scale to 0..100 over the given nodes; all-equal values become 100 (nothing to prefer)."""
+    if values.size == 0:
+        return values
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-12:
+        return np.full_like(values, MAX_SCORE)
+    return (values - lo) * (MAX_SCORE / (hi - lo))

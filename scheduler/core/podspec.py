@@ -1,0 +1,177 @@
+"""Parse a Pod object (the API's JSON as a dict) into a PodRequest.
+
+Malformed annotations never raise: each becomes a message in `PodRequest.errors`, and the filter
+answers the pod with that message instead of placing it on a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from scheduler.core.quantity import QuantityError, parse_milli, parse_quantity, parse_version
+from scheduler.core.types import PodRequest
+
+PREFIX = "gpusched.io/"
+ANN_GPU_MEMORY = PREFIX + "gpu-memory"
+ANN_GPU_MODELS = PREFIX + "gpu-models"
+ANN_GPU_MILLI = PREFIX + "gpu-milli"
+ANN_MODEL = PREFIX + "model"
+ANN_MODEL_BYTES = PREFIX + "model-bytes"
+ANN_LORA = PREFIX + "lora-adapters"
+ANN_CUDA = PREFIX + "cuda"
+ANN_WORKLOAD = PREFIX + "workload"
+ANN_MIN_MEMBER = PREFIX + "min-member"
+ANN_GPU_IDS = PREFIX + "gpu-ids"  # written by gpusched at bind time
+LABEL_POD_GROUP = "scheduling.x-k8s.io/pod-group"
+RANK_KEYS = (
+    "batch.kubernetes.io/job-completion-index",
+    "apps.kubernetes.io/pod-index",
+    "jobset.sigs.k8s.io/job-index",
+)
+WORKLOADS = ("training", "inference")
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _resources(pod_spec: Mapping[str, Any], gpu_resource: str) -> tuple[int, int, int, int]:
+    """(gpus, shared milli from the resource, cpu milli, memory bytes) summed over containers.
+
+    Init containers run one at a time, so the pod needs the larger of their maximum and the sum of
+    the app containers, as kube-scheduler counts it.
+    """
+
+    def container_sum(containers: Any, combine: str) -> list[int]:
+        total = [0, 0, 0]
+        for container in containers or ():
+            res = container.get("resources") or {}
+            limits = res.get("limits") or {}
+            requests = res.get("requests") or {}
+            gpus = limits.get(gpu_resource, requests.get(gpu_resource, 0))
+            values = [
+                parse_quantity(gpus),
+                parse_milli(requests.get("cpu", limits.get("cpu", 0))),
+                parse_quantity(requests.get("memory", limits.get("memory", 0))),
+            ]
+            total = [max(a, b) if combine == "max" else a + b for a, b in zip(total, values, strict=True)]
+        return total
+
+    app = container_sum(pod_spec.get("containers"), "sum")
+    init = container_sum(pod_spec.get("initContainers"), "max")
+    gpus, cpu, memory = (max(a, b) for a, b in zip(app, init, strict=True))
+    return gpus, 0, cpu, memory
+
+
+def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> PodRequest:
+    """The pod's request; a pod that is not a mapping at all gets an error, not an exception."""
+    if not isinstance(pod, Mapping):
+        return PodRequest(namespace="", name="", errors=("pod is not an object",))
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    annotations: Mapping[str, str] = meta.get("annotations") or {}
+    labels: Mapping[str, str] = meta.get("labels") or {}
+    errors: list[str] = []
+
+    def quantity(key: str) -> int:
+        raw = annotations.get(key)
+        if raw is None:
+            return 0
+        try:
+            return parse_quantity(raw)
+        except QuantityError:
+            errors.append(f"annotation {key}: {raw!r} is not a quantity (for example 40Gi)")
+            return 0
+
+    try:
+        gpus, _, cpu, memory = _resources(spec, gpu_resource)
+    except (QuantityError, AttributeError, TypeError) as exc:
+        errors.append(f"resources: {exc}")
+        gpus = cpu = memory = 0
+
+    gpu_milli = 0
+    if ANN_GPU_MILLI in annotations:
+        raw = annotations[ANN_GPU_MILLI]
+        try:
+            gpu_milli = int(raw)
+        except (TypeError, ValueError):
+            gpu_milli = -1
+        if not 1 <= gpu_milli <= 999:
+            errors.append(f"annotation {ANN_GPU_MILLI}: {raw!r} must be a whole number from 1 to 999")
+            gpu_milli = 0
+        elif gpus > 0:
+            errors.append(f"annotation {ANN_GPU_MILLI} asks for a GPU share but the pod also asks for whole GPUs")
+
+    cuda: tuple[int, ...] = ()
+    if ANN_CUDA in annotations:
+        try:
+            cuda = parse_version(annotations[ANN_CUDA])
+        except QuantityError:
+            errors.append(f"annotation {ANN_CUDA}: {annotations[ANN_CUDA]!r} is not a version (for example 12.4)")
+
+    workload = annotations.get(ANN_WORKLOAD, "")
+    if workload and workload not in WORKLOADS:
+        errors.append(f"annotation {ANN_WORKLOAD}: {workload!r} must be one of {', '.join(WORKLOADS)}")
+        workload = ""
+
+    min_member = 0
+    if ANN_MIN_MEMBER in annotations:
+        try:
+            min_member = int(annotations[ANN_MIN_MEMBER])
+            if min_member < 1:
+                raise ValueError
+        except (TypeError, ValueError):
+            errors.append(f"annotation {ANN_MIN_MEMBER}: {annotations[ANN_MIN_MEMBER]!r} must be a positive whole number")
+            min_member = 0
+
+    rank = None
+    for key in RANK_KEYS:
+        raw = labels.get(key, annotations.get(key))
+        if raw is not None:
+            try:
+                rank = int(raw)
+            except (TypeError, ValueError):
+                errors.append(f"{key}: {raw!r} is not a whole number")
+            break
+
+    gpu_ids: tuple[int, ...] = ()
+    if ANN_GPU_IDS in annotations:
+        try:
+            gpu_ids = tuple(int(x) for x in _list(annotations[ANN_GPU_IDS]))
+        except ValueError:
+            gpu_ids = ()  # written by gpusched; a hand-edited value is ignored, not fatal
+
+    owner = ""
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller"):
+            owner = f"{ref.get('kind', '')}/{ref.get('name', '')}"
+            break
+
+    images = tuple(
+        c.get("image", "") for c in (spec.get("containers") or ()) if isinstance(c, Mapping) and c.get("image")
+    )
+    return PodRequest(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        gpu_count=gpus,
+        gpu_milli=gpu_milli,
+        gpu_memory=quantity(ANN_GPU_MEMORY),
+        gpu_models=_list(annotations.get(ANN_GPU_MODELS, "")),
+        cpu_milli=cpu,
+        memory=memory,
+        cuda=cuda,
+        images=images,
+        model=annotations.get(ANN_MODEL, ""),
+        model_bytes=quantity(ANN_MODEL_BYTES),
+        lora_adapters=_list(annotations.get(ANN_LORA, "")),
+        workload=workload,
+        pod_group=labels.get(LABEL_POD_GROUP, ""),
+        min_member=min_member,
+        rank=rank,
+        owner=owner,
+        node_name=str(spec.get("nodeName") or ""),
+        gpu_ids=gpu_ids,
+        errors=tuple(errors),
+    )

@@ -1,0 +1,223 @@
+"""ClusterSnapshot: the cluster as per-node numpy arrays, cheap to score and to update in place.
+
+Shapes: N nodes, G = the most GPUs on any node (shorter nodes are padded with invalid GPUs).
+GPU occupancy comes from pods: the kubelet's view in the node's report is the truth; otherwise the
+GPUs gpusched chose at bind time; otherwise the first free ones (pods bound by someone else).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from scheduler.core.images import normalize_image
+from scheduler.core.quantity import version_code
+from scheduler.core.types import LINK_AFFINITY, NodeState, PodRequest
+
+DEFAULT_TIERS = (
+    "topology.kubernetes.io/zone",
+    "gpusched.io/block",
+    "gpusched.io/rack",
+    "kubernetes.io/hostname",
+)
+UNKNOWN_MODEL = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a pod holds resources: node index, GPU indices, and how much of each."""
+
+    node: int
+    gpus: tuple[int, ...]
+    milli: int  # per GPU
+    cpu_milli: int
+    memory: int
+    gpu_count: int  # GPUs counted against the node's allocatable
+
+
+class SnapshotError(ValueError):
+    """A placement that does not fit the snapshot."""
+
+
+class ClusterSnapshot:
+    """Nodes as arrays, plus the pods that hold their GPUs."""
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeState],
+        pods: Iterable[PodRequest] = (),
+        tiers: Sequence[str] = DEFAULT_TIERS,
+    ) -> None:
+        self.nodes = list(nodes)
+        self.names = [n.name for n in self.nodes]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.tier_keys = tuple(tiers)
+        n = len(self.nodes)
+        g = max([max(len(node.gpus), node.gpu_count) for node in self.nodes] + [1])
+        self.max_gpus = g
+
+        self.model_names: list[str] = []
+        model_ids: dict[str, int] = {}
+        self.gpu_valid = np.zeros((n, g), dtype=bool)
+        self.gpu_model = np.full((n, g), UNKNOWN_MODEL, dtype=np.int32)
+        self.gpu_memory = np.zeros((n, g), dtype=np.int64)
+        self.gpu_healthy = np.zeros((n, g), dtype=bool)
+        self.gpu_milli_free = np.zeros((n, g), dtype=np.int32)
+        self.link_affinity = np.zeros((n, g, g), dtype=np.float32)
+        self.gpu_alloc = np.zeros(n, dtype=np.int32)  # allocatable GPUs per the Node object
+        self.gpu_used_api = np.zeros(n, dtype=np.int32)  # GPUs requested by pods on the node
+        self.cpu_free = np.zeros(n, dtype=np.int64)
+        self.memory_free = np.zeros(n, dtype=np.int64)
+        self.cuda = np.full(n, -1, dtype=np.int64)
+        self.has_report = np.zeros(n, dtype=bool)
+        self.report_age = np.full(n, np.inf, dtype=np.float64)
+        self.ready = np.zeros(n, dtype=bool)
+        self.pull_bw = np.zeros(n, dtype=np.float64)
+        self.download_bw = np.zeros(n, dtype=np.float64)
+        self.disk_bw = np.zeros(n, dtype=np.float64)
+        self.images: dict[str, dict[int, int]] = {}
+        self.models: dict[str, dict[int, int]] = {}
+        self.lora_adapters: dict[str, dict[int, int]] = {}
+        self.tier_ids = np.zeros((n, len(self.tier_keys)), dtype=np.int64)
+
+        for i, node in enumerate(self.nodes):
+            self._load_node(i, node, model_ids)
+        self._load_tiers()
+
+        self.pods: dict[str, PodRequest] = {}
+        self.placements: dict[str, Placement] = {}
+        self.node_pods: list[set[str]] = [set() for _ in range(n)]
+        kubelet_holders = self._kubelet_holders()
+        for pod in pods:
+            if pod.node_name in self.index:
+                known = kubelet_holders.get(pod.key)
+                self.place(pod, self.index[pod.node_name], known or pod.gpu_ids or None)
+
+    # ----------------------------------------------------------------- loading
+    def _load_node(self, i: int, node: NodeState, model_ids: dict[str, int]) -> None:
+        self.gpu_alloc[i] = node.gpu_count
+        self.cpu_free[i] = node.cpu_milli
+        self.memory_free[i] = node.memory
+        self.ready[i] = node.ready and node.schedulable
+        self.has_report[i] = node.has_report
+        if node.report_age_s is not None:
+            self.report_age[i] = node.report_age_s
+        self.cuda[i] = version_code(node.cuda) if node.cuda else -1
+        self.pull_bw[i] = node.pull_bytes_per_s
+        self.download_bw[i] = node.download_bytes_per_s
+        self.disk_bw[i] = node.disk_bytes_per_s
+        if node.gpus:
+            for gpu in node.gpus:
+                j = gpu.index
+                if not 0 <= j < self.max_gpus:
+                    continue
+                self.gpu_valid[i, j] = True
+                self.gpu_healthy[i, j] = gpu.healthy
+                self.gpu_memory[i, j] = gpu.memory
+                self.gpu_milli_free[i, j] = 1000
+                if gpu.model:
+                    if gpu.model not in model_ids:
+                        model_ids[gpu.model] = len(self.model_names)
+                        self.model_names.append(gpu.model)
+                    self.gpu_model[i, j] = model_ids[gpu.model]
+            for a, row in enumerate(node.links[: self.max_gpus]):
+                for b, kind in enumerate(row[: self.max_gpus]):
+                    if a != b:
+                        self.link_affinity[i, a, b] = LINK_AFFINITY.get(kind, 0.0)
+        else:
+            # No report: the Node object's count of anonymous GPUs of unknown model and memory.
+            self.gpu_valid[i, : node.gpu_count] = True
+            self.gpu_healthy[i, : node.gpu_count] = True
+            self.gpu_milli_free[i, : node.gpu_count] = 1000
+        for image, size in node.images.items():
+            self.images.setdefault(normalize_image(image), {})[i] = size
+        for table, source in (
+            (self.models, node.models),
+            (self.lora_adapters, node.lora_adapters),
+        ):
+            for key, size in source.items():
+                table.setdefault(key, {})[i] = size
+
+    def _load_tiers(self) -> None:
+        """One id per tier value, qualified by the outer tiers; a node without the label is alone."""
+        ids: dict[tuple[str, ...], int] = {}
+        for i, node in enumerate(self.nodes):
+            path: tuple[str, ...] = ()
+            for t, key in enumerate(self.tier_keys):
+                value = node.labels.get(key)
+                if value is None:
+                    value = "\x00" + node.name  # alone in this tier
+                path = (*path, value)
+                self.tier_ids[i, t] = ids.setdefault(path, len(ids))
+
+    def _kubelet_holders(self) -> dict[str, tuple[int, ...]]:
+        held: dict[str, list[int]] = {}
+        for node in self.nodes:
+            for gpu in node.gpus:
+                for holder in gpu.holders:
+                    held.setdefault(holder, []).append(gpu.index)
+        return {key: tuple(sorted(v)) for key, v in held.items()}
+
+    # ------------------------------------------------------------- occupancy
+    def model_id(self, model: str) -> int:
+        try:
+            return self.model_names.index(model)
+        except ValueError:
+            return -2  # matches no GPU
+
+    def gpu_free_count(self) -> np.ndarray:
+        """Whole GPUs free per node: fully free, healthy, and within the API's allocatable."""
+        whole = ((self.gpu_milli_free >= 1000) & self.gpu_valid & self.gpu_healthy).sum(axis=1)
+        return np.minimum(whole, np.maximum(self.gpu_alloc - self.gpu_used_api, 0))
+
+    def first_free_gpus(self, node: int, count: int, milli: int) -> tuple[int, ...]:
+        usable = self.gpu_valid[node] & self.gpu_healthy[node] & (self.gpu_milli_free[node] >= milli)
+        found = np.flatnonzero(usable)[:count]
+        return tuple(int(x) for x in found)
+
+    def place(self, pod: PodRequest, node: int, gpus: Sequence[int] | None = None) -> Placement:
+        """Record that `pod` holds resources on `node`; GPUs default to the first free ones."""
+        if pod.key in self.placements:
+            self.remove(pod.key)
+        milli = pod.milli_per_gpu
+        count = pod.gpus_needed
+        chosen = tuple(gpus) if gpus else self.first_free_gpus(node, count, milli)
+        if len(chosen) < count:
+            raise SnapshotError(f"{pod.key}: node {self.names[node]} has {len(chosen)} of {count} GPUs free")
+        for j in chosen:
+            if not (0 <= j < self.max_gpus and self.gpu_valid[node, j]):
+                raise SnapshotError(f"{pod.key}: node {self.names[node]} has no GPU {j}")
+        placement = Placement(node, chosen, milli, pod.cpu_milli, pod.memory, pod.gpu_count)
+        for j in chosen:
+            self.gpu_milli_free[node, j] -= milli
+        self.cpu_free[node] -= pod.cpu_milli
+        self.memory_free[node] -= pod.memory
+        self.gpu_used_api[node] += pod.gpu_count
+        self.pods[pod.key] = pod
+        self.placements[pod.key] = placement
+        self.node_pods[node].add(pod.key)
+        return placement
+
+    def remove(self, key: str) -> PodRequest | None:
+        """Release what a pod holds; unknown keys are ignored."""
+        placement = self.placements.pop(key, None)
+        pod = self.pods.pop(key, None)
+        if placement is None:
+            return pod
+        for j in placement.gpus:
+            self.gpu_milli_free[placement.node, j] += placement.milli
+        self.cpu_free[placement.node] += placement.cpu_milli
+        self.memory_free[placement.node] += placement.memory
+        self.gpu_used_api[placement.node] -= placement.gpu_count
+        self.node_pods[placement.node].discard(key)
+        return pod
+
+    def over_committed(self) -> list[str]:
+        """Nodes where some GPU or count is held more than once over (an invariant check)."""
+        bad = (self.gpu_milli_free < 0).any(axis=1) | (self.gpu_used_api > self.gpu_alloc)
+        return [self.names[i] for i in np.flatnonzero(bad)]
+
+    def __len__(self) -> int:
+        return len(self.nodes)

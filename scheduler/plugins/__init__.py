@@ -1,0 +1,1 @@
+"""Scoring and filtering signals, one module each; each module docstring gives its formula."""

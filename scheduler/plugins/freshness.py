@@ -1,0 +1,40 @@
+"""freshness (filter and score): trust a node's GPU view only while its report is fresh.
+
+Filter: a node whose GPUNodeReport is older than `reportTTLSeconds` is turned away with the report's
+age, because its free-GPU and cache view may be wrong (the agent stopped or the node is cut off).
+A node with no report at all passes: it is placed by its allocatable GPU count alone, and plugins
+that need report data treat it as unknown. Arg `requireReport: true` turns such nodes away too.
+Score: 100 - 50 * age / ttl for a fresh report (100 when new, 50 at the TTL), `scoreMissing`
+(default 0) without a report. Range 0..100.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.core.framework import Cycle, FilterPlugin, ScorePlugin
+
+
+class Freshness(FilterPlugin, ScorePlugin):
+    name = "freshness"
+
+    def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        snap = cycle.snapshot
+        if not cycle.pod.wants_gpu:
+            return np.ones(nodes.size, dtype=bool)
+        fresh = snap.report_age[nodes] <= self.config.report_ttl_s
+        if bool(self.args.get("requireReport", False)):
+            return fresh
+        return fresh | ~snap.has_report[nodes]
+
+    def reason(self, cycle: Cycle, node: int) -> str:
+        snap = cycle.snapshot
+        if not snap.has_report[node]:
+            return "node has no GPUNodeReport (requireReport is on)"
+        return f"GPUNodeReport is stale: {snap.report_age[node]:.0f}s old, TTL {self.config.report_ttl_s:.0f}s"
+
+    def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        snap = cycle.snapshot
+        age = np.minimum(snap.report_age[nodes], self.config.report_ttl_s)
+        fresh = 100.0 - 50.0 * age / self.config.report_ttl_s
+        return np.where(snap.has_report[nodes], fresh, float(self.args.get("scoreMissing", 0.0)))

@@ -1,0 +1,68 @@
+"""gpu-fit (filter): the node has enough usable GPUs for the pod.
+
+A GPU is usable when it is valid, healthy, has the pod's share free (1000 milli for whole GPUs),
+has at least `gpusched.io/gpu-memory` of memory, and is one of `gpusched.io/gpu-models`. The node
+must be Ready and schedulable, have `gpus_needed` usable GPUs, and have that many whole GPUs left
+of its allocatable count (what kube-scheduler counts). GPUs reserved for a gang are held in the
+snapshot like any other, so they are not usable.
+Fallback: a node without a GPUNodeReport has anonymous GPUs of unknown model and memory, so a pod
+that names a model or a memory floor does not fit it (the reason says so).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.core.framework import Cycle, FilterPlugin
+from scheduler.core.quantity import format_bytes
+
+
+class GpuFit(FilterPlugin):
+    name = "gpu-fit"
+
+    def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        snap, pod = cycle.snapshot, cycle.pod
+        ok = snap.ready[nodes].copy()
+        if not pod.wants_gpu:
+            return ok
+        ok &= cycle.eligible(nodes).sum(axis=1) >= pod.gpus_needed
+        ok &= snap.gpu_alloc[nodes] - snap.gpu_used_api[nodes] >= pod.gpu_count
+        return ok
+
+    def reason(self, cycle: Cycle, node: int) -> str:
+        snap, pod = cycle.snapshot, cycle.pod
+        if not snap.ready[node]:
+            return "node is not Ready or is cordoned"
+        left = int(snap.gpu_alloc[node] - snap.gpu_used_api[node])
+        if left < pod.gpu_count:
+            return f"needs {_gpus(pod.gpu_count)}, {max(left, 0)} of {int(snap.gpu_alloc[node])} allocatable left"
+        row = np.array([node], dtype=np.intp)
+        usable = snap.gpu_valid[node] & snap.gpu_healthy[node]
+        free = usable & (snap.gpu_milli_free[node] >= pod.milli_per_gpu)
+        what = f"a {pod.gpu_milli}/1000 share of a GPU" if pod.gpu_milli else _gpus(pod.gpus_needed)
+        if free.sum() < pod.gpus_needed:
+            if pod.gpu_milli:
+                best = int(snap.gpu_milli_free[node][usable].max(initial=0))
+                return f"needs {what}, largest free share is {best}/1000"
+            return f"needs {what}, {int(free.sum())} free and healthy"
+        if pod.gpu_models:
+            known = [snap.model_names[m] for m in set(snap.gpu_model[node][free].tolist()) if m >= 0]
+            if not known:
+                return f"needs GPU model {'|'.join(pod.gpu_models)}, model unknown (no GPUNodeReport)"
+            in_model = free & np.isin(snap.gpu_model[node], [snap.model_id(m) for m in pod.gpu_models])
+            if in_model.sum() < pod.gpus_needed:
+                return f"needs {what} of model {'|'.join(pod.gpu_models)}, node has {', '.join(sorted(known))}"
+        if pod.gpu_memory:
+            mem = snap.gpu_memory[node][free]
+            if not snap.has_report[node] or not mem.any():
+                return f"needs {format_bytes(pod.gpu_memory)} per GPU, GPU memory unknown (no GPUNodeReport)"
+            enough = int((cycle.eligible(row)[0]).sum())
+            return (
+                f"needs {what} with {format_bytes(pod.gpu_memory)} each, {enough} free have it"
+                f" (largest {format_bytes(int(mem.max()))})"
+            )
+        return f"needs {what}, too few usable"
+
+
+def _gpus(count: int) -> str:
+    return "1 GPU" if count == 1 else f"{count} GPUs"

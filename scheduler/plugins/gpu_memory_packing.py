@@ -1,0 +1,42 @@
+"""gpu-memory-packing (score): fill nodes and GPUs that fit snugly, keep big and empty ones free.
+
+    score = 100 * (c * used_after + (1 - c) * memory_fit)
+
+`used_after` is the share of the node's GPU capacity (in milli-GPU) in use once the pod is placed:
+packing onto busy nodes leaves whole nodes free for gangs. `memory_fit` is requested memory per
+GPU / memory of the GPUs the pod would get; without a request the smallest GPU memory among the
+feasible nodes stands in, so an unconstrained pod takes a small GPU rather than an 80 GB one.
+Arg `countWeight` (c, default 0.5). Range 0..100.
+Fallback: GPUs of unknown memory (no report) get memory_fit 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.core.framework import Cycle, ScorePlugin
+
+
+class GpuMemoryPacking(ScorePlugin):
+    name = "gpu-memory-packing"
+
+    def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        snap, pod = cycle.snapshot, cycle.pod
+        if not pod.wants_gpu:
+            return np.zeros(nodes.size)
+        c = float(self.args.get("countWeight", 0.5))
+        valid = snap.gpu_valid[nodes]
+        capacity = np.maximum(valid.sum(axis=1) * 1000, 1)
+        used = np.where(valid, 1000 - snap.gpu_milli_free[nodes], 0).sum(axis=1)
+        used_after = (used + pod.milli_per_gpu * pod.gpus_needed) / capacity
+
+        _, chosen = cycle.gpu_sets(nodes)
+        rows = np.arange(nodes.size)[:, None]
+        memory = np.where(chosen >= 0, snap.gpu_memory[nodes][rows, np.maximum(chosen, 0)], 0)
+        chosen_memory = np.where((chosen >= 0).all(axis=1), memory.min(axis=1), 0).astype(np.float64)
+        want = float(pod.gpu_memory)
+        if not want:
+            known = chosen_memory[chosen_memory > 0]
+            want = float(known.min()) if known.size else 0.0
+        fit = np.divide(want, chosen_memory, out=np.zeros(nodes.size), where=chosen_memory > 0)
+        return 100.0 * (c * np.minimum(used_after, 1.0) + (1 - c) * np.minimum(fit, 1.0))
