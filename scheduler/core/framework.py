@@ -71,6 +71,10 @@ class FilterPlugin(Plugin):
     def reason(self, cycle: Cycle, node: int) -> str:
         """Why the pod may not go to `node` (only asked for nodes this plugin turned away)."""
 
+    def resolvable(self, cycle: Cycle, node: int) -> bool:
+        """Whether evicting pods could let the pod onto `node` (kube-scheduler's preemption)."""
+        return False
+
 
 class ScorePlugin(Plugin):
     # min-max normalise over the feasible nodes before weighting (for raw scores of no fixed scale)
@@ -79,6 +83,14 @@ class ScorePlugin(Plugin):
     @abstractmethod
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         """Scores over `nodes` in 0..100, higher is better."""
+
+
+class GpuChooser(ABC):
+    """Mixed into a score plugin whose signal also decides which GPUs of the chosen node to use."""
+
+    @abstractmethod
+    def choose_gpus(self, cycle: Cycle, node: int) -> tuple[int, ...] | None:
+        """The pod's GPUs on `node`, or None to leave the choice to the core's GPU sets."""
 
 
 @dataclass(slots=True)
@@ -91,6 +103,8 @@ class Decision:
     total: np.ndarray  # weighted mean score 0..100, aligned with `feasible`
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # per plugin, aligned with `feasible`
     reasons: dict[int, str] = field(default_factory=dict)  # node index -> why it was turned away
+    rejected_by: dict[int, str] = field(default_factory=dict)  # node index -> the filter plugin
+    resolvable: set[int] = field(default_factory=set)  # rejected nodes that preemption could free
     error: str = ""  # a pod-level refusal (malformed request, gang that cannot fit)
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -145,8 +159,14 @@ class Framework:
         pod: PodRequest,
         candidates: np.ndarray | None = None,
         on_filter: Callable[[str, int], None] | None = None,
+        *,
+        explain: bool = True,
     ) -> Decision:
-        """Filter and score `candidates` (default: every node) for `pod`."""
+        """Filter and score `candidates` (default: every node) for `pod`.
+
+        `explain=False` skips wording a reason per turned-away node (reasons and rejected_by stay
+        empty): the simulator's replay asks again with reasons only for pods that find no node.
+        """
         nodes = np.arange(len(snapshot), dtype=np.intp) if candidates is None else np.asarray(candidates, np.intp)
         cycle = Cycle(snapshot, pod, self.config)
         empty = np.zeros(0, dtype=np.intp)
@@ -157,12 +177,18 @@ class Framework:
             if error:
                 return Decision(pod, snapshot, empty, np.zeros(0), error=error, notes=cycle.notes)
         reasons: dict[int, str] = {}
+        rejected_by: dict[int, str] = {}
+        resolvable: set[int] = set()
         for plugin in self.filters:
             if nodes.size == 0:
                 break
             ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
-            for node in nodes[~ok]:
-                reasons[int(node)] = plugin.reason(cycle, int(node))
+            for node in nodes[~ok] if explain or on_filter is not None else empty:
+                if explain:
+                    reasons[int(node)] = plugin.reason(cycle, int(node))
+                    rejected_by[int(node)] = plugin.name
+                if plugin.resolvable(cycle, int(node)):
+                    resolvable.add(int(node))
                 if on_filter is not None:
                     on_filter(plugin.name, int(node))
             nodes = nodes[ok]
@@ -176,11 +202,20 @@ class Framework:
                 scores[plugin.name] = raw
                 total += weight * raw
             total /= self.weight_sum
-        return Decision(pod, snapshot, nodes, total, scores, reasons, notes=cycle.notes)
+        return Decision(pod, snapshot, nodes, total, scores, reasons, rejected_by, resolvable, notes=cycle.notes)
 
     def choose_gpus(self, snapshot: ClusterSnapshot, pod: PodRequest, node: int) -> tuple[int, ...]:
-        """The GPUs the pod would get on `node`, or () when it does not fit there."""
+        """The GPUs the pod would get on `node`, or () when it does not fit there.
+
+        The first configured score plugin that is a GpuChooser and answers decides; otherwise the
+        core's best GPU set (gpusets.py).
+        """
         cycle = Cycle(snapshot, pod, self.config)
+        for plugin, _ in self.scores:
+            if isinstance(plugin, GpuChooser):
+                mine = plugin.choose_gpus(cycle, node)
+                if mine is not None:
+                    return mine if len(mine) == pod.gpus_needed else ()
         _, chosen = cycle.gpu_sets(np.array([node], dtype=np.intp))
         picked = tuple(int(x) for x in chosen[0] if x >= 0)
         return picked if len(picked) == pod.gpus_needed else ()

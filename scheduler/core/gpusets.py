@@ -64,7 +64,11 @@ def best_sets(
         free_whole = snapshot.gpu_milli_free[nodes] >= 1000
         # Connectivity to the other free GPUs: lower is a better spot to give away.
         connectivity = np.einsum("ngh,nh->ng", affinity, free_whole.astype(np.float32))
-        cost = connectivity * 10_000 + snapshot.gpu_milli_free[nodes]  # then best-fit share
+        if pod.gpu_milli:
+            # A share: best fit first (least free share left), then the least connected GPU.
+            cost = snapshot.gpu_milli_free[nodes] * 100.0 + connectivity
+        else:
+            cost = connectivity
         cost = np.where(eligible, cost, np.inf)
         pick = np.argmin(cost, axis=1)
         chosen[:, 0] = np.where(can, pick, -1)

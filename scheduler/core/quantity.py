@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -48,13 +49,13 @@ def _parse(text: str | int | float) -> Decimal:
 def parse_quantity(text: str | int | float) -> int:
     """Whole units of a quantity, rounded up ("1.5Gi" -> 1610612736, "500m" -> 1)."""
     value = _parse(text)
-    return int(-(-value // 1))
+    return math.ceil(value)
 
 
 def parse_milli(text: str | int | float) -> int:
     """Milli-units of a quantity ("500m" -> 500, "2" -> 2000), as CPU is counted."""
     value = _parse(text) * 1000
-    return int(-(-value // 1))
+    return math.ceil(value)
 
 
 def parse_version(text: str) -> tuple[int, ...]:

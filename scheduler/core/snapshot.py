@@ -7,7 +7,8 @@ GPUs gpusched chose at bind time; otherwise the first free ones (pods bound by s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,15 +142,20 @@ class ClusterSnapshot:
                 table.setdefault(key, {})[i] = size
 
     def _load_tiers(self) -> None:
-        """One id per tier value, qualified by the outer tiers; a node without the label is alone."""
+        """One id per tier value, qualified by the outer tiers' values that are present.
+
+        A node without a tier's label is alone in that tier; its inner tiers are still grouped by
+        the labels it has (racks group nodes even where no block label is set).
+        """
         ids: dict[tuple[str, ...], int] = {}
         for i, node in enumerate(self.nodes):
             path: tuple[str, ...] = ()
             for t, key in enumerate(self.tier_keys):
                 value = node.labels.get(key)
                 if value is None:
-                    value = "\x00" + node.name  # alone in this tier
-                path = (*path, value)
+                    self.tier_ids[i, t] = ids.setdefault((key, "\x00alone", node.name), len(ids))
+                    continue
+                path = (*path, key, value)
                 self.tier_ids[i, t] = ids.setdefault(path, len(ids))
 
     def _kubelet_holders(self) -> dict[str, tuple[int, ...]]:
@@ -213,6 +219,18 @@ class ClusterSnapshot:
         self.gpu_used_api[placement.node] -= placement.gpu_count
         self.node_pods[placement.node].discard(key)
         return pod
+
+    @contextmanager
+    def without(self, keys: Iterable[str]) -> Iterator[None]:
+        """Pretend the given pods are gone (preemption what-ifs, explaining a placed pod)."""
+        held = [(self.pods[k], self.placements[k]) for k in keys if k in self.placements]
+        for pod, _ in held:
+            self.remove(pod.key)
+        try:
+            yield
+        finally:
+            for pod, placement in held:
+                self.place(pod, placement.node, placement.gpus)
 
     def over_committed(self) -> list[str]:
         """Nodes where some GPU or count is held more than once over (an invariant check)."""

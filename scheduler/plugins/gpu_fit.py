@@ -29,6 +29,18 @@ class GpuFit(FilterPlugin):
         ok &= snap.gpu_alloc[nodes] - snap.gpu_used_api[nodes] >= pod.gpu_count
         return ok
 
+    def resolvable(self, cycle: Cycle, node: int) -> bool:
+        """True when the node would fit the pod with every pod on it gone."""
+        snap, pod = cycle.snapshot, cycle.pod
+        if not snap.ready[node] or snap.gpu_alloc[node] < pod.gpu_count:
+            return False
+        ok = snap.gpu_valid[node] & snap.gpu_healthy[node]
+        if pod.gpu_memory:
+            ok &= snap.gpu_memory[node] >= pod.gpu_memory
+        if pod.gpu_models:
+            ok &= np.isin(snap.gpu_model[node], [snap.model_id(m) for m in pod.gpu_models])
+        return int(ok.sum()) >= pod.gpus_needed
+
     def reason(self, cycle: Cycle, node: int) -> str:
         snap, pod = cycle.snapshot, cycle.pod
         if not snap.ready[node]:

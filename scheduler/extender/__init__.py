@@ -1,0 +1,1 @@
+"""The HTTP extender kube-scheduler calls: filter, prioritize, bind, preempt."""

@@ -1,0 +1,111 @@
+"""The FastAPI app: the extender verbs at the edge, decoded and encoded with msgspec.
+
+Malformed input never yields a 5xx: filter and bind answer 200 with a clear `Error` (kube-scheduler
+shows it in the pod's events); prioritize and preempt answer 400 with `Error` (kube-scheduler then
+ignores gpusched's scores, or its preemption advice, for that attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from scheduler.extender import wire
+from scheduler.extender.service import ExtenderService
+
+log = logging.getLogger("gpusched.extender")
+JSON = "application/json"
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(content=msgspec.json.encode(body), status_code=status, media_type=JSON)
+
+
+def create_app(service: ExtenderService) -> FastAPI:
+    app = FastAPI(title="gpusched extender", docs_url=None, redoc_url=None)
+    metrics = service.metrics
+
+    async def handle(
+        verb: str,
+        request: Request,
+        kind: type[Any],
+        run: Callable[[Any], Any],
+        on_bad_input: Callable[[str], Response],
+        blocking: bool = False,
+    ) -> Response:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            raw = await request.body()
+            try:
+                args = msgspec.json.decode(raw, type=kind)
+            except msgspec.DecodeError as exc:
+                outcome = "bad_request"
+                return on_bad_input(f"gpusched: malformed {verb} request: {exc}")
+            try:
+                # bind waits on the API server: keep the event loop free for filter calls meanwhile
+                result = await run_in_threadpool(run, args) if blocking else run(args)
+                return _json(result)
+            except Exception as exc:  # a bug must not crash kube-scheduler's cycle; say what broke
+                outcome = "error"
+                log.exception("%s failed", verb)
+                return on_bad_input(f"gpusched: internal error in {verb}: {type(exc).__name__}: {exc}")
+        finally:
+            metrics.request_seconds.labels(verb).observe(time.perf_counter() - started)
+            metrics.requests.labels(verb, outcome).inc()
+
+    @app.post("/filter")
+    async def filter_(request: Request) -> Response:
+        return await handle(
+            "filter", request, wire.ExtenderArgs, service.filter,
+            lambda msg: _json(wire.ExtenderFilterResult(error=msg)),
+        )
+
+    @app.post("/prioritize")
+    async def prioritize(request: Request) -> Response:
+        return await handle(
+            "prioritize", request, wire.ExtenderArgs, service.prioritize, lambda msg: _json({"Error": msg}, 400)
+        )
+
+    @app.post("/bind")
+    async def bind(request: Request) -> Response:
+        return await handle(
+            "bind", request, wire.ExtenderBindingArgs, service.bind,
+            lambda msg: _json(wire.ExtenderBindingResult(error=msg)), blocking=True,
+        )
+
+    @app.post("/preempt")
+    async def preempt(request: Request) -> Response:
+        return await handle(
+            "preempt", request, wire.ExtenderPreemptionArgs, service.preempt, lambda msg: _json({"Error": msg}, 400)
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response("ok", media_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if service.ready():
+            return Response("ok", media_type="text/plain")
+        return Response("informers have not synced yet", status_code=503, media_type="text/plain")
+
+    @app.get("/metrics")
+    async def metrics_() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/explain/{namespace}/{name}")
+    async def explain(namespace: str, name: str) -> Response:
+        out = service.explain(namespace, name)
+        if out is None:
+            return _json({"error": f"pod {namespace}/{name} is not a GPU pod known to gpusched"}, 404)
+        return _json(out)
+
+    return app

@@ -1,0 +1,225 @@
+"""What each extender verb does, apart from HTTP. Answers come from the in-memory snapshot; only
+bind talks to the API server.
+
+Verb behaviour (also in the README):
+- filter: nodes that pass every gpusched filter go back in NodeNames; the rest in FailedNodes with
+  gpusched's reason, or FailedAndUnresolvableNodes when preempting pods could not help (CUDA
+  version, GPU model or memory size, stale report). Nodes gpusched does not know yet fail with
+  "unknown to gpusched". A malformed pod request answers with Error naming the annotation.
+- prioritize: an integer 0..10 per node: 10 for gpusched's best node, falling linearly to 0 for
+  nodes SCORE_SPAN points (of 100) or more behind it, so small differences stay small.
+- bind: picks the GPUs on the chosen node, holds them in the assume-cache, and creates the Binding
+  with the GPUs in annotation gpusched.io/gpu-ids; if the pod no longer fits, answers Error.
+- preempt: keeps only the nodes where evicting kube-scheduler's victims makes the pod fit by
+  gpusched's filters too, with the same victims.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from scheduler.core.framework import Decision, Framework
+from scheduler.core.podspec import ANN_GPU_IDS, parse_pod
+from scheduler.core.snapshot import ClusterSnapshot, SnapshotError
+from scheduler.core.types import PodRequest
+from scheduler.extender import wire
+from scheduler.metrics import ExtenderMetrics
+from scheduler.state.store import ClusterState
+
+log = logging.getLogger("gpusched.extender")
+
+SCORE_SPAN = 20.0
+MAX_EXTENDER_SCORE = 10
+
+
+class Binder(Protocol):
+    def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    def bind(self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None: ...
+
+
+class ExtenderService:
+    def __init__(
+        self,
+        state: ClusterState,
+        framework: Framework,
+        binder: Binder,
+        metrics: ExtenderMetrics,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.state = state
+        self.framework = framework
+        self.binder = binder
+        self.metrics = metrics
+        self.ready = ready
+        self.last_change_at = time.time()
+        self._changes_seen = -1
+        metrics.watch_cluster(lambda: self.state._snapshot)
+
+    # ------------------------------------------------------------------ helpers
+    def _snapshot(self) -> ClusterSnapshot:
+        snap = self.state.snapshot()
+        if self.state.changes != self._changes_seen:
+            self._changes_seen = self.state.changes
+            self.last_change_at = time.time()
+        self.metrics.snapshot_age.set(time.time() - self.last_change_at)
+        self.metrics.assumed_pods.set(len(self.state.assumed))
+        return snap
+
+    def _candidates(self, snap: ClusterSnapshot, names: list[str]) -> tuple[np.ndarray, list[str]]:
+        known, unknown = [], []
+        for name in names:
+            index = snap.index.get(name)
+            if index is None:
+                unknown.append(name)
+            else:
+                known.append(index)
+        return np.array(known, dtype=np.intp), unknown
+
+    @staticmethod
+    def _names(args: wire.ExtenderArgs) -> list[str]:
+        if args.node_names is not None:
+            return list(args.node_names)
+        items = args.nodes.items if args.nodes is not None else []
+        return [str((item.get("metadata") or {}).get("name", "")) for item in items]
+
+    def _decide(self, snap: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray) -> Decision:
+        return self.framework.decide(snap, pod, nodes, on_filter=self._count_rejection)
+
+    def _count_rejection(self, plugin: str, node: int) -> None:
+        self.metrics.filter_rejections.labels(plugin).inc()
+
+    # -------------------------------------------------------------------- verbs
+    def filter(self, args: wire.ExtenderArgs) -> wire.ExtenderFilterResult:
+        pod = parse_pod(args.pod, self.state.config.gpu_resource)
+        names = self._names(args)
+        with self.state.lock:
+            snap = self._snapshot()
+            nodes, unknown = self._candidates(snap, names)
+            decision = self._decide(snap, pod, nodes)
+        if decision.error:
+            return wire.ExtenderFilterResult(node_names=None, error=f"gpusched: {decision.error}")
+        failed = {name: "unknown to gpusched (no Node in its cache yet)" for name in unknown}
+        unresolvable: dict[str, str] = {}
+        for node, reason in decision.reasons.items():
+            target = failed if node in decision.resolvable else unresolvable
+            target[snap.names[node]] = f"gpusched: {reason}"
+        passed = [snap.names[i] for i in decision.feasible]
+        if args.node_names is None and args.nodes is not None:
+            keep = set(passed)
+            items = [i for i in args.nodes.items if (i.get("metadata") or {}).get("name") in keep]
+            return wire.ExtenderFilterResult(
+                nodes=wire.NodeList(items=items), failed_nodes=failed, failed_and_unresolvable_nodes=unresolvable
+            )
+        return wire.ExtenderFilterResult(
+            node_names=passed, failed_nodes=failed, failed_and_unresolvable_nodes=unresolvable
+        )
+
+    def prioritize(self, args: wire.ExtenderArgs) -> list[wire.HostPriority]:
+        pod = parse_pod(args.pod, self.state.config.gpu_resource)
+        names = self._names(args)
+        with self.state.lock:
+            snap = self._snapshot()
+            nodes, _ = self._candidates(snap, names)
+            decision = self.framework.decide(snap, pod, nodes)
+        scores = dict.fromkeys(names, 0)
+        if decision.feasible.size:
+            best = float(decision.total.max())
+            for node, total in zip(decision.feasible, decision.total, strict=True):
+                level = MAX_EXTENDER_SCORE * (1.0 - (best - float(total)) / SCORE_SPAN)
+                scores[snap.names[node]] = int(np.clip(round(level), 0, MAX_EXTENDER_SCORE))
+        return [wire.HostPriority(host=name, score=score) for name, score in scores.items()]
+
+    def bind(self, args: wire.ExtenderBindingArgs) -> wire.ExtenderBindingResult:
+        key = f"{args.pod_namespace}/{args.pod_name}"
+        with self.state.lock:
+            pod = self.state.pods.get(key)
+        if pod is None:
+            obj = self.binder.get_pod(args.pod_namespace, args.pod_name)
+            if obj is None:
+                self.metrics.binds.labels("pod_not_found").inc()
+                return wire.ExtenderBindingResult(error=f"gpusched: pod {key} not found")
+            pod = parse_pod(obj, self.state.config.gpu_resource)
+        with self.state.lock:
+            snap = self._snapshot()
+            node = snap.index.get(args.node)
+            if node is None:
+                self.metrics.binds.labels("unknown_node").inc()
+                return wire.ExtenderBindingResult(error=f"gpusched: node {args.node} is unknown to gpusched")
+            if key in snap.placements:
+                snap.remove(key)  # a retry of a pod we already assumed: choose afresh
+                self.state.forget_assumed(key)
+                snap = self._snapshot()
+            decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp))
+            gpus = self.framework.choose_gpus(snap, pod, node) if decision.feasible.size else ()
+            if pod.wants_gpu and not gpus:
+                self.metrics.binds.labels("no_longer_fits").inc()
+                why = decision.error or decision.reasons.get(node, "no usable GPUs left")
+                return wire.ExtenderBindingResult(error=f"gpusched: {key} no longer fits {args.node}: {why}")
+            try:
+                self.state.assume(pod, args.node, gpus)
+            except SnapshotError as exc:
+                self.metrics.binds.labels("no_longer_fits").inc()
+                return wire.ExtenderBindingResult(error=f"gpusched: {exc}")
+        annotations = {ANN_GPU_IDS: ",".join(str(g) for g in gpus)} if gpus else {}
+        try:
+            self.binder.bind(args.pod_namespace, args.pod_name, args.pod_uid, args.node, annotations)
+        except Exception as exc:  # any failure: release the GPUs and let kube-scheduler retry
+            self.state.forget_assumed(key)
+            self.metrics.binds.labels("api_error").inc()
+            log.warning("bind %s -> %s failed: %s", key, args.node, exc)
+            return wire.ExtenderBindingResult(error=f"gpusched: binding {key} to {args.node} failed: {exc}")
+        self.metrics.binds.labels("bound").inc()
+        log.info("bound %s to %s gpus=%s", key, args.node, list(gpus))
+        return wire.ExtenderBindingResult()
+
+    def preempt(self, args: wire.ExtenderPreemptionArgs) -> wire.ExtenderPreemptionResult:
+        pod = parse_pod(args.pod, self.state.config.gpu_resource)
+        if pod.errors:
+            return wire.ExtenderPreemptionResult()
+        victims: dict[str, list[str]] = {}
+        meta: dict[str, wire.MetaVictims] = {}
+        if args.node_name_to_meta_victims is not None:
+            for node, v in args.node_name_to_meta_victims.items():
+                victims[node] = [p.uid for p in v.pods]
+                meta[node] = v
+        elif args.node_name_to_victims is not None:
+            for node, full in args.node_name_to_victims.items():
+                uids = [str((p.get("metadata") or {}).get("uid", "")) for p in full.pods]
+                victims[node] = uids
+                meta[node] = wire.MetaVictims([wire.MetaPod(u) for u in uids], full.num_pdb_violations)
+        result: dict[str, wire.MetaVictims] = {}
+        with self.state.lock:
+            snap = self._snapshot()
+            for node_name, uids in victims.items():
+                node = snap.index.get(node_name)
+                if node is None:
+                    continue
+                keys = [p.key for p in (self.state.pod_by_uid(u) for u in uids) if p is not None]
+                with snap.without(keys):
+                    decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp))
+                if decision.feasible.size:
+                    result[node_name] = meta[node_name]
+        return wire.ExtenderPreemptionResult(node_name_to_meta_victims=result)
+
+    def explain(self, namespace: str, name: str) -> dict[str, Any] | None:
+        key = f"{namespace}/{name}"
+        with self.state.lock:
+            pod = self.state.pods.get(key)
+            if pod is None:
+                return None
+            snap = self._snapshot()
+            # A placed pod is explained as if it were not placed yet.
+            with snap.without([key]):
+                decision = self.framework.decide(snap, pod)
+                out = decision.explain()
+                best = decision.best()
+                if best is not None:
+                    out["gpus"] = list(self.framework.choose_gpus(snap, pod, best))
+        out["boundTo"] = pod.node_name or None
+        return out

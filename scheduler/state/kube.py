@@ -1,0 +1,128 @@
+"""A thin raw-JSON layer over the official client: it brings the connection, TLS and auth; bodies
+are read with orjson and fields picked directly, since building the client's model objects for a
+large list costs seconds (DESIGN.md, "Informers keep only what the snapshot needs").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+
+class KubeError(Exception):
+    """An API answer other than success; `status` is the HTTP code (0 when the API was not reached)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}" if status else message)
+        self.status = status
+
+
+def load_api_client(kubeconfig: str | None = None) -> k8s_client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (or $KUBECONFIG)."""
+    configuration = k8s_client.Configuration()
+    if kubeconfig:
+        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(client_configuration=configuration)
+    return k8s_client.ApiClient(configuration)
+
+
+class Kube:
+    """GET / stream / POST / PATCH of raw JSON against the API server."""
+
+    def __init__(self, api_client: k8s_client.ApiClient) -> None:
+        self.api = api_client
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | tuple[float, float] | None = 30.0,
+    ) -> Any:
+        url_path = path + (("?" + urlencode(query)) if query else "")
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        method, url, headers, _ = self.api.param_serialize(
+            method, url_path, header_params=headers, auth_settings=["BearerToken"]
+        )
+        try:
+            return self.api.rest_client.pool_manager.request(
+                method,
+                url,
+                body=orjson.dumps(body) if body is not None else None,
+                headers=headers,
+                timeout=timeout,
+                preload_content=False,
+            )
+        except Exception as exc:  # urllib3 raises many types; all mean "API not reached"
+            raise KubeError(0, f"{method} {path}: {exc}") from exc
+
+    def _json(self, resp: Any, what: str) -> Any:
+        data = resp.read()
+        resp.release_conn()
+        if resp.status >= 300:
+            try:
+                message = orjson.loads(data).get("message", "")
+            except orjson.JSONDecodeError:
+                message = data[:200].decode(errors="replace")
+            raise KubeError(resp.status, f"{what}: {message}")
+        return orjson.loads(data) if data else {}
+
+    def get(self, path: str, query: Mapping[str, Any] | None = None) -> Any:
+        return self._json(self._request("GET", path, query), f"GET {path}")
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._json(self._request("POST", path, body=body), f"POST {path}")
+
+    def patch(self, path: str, body: Any, content_type: str, query: Mapping[str, Any] | None = None) -> Any:
+        return self._json(
+            self._request("PATCH", path, query, body=body, content_type=content_type), f"PATCH {path}"
+        )
+
+    def list_all(self, path: str, page: int = 500) -> tuple[list[dict[str, Any]], str]:
+        """Every item of a collection (paginated), and the list's resourceVersion."""
+        items: list[dict[str, Any]] = []
+        query: dict[str, Any] = {"limit": page}
+        while True:
+            body = self.get(path, query)
+            items.extend(body.get("items") or ())
+            meta = body.get("metadata") or {}
+            if not meta.get("continue"):
+                return items, str(meta.get("resourceVersion", ""))
+            query = {"limit": page, "continue": meta["continue"]}
+
+    def watch(self, path: str, resource_version: str, timeout_s: int = 300) -> Iterator[dict[str, Any]]:
+        """Watch events from `resource_version`; ends when the server closes the stream."""
+        query = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout_s,
+        }
+        resp = self._request("GET", path, query, timeout=(10.0, timeout_s + 30.0))
+        if resp.status >= 300:
+            self._json(resp, f"WATCH {path}")
+        try:
+            buffer = b""
+            for chunk in resp.stream(64 * 1024):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield orjson.loads(line)
+        except Exception as exc:
+            raise KubeError(0, f"watch {path} broke: {exc}") from exc
+        finally:
+            resp.release_conn()
