@@ -24,7 +24,9 @@ class ClusterCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snap = self.snapshot()
         gpus = GaugeMetricFamily("gpusched_cluster_gpus", "GPUs in gpusched's view by state", labels=["state"])
-        nodes = GaugeMetricFamily("gpusched_cluster_nodes", "Nodes in gpusched's view by report state", labels=["report"])
+        nodes = GaugeMetricFamily(
+            "gpusched_cluster_nodes", "Nodes in gpusched's view by report state", labels=["report"]
+        )
         if snap is not None and len(snap):
             valid = snap.gpu_valid & snap.gpu_healthy
             free = (valid & (snap.gpu_milli_free >= 1000)).sum()
@@ -60,7 +62,10 @@ class ExtenderMetrics:
         )
         self.binds = Counter("gpusched_binds_total", "Bind attempts by result", ["result"], registry=r)
         self.watch_restarts = Counter(
-            "gpusched_watch_restarts_total", "Informer restarts by resource and reason", ["resource", "reason"], registry=r
+            "gpusched_watch_restarts_total",
+            "Informer restarts by resource and reason",
+            ["resource", "reason"],
+            registry=r,
         )
         self.informer_synced = Gauge(
             "gpusched_informer_synced", "1 once the informer has listed its resource", ["resource"], registry=r

@@ -78,7 +78,9 @@ def load_config(data: Mapping[str, Any] | None, known_filters: set[str], known_s
     filters = tuple(plugins.get("filter", DEFAULT_FILTERS))
     for name in filters:
         if name not in known_filters:
-            raise ConfigError(f"plugins.filter: unknown filter plugin {name!r} (known: {', '.join(sorted(known_filters))})")
+            raise ConfigError(
+                f"plugins.filter: unknown filter plugin {name!r} (known: {', '.join(sorted(known_filters))})"
+            )
     scores: list[tuple[str, float]] = []
     raw_scores = plugins.get("score")
     if raw_scores is None:
@@ -89,7 +91,9 @@ def load_config(data: Mapping[str, Any] | None, known_filters: set[str], known_s
         for entry in raw_scores:
             name = entry.get("name") if isinstance(entry, Mapping) else entry
             if name not in known_scores:
-                raise ConfigError(f"plugins.score: unknown score plugin {name!r} (known: {', '.join(sorted(known_scores))})")
+                raise ConfigError(
+                    f"plugins.score: unknown score plugin {name!r} (known: {', '.join(sorted(known_scores))})"
+                )
             weight = entry.get("weight") if isinstance(entry, Mapping) else None
             if weight is None:
                 raise ConfigError(f"plugins.score: {name} has no weight")

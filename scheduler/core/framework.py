@@ -7,8 +7,8 @@ every placement can be explained.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -44,7 +44,7 @@ class Cycle:
         return self._sets[1], self._sets[2]
 
 
-class Plugin(ABC):
+class Plugin:
     """Base of all plugins: a name, arguments from config, nothing else."""
 
     name: ClassVar[str] = ""
@@ -54,7 +54,7 @@ class Plugin(ABC):
         self.config = config
 
 
-class PreFilterPlugin(Plugin):
+class PreFilterPlugin(Plugin, ABC):
     """Runs once per pod: may narrow the candidates (a gang's planned node) or refuse the pod."""
 
     @abstractmethod
@@ -62,7 +62,7 @@ class PreFilterPlugin(Plugin):
         """(nodes still allowed, a pod-level reason when none are)."""
 
 
-class FilterPlugin(Plugin):
+class FilterPlugin(Plugin, ABC):
     @abstractmethod
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         """Boolean mask over `nodes`: True where the pod may go."""
@@ -76,7 +76,7 @@ class FilterPlugin(Plugin):
         return False
 
 
-class ScorePlugin(Plugin):
+class ScorePlugin(Plugin, ABC):
     # min-max normalise over the feasible nodes before weighting (for raw scores of no fixed scale)
     normalize: ClassVar[bool] = False
 
@@ -195,11 +195,11 @@ class Framework:
         scores: dict[str, np.ndarray] = {}
         total = np.zeros(nodes.size)
         if nodes.size:
-            for plugin, weight in self.scores:
-                raw = np.clip(np.asarray(plugin.score(cycle, nodes), dtype=np.float64), 0.0, MAX_SCORE)
-                if plugin.normalize:
+            for scorer, weight in self.scores:
+                raw = np.clip(np.asarray(scorer.score(cycle, nodes), dtype=np.float64), 0.0, MAX_SCORE)
+                if scorer.normalize:
                     raw = minmax(raw)
-                scores[plugin.name] = raw
+                scores[scorer.name] = raw
                 total += weight * raw
             total /= self.weight_sum
         return Decision(pod, snapshot, nodes, total, scores, reasons, rejected_by, resolvable, notes=cycle.notes)

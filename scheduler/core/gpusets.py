@@ -64,11 +64,8 @@ def best_sets(
         free_whole = snapshot.gpu_milli_free[nodes] >= 1000
         # Connectivity to the other free GPUs: lower is a better spot to give away.
         connectivity = np.einsum("ngh,nh->ng", affinity, free_whole.astype(np.float32))
-        if pod.gpu_milli:
-            # A share: best fit first (least free share left), then the least connected GPU.
-            cost = snapshot.gpu_milli_free[nodes] * 100.0 + connectivity
-        else:
-            cost = connectivity
+        # A share: best fit first (least free share left), then the least connected GPU.
+        cost = snapshot.gpu_milli_free[nodes] * 100.0 + connectivity if pod.gpu_milli else connectivity
         cost = np.where(eligible, cost, np.inf)
         pick = np.argmin(cost, axis=1)
         chosen[:, 0] = np.where(can, pick, -1)
@@ -88,9 +85,7 @@ def best_sets(
     return _greedy_sets(affinity, eligible, k, can)
 
 
-def _greedy_sets(
-    affinity: np.ndarray, eligible: np.ndarray, k: int, can: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _greedy_sets(affinity: np.ndarray, eligible: np.ndarray, k: int, can: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, g = eligible.shape
     best_q = np.full(n, -1.0)
     best_sets_ = np.full((n, k), -1, dtype=np.intp)

@@ -9,7 +9,7 @@ def normalize_image(ref: str) -> str:
     if not ref:
         return ref
     name, sep, digest = ref.partition("@")
-    first, slash, rest = name.partition("/")
+    first, slash, _rest = name.partition("/")
     if not slash:
         name = f"docker.io/library/{name}"
     elif "." not in first and ":" not in first and first != "localhost":

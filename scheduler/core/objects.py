@@ -39,7 +39,9 @@ def node_from_object(node: Mapping[str, Any], gpu_resource: str = "nvidia.com/gp
     status = node.get("status") or {}
     allocatable = status.get("allocatable") or {}
     ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or () if isinstance(c, Mapping)
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or ()
+        if isinstance(c, Mapping)
     )
     images: dict[str, int] = {}
     for image in status.get("images") or ():

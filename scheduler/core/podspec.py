@@ -122,17 +122,19 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
             if min_member < 1:
                 raise ValueError
         except (TypeError, ValueError):
-            errors.append(f"annotation {ANN_MIN_MEMBER}: {annotations[ANN_MIN_MEMBER]!r} must be a positive whole number")
+            errors.append(
+                f"annotation {ANN_MIN_MEMBER}: {annotations[ANN_MIN_MEMBER]!r} must be a positive whole number"
+            )
             min_member = 0
 
     rank = None
     for key in RANK_KEYS:
-        raw = labels.get(key, annotations.get(key))
-        if raw is not None:
+        found = labels.get(key, annotations.get(key))
+        if found is not None:
             try:
-                rank = int(raw)
+                rank = int(found)
             except (TypeError, ValueError):
-                errors.append(f"{key}: {raw!r} is not a whole number")
+                errors.append(f"{key}: {found!r} is not a whole number")
             break
 
     gpu_ids: tuple[int, ...] = ()

@@ -64,7 +64,10 @@ def create_app(service: ExtenderService) -> FastAPI:
     @app.post("/filter")
     async def filter_(request: Request) -> Response:
         return await handle(
-            "filter", request, wire.ExtenderArgs, service.filter,
+            "filter",
+            request,
+            wire.ExtenderArgs,
+            service.filter,
             lambda msg: _json(wire.ExtenderFilterResult(error=msg)),
         )
 
@@ -77,8 +80,12 @@ def create_app(service: ExtenderService) -> FastAPI:
     @app.post("/bind")
     async def bind(request: Request) -> Response:
         return await handle(
-            "bind", request, wire.ExtenderBindingArgs, service.bind,
-            lambda msg: _json(wire.ExtenderBindingResult(error=msg)), blocking=True,
+            "bind",
+            request,
+            wire.ExtenderBindingArgs,
+            service.bind,
+            lambda msg: _json(wire.ExtenderBindingResult(error=msg)),
+            blocking=True,
         )
 
     @app.post("/preempt")

@@ -40,7 +40,9 @@ def build_live(config: SchedulerConfig, kubeconfig: str | None) -> ExtenderServi
     kube = Kube(load_api_client(kubeconfig))
     state = ClusterState(config)
     metrics = ExtenderMetrics()
-    informers = start_informers(kube, state, on_restart=lambda kind, why: metrics.watch_restarts.labels(kind, why).inc())
+    informers = start_informers(
+        kube, state, on_restart=lambda kind, why: metrics.watch_restarts.labels(kind, why).inc()
+    )
 
     def ready() -> bool:
         for informer in informers:
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpusched-extender", description=__doc__)
     parser.add_argument("--config", help="scheduler config (YAML): plugins, weights, args")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--kubeconfig", help="kubeconfig to watch the cluster with (default: in-cluster, then $KUBECONFIG)")
+    source.add_argument(
+        "--kubeconfig", help="kubeconfig to watch the cluster with (default: in-cluster, then $KUBECONFIG)"
+    )
     source.add_argument("--cluster-file", help="serve offline from a scenario file instead of a cluster")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8888)

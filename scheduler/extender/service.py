@@ -197,12 +197,12 @@ class ExtenderService:
         with self.state.lock:
             snap = self._snapshot()
             for node_name, uids in victims.items():
-                node = snap.index.get(node_name)
-                if node is None:
+                index = snap.index.get(node_name)
+                if index is None:
                     continue
                 keys = [p.key for p in (self.state.pod_by_uid(u) for u in uids) if p is not None]
                 with snap.without(keys):
-                    decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp))
+                    decision = self.framework.decide(snap, pod, np.array([index], dtype=np.intp))
                 if decision.feasible.size:
                     result[node_name] = meta[node_name]
         return wire.ExtenderPreemptionResult(node_name_to_meta_victims=result)

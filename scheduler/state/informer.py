@@ -107,8 +107,16 @@ def start_informers(
 ) -> list[Informer]:
     """Nodes, pods and GPUNodeReports, each in its own thread."""
     informers = [
-        Informer(kube, "nodes", "/api/v1/nodes", Handlers(state.replace_nodes, state.upsert_node, state.delete_node), on_restart),
-        Informer(kube, "pods", "/api/v1/pods", Handlers(state.replace_pods, state.upsert_pod, state.delete_pod), on_restart),
+        Informer(
+            kube,
+            "nodes",
+            "/api/v1/nodes",
+            Handlers(state.replace_nodes, state.upsert_node, state.delete_node),
+            on_restart,
+        ),
+        Informer(
+            kube, "pods", "/api/v1/pods", Handlers(state.replace_pods, state.upsert_pod, state.delete_pod), on_restart
+        ),
         Informer(
             kube,
             "gpunodereports",

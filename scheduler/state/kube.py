@@ -54,7 +54,7 @@ class Kube:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
-        method, url, headers, _ = self.api.param_serialize(
+        method, url, headers, _, _ = self.api.param_serialize(
             method, url_path, header_params=headers, auth_settings=["BearerToken"]
         )
         try:
@@ -87,9 +87,7 @@ class Kube:
         return self._json(self._request("POST", path, body=body), f"POST {path}")
 
     def patch(self, path: str, body: Any, content_type: str, query: Mapping[str, Any] | None = None) -> Any:
-        return self._json(
-            self._request("PATCH", path, query, body=body, content_type=content_type), f"PATCH {path}"
-        )
+        return self._json(self._request("PATCH", path, query, body=body, content_type=content_type), f"PATCH {path}")
 
     def list_all(self, path: str, page: int = 500) -> tuple[list[dict[str, Any]], str]:
         """Every item of a collection (paginated), and the list's resourceVersion."""

@@ -185,7 +185,8 @@ class ClusterState:
             dtype=np.float64,
         )
         bound = [p for p in self.pods.values() if p.node_name]
-        assumed = [p for k, (p, _) in self.assumed.items() if not self.pods.get(k, p).node_name]
+        # An assumed pod counts until the informer shows it bound (then it is in `bound`).
+        assumed = [p for k, (p, _) in self.assumed.items() if not (k in self.pods and self.pods[k].node_name)]
         self._built_at = now
         return ClusterSnapshot(nodes, bound + assumed, self.config.tiers)
 

@@ -20,7 +20,13 @@ from scheduler.state.store import ClusterState
 SCENARIO = {
     "nodeTypes": {
         "h100": {"gpus": 8, "gpuModel": "H100-80GB", "gpuMemory": "80Gi", "interconnect": "nvswitch", "cuda": "12.4"},
-        "a100": {"gpus": 8, "gpuModel": "A100-40GB", "gpuMemory": "40Gi", "interconnect": "nvlink-pairs", "cuda": "12.2"},
+        "a100": {
+            "gpus": 8,
+            "gpuModel": "A100-40GB",
+            "gpuMemory": "40Gi",
+            "interconnect": "nvlink-pairs",
+            "cuda": "12.2",
+        },
         "l4": {"gpus": 4, "gpuModel": "L4", "gpuMemory": "24Gi", "interconnect": "pcie", "cuda": "12.2"},
     },
     "nodes": [
@@ -50,8 +56,9 @@ def client(service: ExtenderService) -> Iterator[httpx.Client]:
             async def run() -> httpx.Response:
                 transport = httpx.ASGITransport(app=app)
                 async with httpx.AsyncClient(transport=transport, base_url="http://extender") as c:
-                    resp = await c.request(request.method, str(request.url), content=request.content,
-                                           headers=request.headers)
+                    resp = await c.request(
+                        request.method, str(request.url), content=request.content, headers=request.headers
+                    )
                     await resp.aread()
                     return httpx.Response(resp.status_code, headers=resp.headers, content=resp.content)
 
@@ -115,7 +122,9 @@ def test_bind_holds_gpus_so_two_quick_binds_never_double_book(client: httpx.Clie
     for i in range(4):
         service.state.pods[f"default/q{i}"] = load_pods({"pods": [{"name": f"q{i}", "gpus": 1}]})[0]
     for i in range(4):
-        out = client.post("/bind", json={"PodName": f"q{i}", "PodNamespace": "default", "PodUID": f"u{i}", "Node": "l4-0"})
+        out = client.post(
+            "/bind", json={"PodName": f"q{i}", "PodNamespace": "default", "PodUID": f"u{i}", "Node": "l4-0"}
+        )
         assert out.json() == {"Error": ""}
     snap = service.state.snapshot()
     assert snap.gpu_free_count()[snap.index["l4-0"]] == 0
@@ -134,21 +143,30 @@ def test_bind_errors_are_clear(client: httpx.Client) -> None:
 
 
 def test_preempt_keeps_only_nodes_where_victims_make_room(client: httpx.Client, service: ExtenderService) -> None:
-    running = load_pods({"pods": [{"name": "v", "uid": "uid-v", "gpus": 4, "node": "l4-0", "gpuIds": [0, 1, 2, 3]},
-                                  {"name": "w", "uid": "uid-w", "gpus": 1, "node": "a100-0", "gpuIds": [0]}]})
+    running = load_pods(
+        {
+            "pods": [
+                {"name": "v", "uid": "uid-v", "gpus": 4, "node": "l4-0", "gpuIds": [0, 1, 2, 3]},
+                {"name": "w", "uid": "uid-w", "gpus": 1, "node": "a100-0", "gpuIds": [0]},
+            ]
+        }
+    )
     for p in running:
         service.state.pods[p.key] = p
         service.state.uids[p.uid] = p.key
     service.state._changed()
     pod = pod_object({"name": "p", "gpus": 4, "annotations": {"gpusched.io/gpu-models": "L4"}})
-    body = client.post("/preempt", json={
-        "Pod": pod,
-        "NodeNameToVictims": None,
-        "NodeNameToMetaVictims": {
-            "l4-0": {"Pods": [{"UID": "uid-v"}], "NumPDBViolations": 0},
-            "a100-0": {"Pods": [{"UID": "uid-w"}], "NumPDBViolations": 1},
+    body = client.post(
+        "/preempt",
+        json={
+            "Pod": pod,
+            "NodeNameToVictims": None,
+            "NodeNameToMetaVictims": {
+                "l4-0": {"Pods": [{"UID": "uid-v"}], "NumPDBViolations": 0},
+                "a100-0": {"Pods": [{"UID": "uid-w"}], "NumPDBViolations": 1},
+            },
         },
-    }).json()
+    ).json()
     assert body == {"NodeNameToMetaVictims": {"l4-0": {"Pods": [{"UID": "uid-v"}], "NumPDBViolations": 0}}}
     # The what-if left the cluster as it was.
     assert service.state.snapshot().placements["default/v"].gpus == (0, 1, 2, 3)

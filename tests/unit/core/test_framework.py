@@ -81,7 +81,9 @@ def test_malformed_pod_is_a_pod_level_error() -> None:
 
 def test_shared_gpu_goes_to_the_tightest_fitting_gpu() -> None:
     node = gpu_node("a", gpus=2)
-    snap = ClusterSnapshot([node], [parse_pod(pod("half", 0, node="a", gpuIds=[1], annotations={"gpusched.io/gpu-milli": "500"}))])
+    snap = ClusterSnapshot(
+        [node], [parse_pod(pod("half", 0, node="a", gpuIds=[1], annotations={"gpusched.io/gpu-milli": "500"}))]
+    )
     share = parse_pod(pod("q", 0, {"gpusched.io/gpu-milli": "400"}))
     assert FW.choose_gpus(snap, share, 0) == (1,)
 

@@ -63,7 +63,11 @@ def test_garbage_pod_is_an_error() -> None:
 
 
 def test_rank_from_job_completion_index_and_gang_labels() -> None:
-    obj = pod("w-1", gpus=8, labels={"scheduling.x-k8s.io/pod-group": "g", "batch.kubernetes.io/job-completion-index": "1"},
-              annotations={"gpusched.io/min-member": "4"})
+    obj = pod(
+        "w-1",
+        gpus=8,
+        labels={"scheduling.x-k8s.io/pod-group": "g", "batch.kubernetes.io/job-completion-index": "1"},
+        annotations={"gpusched.io/min-member": "4"},
+    )
     req = parse_pod(obj)
     assert (req.pod_group, req.min_member, req.rank) == ("g", 4, 1)

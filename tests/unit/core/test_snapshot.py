@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,8 +22,12 @@ def test_pods_hold_the_gpus_they_were_given() -> None:
 
 def test_kubelet_view_beats_gpusched_annotation() -> None:
     node = gpu_node("a", gpus=4)
-    node = type(node)(**{**{f: getattr(node, f) for f in node.__slots__},
-                         "gpus": tuple(GpuInfo(i, "H100", 1, holders=("default/p",) if i == 2 else ()) for i in range(4))})
+    node = type(node)(
+        **{
+            **{f: getattr(node, f) for f in node.__slots__},
+            "gpus": tuple(GpuInfo(i, "H100", 1, holders=("default/p",) if i == 2 else ()) for i in range(4)),
+        }
+    )
     running = parse_pod(pod("p", gpus=1, node="a", gpuIds=[0]))
     snap = ClusterSnapshot([node], [running])
     assert snap.placements["default/p"].gpus == (2,)
@@ -61,10 +67,8 @@ def test_without_restores_exact_gpus() -> None:
 def test_place_and_remove_never_overcommit(ops: list[tuple[int, int]]) -> None:
     snap = ClusterSnapshot([gpu_node(f"n{i}", gpus=8) for i in range(3)])
     for k, (node, count) in enumerate(ops):
-        try:
+        with contextlib.suppress(SnapshotError):
             snap.place(parse_pod(pod(f"p{k}", gpus=count)), node)
-        except SnapshotError:
-            pass
         if k % 3 == 2:
             snap.remove(f"default/p{k - 1}")
         assert snap.over_committed() == []

@@ -1,0 +1,52 @@
+# Two commands: `make demo` (set up, run the what-if on the bundled scenario) and `make test`
+# (set up everything, build the control plane if not cached, run every test). `make check` adds
+# ruff and mypy. Pinned versions come from constraints.txt.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+CONSTRAINTS := constraints.txt
+DEMO_REPORT ?= reports/demo
+
+.PHONY: demo test check lint typecheck controlplane constraints clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip==26.3 setuptools==84.2.1 wheel==0.48.0
+
+# The base install: enough for the extender, the simulator and the demo.
+$(VENV)/.base: $(PY) pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	touch $@
+
+# Everything the tests need: agent, workloads (torch, deepspeed) and dev tools. DeepSpeed's build
+# imports torch, so it is installed after torch, without build isolation.
+$(VENV)/.all: $(VENV)/.base
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[agent,dev]' torch safetensors
+	DS_BUILD_OPS=0 $(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e '.[workloads]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/gpusched-sim whatif simulations/scenarios/demo.yaml --report $(DEMO_REPORT)
+
+controlplane: $(VENV)/.base
+	$(PY) -m localcluster.build
+
+test: $(VENV)/.all controlplane
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.all
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV)/.all
+	$(VENV)/bin/mypy scheduler gpu_agent simulations workloads localcluster
+
+check: lint typecheck test
+
+# Refresh the pins from the current environment (run after changing dependencies).
+constraints: $(VENV)/.all
+	$(PIP) freeze --exclude-editable | grep -v '^gpusched' > $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache
