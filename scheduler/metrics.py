@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from scheduler.core.gang import GangManager
 from scheduler.core.snapshot import ClusterSnapshot
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -41,6 +42,29 @@ class ClusterCollector(Collector):
             nodes.add_metric(["unreadable"], float((snap.has_report & ~fresh).sum()))
         yield gpus
         yield nodes
+
+
+class GangCollector(Collector):
+    """Gang plans and reservations, read from the manager on each scrape."""
+
+    def __init__(self, gangs: GangManager) -> None:
+        self.gangs = gangs
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "gpusched_gangs_pending", "Gangs planned but not yet fully bound", value=self.gangs.pending()
+        )
+        held = sum(len(r.gpu_ids) for r in self.gangs.reservations())
+        yield GaugeMetricFamily(
+            "gpusched_gang_reserved_gpus", "GPUs reserved for gang members not yet bound", value=held
+        )
+        yield CounterMetricFamily(
+            "gpusched_gangs_placed", "Gangs whose members were all bound", value=self.gangs.placed_total
+        )
+        yield CounterMetricFamily(
+            "gpusched_gang_reservations_expired", "Gang plans released because members did not arrive in time",
+            value=self.gangs.expired_total,
+        )  # fmt: skip
 
 
 class ExtenderMetrics:
@@ -79,3 +103,6 @@ class ExtenderMetrics:
 
     def watch_cluster(self, snapshot: Callable[[], ClusterSnapshot | None]) -> None:
         self.registry.register(ClusterCollector(snapshot))
+
+    def watch_gangs(self, gangs: GangManager) -> None:
+        self.registry.register(GangCollector(gangs))

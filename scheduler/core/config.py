@@ -11,6 +11,9 @@ The file format (YAML or JSON, keys in camelCase like Kubernetes' own configs):
         - {name: gpu-memory-packing, weight: 2}
     pluginArgs:
       freshness: {scoreMissing: 0}
+    gang:
+      reservationTTLSeconds: 120   # how long a gang's GPUs are held for members not yet bound
+      maxSpanTier: gpusched.io/rack  # outermost tier a gang may span (default: the whole cluster)
 
 A score plugin without a positive weight, an unknown plugin, an unknown key or a malformed value is
 a start-up error that names the offending key.
@@ -47,13 +50,15 @@ class SchedulerConfig:
     filters: tuple[str, ...] = DEFAULT_FILTERS
     scores: tuple[tuple[str, float], ...] = DEFAULT_SCORES
     plugin_args: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    gang_ttl_s: float = 120.0
+    gang_max_span: str | None = None
 
     @property
     def weights(self) -> dict[str, float]:
         return dict(self.scores)
 
 
-_TOP_KEYS = {"gpuResource", "reportTTLSeconds", "topologyTiers", "plugins", "pluginArgs"}
+_TOP_KEYS = {"gpuResource", "reportTTLSeconds", "topologyTiers", "plugins", "pluginArgs", "gang"}
 
 
 def load_config(data: Mapping[str, Any] | None, known_filters: set[str], known_scores: set[str]) -> SchedulerConfig:
@@ -109,6 +114,15 @@ def load_config(data: Mapping[str, Any] | None, known_filters: set[str], known_s
     for name in args:
         if name not in known_filters | known_scores:
             raise ConfigError(f"pluginArgs: unknown plugin {name!r}")
+    gang = data.get("gang") or {}
+    if not isinstance(gang, Mapping) or set(gang) - {"reservationTTLSeconds", "maxSpanTier"}:
+        raise ConfigError("gang takes reservationTTLSeconds and maxSpanTier")
+    gang_ttl = gang.get("reservationTTLSeconds", 120)
+    if not isinstance(gang_ttl, int | float) or isinstance(gang_ttl, bool) or gang_ttl <= 0:
+        raise ConfigError("gang.reservationTTLSeconds must be a positive number")
+    max_span = gang.get("maxSpanTier")
+    if max_span is not None and max_span not in tiers:
+        raise ConfigError(f"gang.maxSpanTier {max_span!r} is not one of topologyTiers")
     return SchedulerConfig(
         gpu_resource=gpu_resource,
         report_ttl_s=float(ttl),
@@ -116,4 +130,6 @@ def load_config(data: Mapping[str, Any] | None, known_filters: set[str], known_s
         filters=filters,
         scores=tuple(scores),
         plugin_args=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in args.items()}),
+        gang_ttl_s=float(gang_ttl),
+        gang_max_span=max_span,
     )

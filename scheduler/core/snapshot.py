@@ -38,6 +38,11 @@ class Placement:
     gpu_count: int  # GPUs counted against the node's allocatable
 
 
+def owner_key(pod: PodRequest) -> str:
+    """The pod's controller qualified by namespace ("ns/ReplicaSet/web-5d8f"), "" without one."""
+    return f"{pod.namespace}/{pod.owner}" if pod.owner else ""
+
+
 class SnapshotError(ValueError):
     """A placement that does not fit the snapshot."""
 
@@ -90,11 +95,24 @@ class ClusterSnapshot:
         self.pods: dict[str, PodRequest] = {}
         self.placements: dict[str, Placement] = {}
         self.node_pods: list[set[str]] = [set() for _ in range(n)]
+        # Kept in step by place() and remove(): weights identity -> node -> pods serving it (every pod
+        # with `gpusched.io/model` that is not a training pod), and "namespace/Kind/name" of a
+        # controller -> node -> its pods there (replica spreading).
+        self.serving: dict[str, dict[int, int]] = {}
+        self.owner_pods: dict[str, dict[int, int]] = {}
+        self.conflicts: list[str] = []  # pods the API shows on a node that has no room left for them
         kubelet_holders = self._kubelet_holders()
         for pod in pods:
             if pod.node_name in self.index:
-                known = kubelet_holders.get(pod.key)
-                self.place(pod, self.index[pod.node_name], known or pod.gpu_ids or None)
+                at = self.index[pod.node_name]
+                try:
+                    self.place(pod, at, kubelet_holders.get(pod.key) or pod.gpu_ids or None)
+                except SnapshotError:
+                    # The GPUs it names are taken (or gone): hold any free ones, else record it.
+                    try:
+                        self.place(pod, at)
+                    except SnapshotError as exc:
+                        self.conflicts.append(str(exc))
 
     # ----------------------------------------------------------------- loading
     def _load_node(self, i: int, node: NodeState, model_ids: dict[str, int]) -> None:
@@ -204,6 +222,9 @@ class ClusterSnapshot:
         self.pods[pod.key] = pod
         self.placements[pod.key] = placement
         self.node_pods[node].add(pod.key)
+        for table, key in self._indexed(pod):
+            held = table.setdefault(key, {})
+            held[node] = held.get(node, 0) + 1
         return placement
 
     def remove(self, key: str) -> PodRequest | None:
@@ -218,7 +239,26 @@ class ClusterSnapshot:
         self.memory_free[placement.node] += placement.memory
         self.gpu_used_api[placement.node] -= placement.gpu_count
         self.node_pods[placement.node].discard(key)
+        if pod is not None:
+            for table, index_key in self._indexed(pod):
+                held = table.get(index_key, {})
+                left = held.get(placement.node, 0) - 1
+                if left > 0:
+                    held[placement.node] = left
+                else:
+                    held.pop(placement.node, None)
+                    if not held:
+                        table.pop(index_key, None)
         return pod
+
+    def _indexed(self, pod: PodRequest) -> list[tuple[dict[str, dict[int, int]], str]]:
+        """The (index, key) pairs a pod counts in: `serving` and `owner_pods`."""
+        out = []
+        if pod.model and pod.workload != "training":
+            out.append((self.serving, pod.model))
+        if pod.owner:
+            out.append((self.owner_pods, owner_key(pod)))
+        return out
 
     @contextmanager
     def without(self, keys: Iterable[str]) -> Iterator[None]:

@@ -12,6 +12,10 @@ Verb behaviour (also in the README):
   with the GPUs in annotation gpusched.io/gpu-ids; if the pod no longer fits, answers Error.
 - preempt: keeps only the nodes where evicting kube-scheduler's victims makes the pod fit by
   gpusched's filters too, with the same victims.
+- gang members (label scheduling.x-k8s.io/pod-group): the first member's filter plans the whole
+  gang and reserves its GPUs (scheduler/core/gang.py); each member then filters to its planned node
+  only, and is told to wait (Error) until all members exist. Bind writes the rank, planned node
+  and topology path onto the pod.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from scheduler.core.framework import Decision, Framework
+from scheduler.core.gang import Admission, GangManager
 from scheduler.core.podspec import ANN_GPU_IDS, parse_pod
 from scheduler.core.snapshot import ClusterSnapshot, SnapshotError
 from scheduler.core.types import PodRequest
@@ -34,6 +39,9 @@ from scheduler.state.store import ClusterState
 log = logging.getLogger("gpusched.extender")
 
 SCORE_SPAN = 20.0
+ANN_RANK = "gpusched.io/rank"
+ANN_PLANNED_NODE = "gpusched.io/planned-node"
+ANN_TOPOLOGY_PATH = "gpusched.io/topology-path"
 MAX_EXTENDER_SCORE = 10
 
 
@@ -59,10 +67,15 @@ class ExtenderService:
         self.ready = ready
         self.last_change_at = time.time()
         self._changes_seen = -1
+        config = state.config
+        self.gangs = GangManager(framework, config.gang_ttl_s, config.gang_max_span, on_change=state.mark_changed)
+        state.reservations = self.gangs.reservations
         metrics.watch_cluster(lambda: self.state._snapshot)
+        metrics.watch_gangs(self.gangs)
 
     # ------------------------------------------------------------------ helpers
     def _snapshot(self) -> ClusterSnapshot:
+        self.gangs.expire(self.state.clock())
         snap = self.state.snapshot()
         if self.state.changes != self._changes_seen:
             self._changes_seen = self.state.changes
@@ -91,6 +104,17 @@ class ExtenderService:
     def _decide(self, snap: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray) -> Decision:
         return self.framework.decide(snap, pod, nodes, on_filter=self._count_rejection)
 
+    def _admit(self, snap: ClusterSnapshot, pod: PodRequest) -> Admission:
+        """The gang member's planned slot (planning the gang if needed), or why it must wait."""
+        members = [p for p in self.state.pods.values() if p.namespace == pod.namespace and p.pod_group == pod.pod_group]
+        if all(m.key != pod.key for m in members):
+            members.append(pod)
+        admission = self.gangs.admit(snap, pod, members, self.state.clock())
+        if admission.slot is not None and admission.slot.node not in snap.index:
+            self.gangs.release(pod.namespace, pod.pod_group)
+            return Admission(None, f"gang {pod.pod_group}: planned node {admission.slot.node} is gone; planning again")
+        return admission
+
     def _count_rejection(self, plugin: str, node: int) -> None:
         self.metrics.filter_rejections.labels(plugin).inc()
 
@@ -101,10 +125,21 @@ class ExtenderService:
         with self.state.lock:
             snap = self._snapshot()
             nodes, unknown = self._candidates(snap, names)
-            decision = self._decide(snap, pod, nodes)
+            failed = dict.fromkeys(unknown, "gpusched: unknown to gpusched (no Node in its cache yet)")
+            if pod.pod_group and not pod.errors:
+                admission = self._admit(snap, pod)
+                if admission.slot is None:
+                    return wire.ExtenderFilterResult(node_names=None, error=f"gpusched: {admission.error}")
+                planned = snap.index[admission.slot.node]
+                note = f"gpusched: gang {pod.pod_group}: rank {admission.slot.rank} is planned on {admission.slot.node}"
+                failed.update({snap.names[i]: note for i in nodes if i != planned})
+                nodes = nodes[nodes == planned]
+                with snap.without([admission.reservation_key]):
+                    decision = self._decide(snap, pod, nodes)
+            else:
+                decision = self._decide(snap, pod, nodes)
         if decision.error:
             return wire.ExtenderFilterResult(node_names=None, error=f"gpusched: {decision.error}")
-        failed = {name: "unknown to gpusched (no Node in its cache yet)" for name in unknown}
         unresolvable: dict[str, str] = {}
         for node, reason in decision.reasons.items():
             target = failed if node in decision.resolvable else unresolvable
@@ -145,6 +180,8 @@ class ExtenderService:
                 self.metrics.binds.labels("pod_not_found").inc()
                 return wire.ExtenderBindingResult(error=f"gpusched: pod {key} not found")
             pod = parse_pod(obj, self.state.config.gpu_resource)
+        annotations: dict[str, str] = {}
+        rank = -1
         with self.state.lock:
             snap = self._snapshot()
             node = snap.index.get(args.node)
@@ -152,21 +189,41 @@ class ExtenderService:
                 self.metrics.binds.labels("unknown_node").inc()
                 return wire.ExtenderBindingResult(error=f"gpusched: node {args.node} is unknown to gpusched")
             if key in snap.placements:
-                snap.remove(key)  # a retry of a pod we already assumed: choose afresh
-                self.state.forget_assumed(key)
+                self.state.forget_assumed(key)  # a retry of a pod we already assumed: choose afresh
                 snap = self._snapshot()
-            decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp))
-            gpus = self.framework.choose_gpus(snap, pod, node) if decision.feasible.size else ()
-            if pod.wants_gpu and not gpus:
+            release: list[str] = []
+            planned: tuple[int, ...] = ()
+            if pod.pod_group and not pod.errors:
+                admission = self._admit(snap, pod)
+                if admission.slot is None or admission.slot.node != args.node:
+                    self.metrics.binds.labels("not_planned").inc()
+                    why = (
+                        admission.error or f"rank {admission.slot.rank if admission.slot else '?'} is planned elsewhere"
+                    )
+                    return wire.ExtenderBindingResult(error=f"gpusched: gang {pod.pod_group}: {why}")
+                release, planned, rank = [admission.reservation_key], admission.slot.gpus, admission.slot.rank
+                annotations = {
+                    ANN_RANK: str(rank),
+                    ANN_PLANNED_NODE: admission.slot.node,
+                    ANN_TOPOLOGY_PATH: admission.slot.path,
+                }
+            with snap.without(release):
+                decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp))
+                gpus = planned or (self.framework.choose_gpus(snap, pod, node) if decision.feasible.size else ())
+            if pod.wants_gpu and (not gpus or not decision.feasible.size):
                 self.metrics.binds.labels("no_longer_fits").inc()
                 why = decision.error or decision.reasons.get(node, "no usable GPUs left")
                 return wire.ExtenderBindingResult(error=f"gpusched: {key} no longer fits {args.node}: {why}")
+            for reservation in release:
+                snap.remove(reservation)
             try:
                 self.state.assume(pod, args.node, gpus)
             except SnapshotError as exc:
+                self.state.mark_changed()
                 self.metrics.binds.labels("no_longer_fits").inc()
                 return wire.ExtenderBindingResult(error=f"gpusched: {exc}")
-        annotations = {ANN_GPU_IDS: ",".join(str(g) for g in gpus)} if gpus else {}
+        if gpus:
+            annotations[ANN_GPU_IDS] = ",".join(str(g) for g in gpus)
         try:
             self.binder.bind(args.pod_namespace, args.pod_name, args.pod_uid, args.node, annotations)
         except Exception as exc:  # any failure: release the GPUs and let kube-scheduler retry
@@ -174,6 +231,9 @@ class ExtenderService:
             self.metrics.binds.labels("api_error").inc()
             log.warning("bind %s -> %s failed: %s", key, args.node, exc)
             return wire.ExtenderBindingResult(error=f"gpusched: binding {key} to {args.node} failed: {exc}")
+        if rank >= 0:
+            with self.state.lock:
+                self.gangs.bound(pod, rank)
         self.metrics.binds.labels("bound").inc()
         log.info("bound %s to %s gpus=%s", key, args.node, list(gpus))
         return wire.ExtenderBindingResult()

@@ -40,6 +40,8 @@ class ClusterState:
         self._built_at = 0.0
         self._static_report_times: dict[str, float] = {}
         self.changes = 0  # bumped on every change; for metrics and tests
+        # Pods that hold GPUs without existing (gang reservations), set by whoever owns them.
+        self.reservations: Callable[[], list[PodRequest]] = list
 
     def load_static(self, nodes: Iterable[NodeState], pods: Iterable[PodRequest]) -> None:
         """Offline mode: a fixed cluster (from a scenario file) instead of informers."""
@@ -146,6 +148,10 @@ class ClusterState:
             else:
                 self._changed()
 
+    def mark_changed(self) -> None:
+        with self.lock:
+            self._changed()
+
     def forget_assumed(self, key: str) -> None:
         with self.lock:
             if self.assumed.pop(key, None) is not None:
@@ -188,7 +194,9 @@ class ClusterState:
         # An assumed pod counts until the informer shows it bound (then it is in `bound`).
         assumed = [p for k, (p, _) in self.assumed.items() if not (k in self.pods and self.pods[k].node_name)]
         self._built_at = now
-        return ClusterSnapshot(nodes, bound + assumed, self.config.tiers)
+        held = {p.key for p in bound} | {p.key for p in assumed}
+        reserved = [r for r in self.reservations() if r.key not in held]
+        return ClusterSnapshot(nodes, bound + assumed + reserved, self.config.tiers)
 
     def pod_by_uid(self, uid: str) -> PodRequest | None:
         with self.lock:
