@@ -120,7 +120,7 @@ def _kubeconfig(server: str, ca: Path, user: str, token: str) -> dict[str, Any]:
     }
 
 
-def _http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | None = None) -> bool:
+def http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | None = None) -> bool:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -334,7 +334,9 @@ class LocalCluster:
         with self.api_client() as api:
             return k8s.apply_crds(api, path, timeout=timeout)
 
-    def apply_manifest(self, manifest: Path | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def apply_manifest(
+        self, manifest: Path | Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
         """See :func:`localcluster.k8s.apply_manifest`."""
         with self.api_client() as api:
             return k8s.apply_manifest(api, manifest)
@@ -364,7 +366,7 @@ class LocalCluster:
                     f"{proc.name} exited with code {proc.popen.returncode} during start; "
                     f"end of {proc.log_path}:\n{tail(proc.log_path)}"
                 )
-            if _http_ok(url, context=context, token=token):
+            if http_ok(url, context=context, token=token):
                 return
             time.sleep(0.2)
         raise ClusterError(
@@ -436,7 +438,9 @@ class LocalCluster:
             (self.kubeconfig_path, "admin", self.admin_token),
             (self.scheduler_kubeconfig_path, SCHEDULER_USER, self._scheduler_token),
         ):
-            path.write_text(yaml.safe_dump(_kubeconfig(self.api_url, self.ca_path, user, token), sort_keys=False))
+            path.write_text(
+                yaml.safe_dump(_kubeconfig(self.api_url, self.ca_path, user, token), sort_keys=False)
+            )
             path.chmod(0o600)
 
     def state(self) -> dict[str, Any]:

@@ -26,9 +26,7 @@ PLACEHOLDER = "v0.0.0"
 
 
 def _go(*args: str, capture: bool = False) -> str:
-    proc = subprocess.run(
-        ["go", *args], cwd=GO_DIR, check=True, text=True, stdout=subprocess.PIPE if capture else None
-    )
+    proc = subprocess.run(["go", *args], cwd=GO_DIR, check=True, text=True, stdout=subprocess.PIPE if capture else None)
     return proc.stdout or ""
 
 
@@ -60,10 +58,16 @@ def sync() -> None:
     """Rewrite go.mod/go.sum so they pin exactly the versions in versions.py."""
     replaces = staging_replaces()
     edits = [f"-dropreplace={path}" for path in _current_replaces()]
-    edits += [f"-replace={path}={path}@{version}" for path, version in sorted(replaces.items())]
-    edits += [f"-require=k8s.io/kubernetes@{K8S_VERSION}", f"-require=go.etcd.io/etcd/server/v3@{ETCD_VERSION}"]
+    edits += [
+        f"-require=k8s.io/kubernetes@{K8S_VERSION}",
+        f"-require=go.etcd.io/etcd/server/v3@{ETCD_VERSION}",
+    ]
     edits += [f"-tool={tool}" for tool in TOOLS]
     _go("mod", "edit", *edits)
+    # One replace block (go mod edit -replace would add a separate statement per module).
+    block = "".join(f"\t{path} => {path} {version}\n" for path, version in sorted(replaces.items()))
+    gomod = GO_DIR / "go.mod"
+    gomod.write_text(gomod.read_text().rstrip("\n") + f"\n\nreplace (\n{block})\n")
     _go("mod", "tidy")
 
 

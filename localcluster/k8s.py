@@ -7,6 +7,7 @@ and return plain JSON dicts, so callers never depend on the client's model class
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -79,7 +80,12 @@ def _now() -> str:
 def create_namespace(api: ApiClient, name: str) -> None:
     """Create a namespace; an existing one is left as is."""
     try:
-        request(api, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        request(
+            api,
+            "POST",
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        )
     except ApiException as exc:
         if exc.status != 409:
             raise
@@ -144,7 +150,11 @@ def set_node_ready(api: ApiClient, name: str, ready: bool) -> None:
     conditions = [c for c in node.get("status", {}).get("conditions") or [] if c.get("type") != "Ready"]
     conditions.append(_ready_condition(ready))
     request(
-        api, "PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": conditions}}, content_type=MERGE_PATCH
+        api,
+        "PATCH",
+        f"/api/v1/nodes/{name}/status",
+        {"status": {"conditions": conditions}},
+        content_type=MERGE_PATCH,
     )
     taints = [
         t
@@ -153,7 +163,9 @@ def set_node_ready(api: ApiClient, name: str, ready: bool) -> None:
     ]
     if not ready:
         taints.append(dict(NOT_READY_TAINT))
-    request(api, "PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": taints or None}}, content_type=MERGE_PATCH)
+    request(
+        api, "PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": taints or None}}, content_type=MERGE_PATCH
+    )
 
 
 def load_manifests(source: Manifest) -> list[dict[str, Any]]:
@@ -233,7 +245,9 @@ def apply_crds(api: ApiClient, path: Manifest, *, timeout: float = 60.0) -> list
     applied = apply_manifest(api, path)
     names = [obj["metadata"]["name"] for obj in applied if obj.get("kind") == "CustomResourceDefinition"]
     for name in names:
-        wait_until(lambda crd=name: _established(api, crd), timeout=timeout, what=f"CRD {name} to be Established")
+        wait_until(
+            functools.partial(_established, api, name), timeout=timeout, what=f"CRD {name} Established"
+        )
     return names
 
 
@@ -245,3 +259,16 @@ def wait_for_pod_node(api: ApiClient, namespace: str, name: str, *, timeout: flo
         return pod.get("spec", {}).get("nodeName") or None
 
     return wait_until(node_name, timeout=timeout, what=f"pod {namespace}/{name} to be bound")
+
+
+def reset(api: ApiClient) -> None:
+    """Delete every pod and node, so the next test starts from an empty cluster.
+
+    Pods go with a zero grace period: without a kubelet, a bound pod deleted gracefully would
+    stay Terminating forever. Namespaces are kept, since without kube-controller-manager a
+    deleted namespace never finishes terminating.
+    """
+    for namespace in request(api, "GET", "/api/v1/namespaces")["items"]:
+        name = namespace["metadata"]["name"]
+        request(api, "DELETE", f"/api/v1/namespaces/{name}/pods", query={"gracePeriodSeconds": "0"})
+    request(api, "DELETE", "/api/v1/nodes")

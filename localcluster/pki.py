@@ -53,7 +53,14 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def _ec_key(path: Path) -> None:
     _openssl(
-        "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path.name, cwd=path.parent
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        path.name,
+        cwd=path.parent,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -88,10 +89,8 @@ def terminate_group(pgid: int, *, timeout: float = 10.0, reap: Callable[..., obj
     def wait_gone(deadline: float) -> bool:
         while time.monotonic() < deadline:
             if reap is not None:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     reap(timeout=0.05)
-                except subprocess.TimeoutExpired:
-                    pass
             if not _group_alive(pgid):
                 return True
             time.sleep(0.05)

@@ -30,10 +30,15 @@ class Cycle:
         self.pod = pod
         self.config = config
         self._sets: tuple[bytes, np.ndarray, np.ndarray] | None = None
+        self._eligible: tuple[bytes, np.ndarray] | None = None
         self.notes: dict[str, Any] = {}  # per-cycle values a plugin wants shown in /explain
 
     def eligible(self, nodes: np.ndarray) -> np.ndarray:
-        return gpusets.eligible_gpus(self.snapshot, self.pod, nodes)
+        """(len(nodes), G) mask of the GPUs that could serve the pod, memoised for the last nodes."""
+        key = nodes.tobytes()
+        if self._eligible is None or self._eligible[0] != key:
+            self._eligible = (key, gpusets.eligible_gpus(self.snapshot, self.pod, nodes))
+        return self._eligible[1]
 
     def gpu_sets(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(set quality 0..1, -1 where none; chosen GPU indices) for the given nodes, memoised."""

@@ -10,15 +10,44 @@ from typing import Any
 
 from scheduler.core.config import SchedulerConfig, load_config
 from scheduler.core.framework import FilterPlugin, Framework, Plugin, PreFilterPlugin, ScorePlugin
+from scheduler.plugins.best_fit import BestFit
 from scheduler.plugins.cuda import CudaDriver
+from scheduler.plugins.dot_product import DotProduct
+from scheduler.plugins.fgd import Fgd
+from scheduler.plugins.fragmentation import Fragmentation
 from scheduler.plugins.freshness import Freshness
+from scheduler.plugins.gpu_clustering import GpuClustering
 from scheduler.plugins.gpu_fit import GpuFit
 from scheduler.plugins.gpu_memory_packing import GpuMemoryPacking
+from scheduler.plugins.gpu_packing import GpuPacking
+from scheduler.plugins.image_locality import ImageLocality
+from scheduler.plugins.least_allocated import LeastAllocated
 from scheduler.plugins.locality import Locality
 from scheduler.plugins.nvlink import NvLink
+from scheduler.plugins.random_pick import RandomPick
+from scheduler.plugins.resources_fit import ResourcesFit
 
 PLUGINS: dict[str, type[Plugin]] = {
-    cls.name: cls for cls in (GpuFit, CudaDriver, Freshness, GpuMemoryPacking, NvLink, Locality)
+    cls.name: cls
+    for cls in (
+        GpuFit,
+        CudaDriver,
+        Freshness,
+        GpuMemoryPacking,
+        NvLink,
+        Locality,
+        # The simulator's policies and kube-scheduler stand-ins (usable by the extender too).
+        ResourcesFit,
+        Fragmentation,
+        Fgd,
+        RandomPick,
+        BestFit,
+        DotProduct,
+        GpuPacking,
+        GpuClustering,
+        LeastAllocated,
+        ImageLocality,
+    )
 }
 
 

@@ -32,6 +32,7 @@ class PodRequest:
     images: tuple[str, ...] = ()
     model: str = ""  # weights identity, "org/name@revision"
     model_bytes: int = 0
+    kv_cache_bytes: int = 0  # GPU memory the replica wants for its KV cache, over all its GPUs; 0: unstated
     lora_adapters: tuple[str, ...] = ()
     workload: str = ""  # "training", "inference" or ""
     pod_group: str = ""

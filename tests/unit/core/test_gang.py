@@ -124,8 +124,8 @@ def test_reservation_expires_and_frees_the_gpus() -> None:
 
 def test_restart_mid_gang_keeps_bound_members_and_plans_the_rest_nearby() -> None:
     nodes = racks(per_rack=2, racks=2)
-    bound = parse_pod(pod("m-0", 8, {"gpusched.io/min-member": "2"}, node="r1-n0",
-                          labels={"scheduling.x-k8s.io/pod-group": "m", "batch.kubernetes.io/job-completion-index": "0"}))  # fmt: skip
+    labels = {"scheduling.x-k8s.io/pod-group": "m", "batch.kubernetes.io/job-completion-index": "0"}
+    bound = parse_pod(pod("m-0", 8, {"gpusched.io/min-member": "2"}, node="r1-n0", labels=labels))
     snap = ClusterSnapshot(nodes, [bound])
     gm = GangManager(FW)
     second = member("m-1", 2, rank=1, group="m")
