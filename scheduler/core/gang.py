@@ -260,6 +260,9 @@ class GangManager:
         self.active: dict[tuple[str, str], tuple[ActiveGang, PodRequest]] = {}
         self.expired_total = 0
         self.placed_total = 0
+        # Gangs whose reservation ran out while members were missing: no new reservation until all
+        # members exist, so a gang that never completes cannot hold GPUs forever.
+        self.lapsed: set[tuple[str, str]] = set()
 
     def reservations(self) -> list[PodRequest]:
         """Virtual pods (with node and GPUs) holding the GPUs of every planned, unbound member."""
@@ -274,6 +277,7 @@ class GangManager:
         gone = [key for key, (gang, _) in self.active.items() if gang.expires_at < now]
         for key in gone:
             del self.active[key]
+            self.lapsed.add(key)
         if gone:
             self.expired_total += len(gone)
             self.on_change()
@@ -292,7 +296,16 @@ class GangManager:
         if pod.key not in ranks:
             return Admission(None, f"gang {pod.pod_group}: more than {pod.min_member} members, or rank out of range")
         rank = ranks[pod.key]
+        present = sum(1 for m in members if m.key in ranks)
         entry = self.active.get(key)
+        if entry is None and key in self.lapsed:
+            if present < pod.min_member:
+                return Admission(
+                    None,
+                    f"gang {pod.pod_group}: waiting for members ({present} of {pod.min_member} present);"
+                    " its reservation expired, so no GPUs are held until all members exist",
+                )
+            self.lapsed.discard(key)
         if entry is None:
             template = replace(pod, rank=None, node_name="", gpu_ids=(), name=f"{pod.pod_group}-member")
             fixed = [
@@ -312,7 +325,6 @@ class GangManager:
             entry = (gang, template)
         gang, template = entry
         slot = next(s for s in gang.plan.slots if s.rank == rank)
-        present = sum(1 for m in members if m.key in ranks)
         if present < pod.min_member:
             return Admission(
                 None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from itertools import combinations
+from math import comb
 
 import numpy as np
 
@@ -39,12 +40,6 @@ def _combinations(g: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return combos, np.array(pa, dtype=np.intp), np.array(pb, dtype=np.intp)
 
 
-def _n_combinations(g: int, k: int) -> int:
-    from math import comb
-
-    return comb(g, k)
-
-
 def best_sets(
     snapshot: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray, eligible: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +66,19 @@ def best_sets(
         chosen[:, 0] = np.where(can, pick, -1)
         quality[can] = 1.0
         return quality, chosen
-    if _n_combinations(g, k) <= MAX_COMBINATIONS:
+    # Nodes of one type with the same free GPUs have the same answer: solve each pattern once.
+    bits = (eligible.astype(np.int64) << np.arange(g, dtype=np.int64)).sum(axis=1)
+    key = snapshot.link_class[nodes] << np.int64(g) | bits
+    patterns, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    if len(patterns) < n:
+        q, sets = _solve(affinity[first], eligible[first], k, can[first])
+        return q[inverse.ravel()], sets[inverse.ravel()]
+    return _solve(affinity, eligible, k, can)
+
+
+def _solve(affinity: np.ndarray, eligible: np.ndarray, k: int, can: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n, g = eligible.shape
+    if comb(g, k) <= MAX_COMBINATIONS:
         combos, pa, pb = _combinations(g, k)
         valid = eligible[:, combos].all(axis=2)  # (n, C)
         rows = np.arange(n)[:, None, None]

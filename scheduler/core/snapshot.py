@@ -91,6 +91,11 @@ class ClusterSnapshot:
         for i, node in enumerate(self.nodes):
             self._load_node(i, node, model_ids)
         self._load_tiers()
+        # Nodes with the same GPU wiring share an id, so per-wiring work is done once per decision.
+        classes: dict[bytes, int] = {}
+        self.link_class = np.array(
+            [classes.setdefault(self.link_affinity[i].tobytes(), len(classes)) for i in range(n)], dtype=np.int64
+        )
 
         self.pods: dict[str, PodRequest] = {}
         self.placements: dict[str, Placement] = {}

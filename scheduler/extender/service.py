@@ -164,10 +164,9 @@ class ExtenderService:
             decision = self.framework.decide(snap, pod, nodes)
         scores = dict.fromkeys(names, 0)
         if decision.feasible.size:
-            best = float(decision.total.max())
-            for node, total in zip(decision.feasible, decision.total, strict=True):
-                level = MAX_EXTENDER_SCORE * (1.0 - (best - float(total)) / SCORE_SPAN)
-                scores[snap.names[node]] = int(np.clip(round(level), 0, MAX_EXTENDER_SCORE))
+            behind = decision.total.max() - decision.total
+            levels = np.clip(np.rint(MAX_EXTENDER_SCORE * (1.0 - behind / SCORE_SPAN)), 0, MAX_EXTENDER_SCORE)
+            scores.update(zip((snap.names[i] for i in decision.feasible), levels.astype(int).tolist(), strict=True))
         return [wire.HostPriority(host=name, score=score) for name, score in scores.items()]
 
     def bind(self, args: wire.ExtenderBindingArgs) -> wire.ExtenderBindingResult:

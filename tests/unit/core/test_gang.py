@@ -120,6 +120,12 @@ def test_reservation_expires_and_frees_the_gpus() -> None:
     assert len(gm.reservations()) == 2
     assert gm.expire(now=31) == 1
     assert gm.reservations() == [] and gm.expired_total == 1
+    # The lone member asks again: nothing is reserved until the whole gang exists.
+    snap = ClusterSnapshot(racks(per_rack=2, racks=1))
+    again = gm.admit(snap, lone, [lone], now=40)
+    assert again.slot is None and "no GPUs are held" in again.error and gm.reservations() == []
+    both = [lone, member("x-1", 2, rank=1, group="x")]
+    assert gm.admit(snap, both[1], both, now=41).slot is not None
 
 
 def test_restart_mid_gang_keeps_bound_members_and_plans_the_rest_nearby() -> None:
