@@ -33,11 +33,14 @@ class ConfigError(ValueError):
     """A configuration that gpusched refuses to start with."""
 
 
-DEFAULT_FILTERS = ("gpu-fit", "cuda", "freshness")
+DEFAULT_FILTERS = ("gpu-fit", "cuda", "freshness", "inference-fit")
 DEFAULT_SCORES: tuple[tuple[str, float], ...] = (
     ("gpu-memory-packing", 2.0),
     ("nvlink", 3.0),
-    ("locality", 2.0),
+    ("locality", 1.0),
+    ("cold-start", 3.0),
+    ("lora", 2.0),
+    ("inference-fit", 1.0),
     ("freshness", 1.0),
 )
 

@@ -47,7 +47,8 @@ def build_live(config: SchedulerConfig, kubeconfig: str | None) -> ExtenderServi
     def ready() -> bool:
         for informer in informers:
             metrics.informer_synced.labels(informer.kind).set(1 if informer.synced.is_set() else 0)
-        return all(i.synced.is_set() for i in informers)
+        # Pull events only refine cold-start estimates: they do not hold readiness back.
+        return all(i.synced.is_set() for i in informers if i.kind != "events")
 
     return ExtenderService(state, registry.build(config), ApiBinder(kube), metrics, ready=ready)
 

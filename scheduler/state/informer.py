@@ -39,6 +39,7 @@ class Informer(threading.Thread):
         on_restart: Callable[[str, str], None] = lambda kind, why: None,
         watch_timeout_s: int = 300,
         backoff: tuple[float, float] = (0.2, 30.0),
+        params: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(name=f"informer-{kind}", daemon=True)
         self.kube = kube
@@ -48,6 +49,7 @@ class Informer(threading.Thread):
         self.on_restart = on_restart
         self.watch_timeout_s = watch_timeout_s
         self.backoff = backoff
+        self.params = dict(params or {})
         self.synced = threading.Event()
         self.stopping = threading.Event()
         self.resource_version = ""
@@ -61,7 +63,7 @@ class Informer(threading.Thread):
         while not self.stopping.is_set():
             try:
                 if need_list:
-                    items, self.resource_version = self.kube.list_all(self.path)
+                    items, self.resource_version = self.kube.list_all(self.path, params=self.params)
                     self.handlers.replace(items)
                     self.synced.set()
                     need_list = False
@@ -84,7 +86,7 @@ class Informer(threading.Thread):
                 self.stopping.wait(delay)
 
     def _watch(self) -> None:
-        for event in self.kube.watch(self.path, self.resource_version, self.watch_timeout_s):
+        for event in self.kube.watch(self.path, self.resource_version, self.watch_timeout_s, params=self.params):
             if self.stopping.is_set():
                 return
             kind = event.get("type")
@@ -105,7 +107,7 @@ class Informer(threading.Thread):
 def start_informers(
     kube: Kube, state: ClusterState, on_restart: Callable[[str, str], None] = lambda kind, why: None
 ) -> list[Informer]:
-    """Nodes, pods and GPUNodeReports, each in its own thread."""
+    """Nodes, pods, GPUNodeReports and image-pull events, each in its own thread."""
     informers = [
         Informer(
             kube,
@@ -125,6 +127,16 @@ def start_informers(
             on_restart,
         ),
     ]
+    informers.append(
+        Informer(
+            kube,
+            "events",
+            "/api/v1/events",
+            Handlers(state.replace_pull_events, state.observe_pull_event, lambda obj: None),
+            on_restart,
+            params={"fieldSelector": "reason=Pulled"},
+        )
+    )
     for informer in informers:
         informer.start()
     return informers

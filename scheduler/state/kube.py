@@ -89,21 +89,26 @@ class Kube:
     def patch(self, path: str, body: Any, content_type: str, query: Mapping[str, Any] | None = None) -> Any:
         return self._json(self._request("PATCH", path, query, body=body, content_type=content_type), f"PATCH {path}")
 
-    def list_all(self, path: str, page: int = 500) -> tuple[list[dict[str, Any]], str]:
+    def list_all(
+        self, path: str, page: int = 500, params: Mapping[str, str] | None = None
+    ) -> tuple[list[dict[str, Any]], str]:
         """Every item of a collection (paginated), and the list's resourceVersion."""
         items: list[dict[str, Any]] = []
-        query: dict[str, Any] = {"limit": page}
+        query: dict[str, Any] = {"limit": page, **(params or {})}
         while True:
             body = self.get(path, query)
             items.extend(body.get("items") or ())
             meta = body.get("metadata") or {}
             if not meta.get("continue"):
                 return items, str(meta.get("resourceVersion", ""))
-            query = {"limit": page, "continue": meta["continue"]}
+            query = {"limit": page, "continue": meta["continue"], **(params or {})}
 
-    def watch(self, path: str, resource_version: str, timeout_s: int = 300) -> Iterator[dict[str, Any]]:
+    def watch(
+        self, path: str, resource_version: str, timeout_s: int = 300, params: Mapping[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Watch events from `resource_version`; ends when the server closes the stream."""
         query = {
+            **(params or {}),
             "watch": "1",
             "resourceVersion": resource_version,
             "allowWatchBookmarks": "true",

@@ -20,6 +20,7 @@ from scheduler.core.objects import node_from_object, parse_time, with_report
 from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState, PodRequest
+from scheduler.state.pull_throughput import PullThroughput
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 ASSUME_TTL_S = 60.0
@@ -40,6 +41,7 @@ class ClusterState:
         self._built_at = 0.0
         self._static_report_times: dict[str, float] = {}
         self.changes = 0  # bumped on every change; for metrics and tests
+        self.pull = PullThroughput()  # learned from kubelet "Pulled" events; overrides reported rates
         # Pods that hold GPUs without existing (gang reservations), set by whoever owns them.
         self.reservations: Callable[[], list[PodRequest]] = list
 
@@ -99,6 +101,19 @@ class ClusterState:
         with self.lock:
             self.reports.pop(str((obj.get("metadata") or {}).get("name", "")), None)
             self._changed()
+
+    def replace_pull_events(self, items: Iterable[Mapping[str, Any]]) -> None:
+        for item in items:
+            self.observe_pull_event(item)
+
+    def observe_pull_event(self, obj: Mapping[str, Any]) -> None:
+        sizes = {}
+        node = self.nodes.get(str((obj.get("source") or {}).get("host", "")))
+        if node is not None:
+            sizes = node.images
+        if self.pull.observe_event(obj, sizes):
+            with self.lock:
+                self._changed()
 
     def replace_pods(self, items: Iterable[Mapping[str, Any]]) -> None:
         with self.lock:
@@ -174,7 +189,9 @@ class ClusterState:
             return snap
 
     def _build(self, now: float) -> ClusterSnapshot:
-        nodes = [with_report(node, self.reports.get(name), now) for name, node in sorted(self.nodes.items())]
+        nodes = [
+            self.pull.apply(with_report(node, self.reports.get(name), now)) for name, node in sorted(self.nodes.items())
+        ]
         times = []
         for node in nodes:
             report = self.reports.get(node.name)

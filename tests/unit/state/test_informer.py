@@ -18,11 +18,11 @@ class ScriptedKube:
         self.watches = watches
         self.calls: list[tuple[str, str]] = []
 
-    def list_all(self, path: str) -> tuple[list[dict[str, Any]], str]:
+    def list_all(self, path: str, params: Any = None) -> tuple[list[dict[str, Any]], str]:
         self.calls.append(("list", ""))
         return self.lists.pop(0)
 
-    def watch(self, path: str, rv: str, timeout_s: int = 300) -> Iterator[dict[str, Any]]:
+    def watch(self, path: str, rv: str, timeout_s: int = 300, params: Any = None) -> Iterator[dict[str, Any]]:
         self.calls.append(("watch", rv))
         step = self.watches.pop(0) if self.watches else "stop"
         if step == "stop":

@@ -1,0 +1,173 @@
+"""cold-start (score): how soon the pod would be ready on the node, from what the node must fetch and load.
+
+    seconds = missing image bytes   / pull throughput
+            + missing weights bytes / download throughput
+            + weights bytes         / disk throughput
+    score   = 100 * halfScoreSeconds / (halfScoreSeconds + seconds)
+
+Images are the pod's container images (each counted once), compared in canonical form
+(core/images.py); an image's size is the largest any node reports for it (the Node's `status.images`
+or its GPUNodeReport), and it is missing on a node that does not list it. Weights are the pod's
+`gpusched.io/model`; their size is `gpusched.io/model-bytes`, else the largest any node reports; the
+missing part is that size less what the node's cache holds. Loading from local disk is paid on every
+node, cached or not.
+
+The score falls smoothly with the seconds: 100 when ready at once, 50 at `halfScoreSeconds`, 25 at
+three times that. It never saturates, so between two cold nodes the faster one still wins, and it is
+absolute, so a few seconds' difference between two warm nodes moves it by only a point or two.
+
+Throughputs per node, in order of precedence: pull throughput learned from kubelet's Pulled events
+(scheduler/state/pull_throughput.py: `PullThroughput.apply` sets it on the NodeState from which the
+snapshot's `pull_bw` is read), else the bandwidth the node's GPUNodeReport measured, else the prior
+(`pullBytesPerSecond` 100 MB/s, `downloadBytesPerSecond` 200 MB/s, `diskBytesPerSecond` 1 GB/s); a
+rate under 1 byte/s counts as not measured.
+
+The predicted seconds of every scored node go into `cycle.notes["cold_start_seconds"]` (node name ->
+seconds, one decimal) for /explain, when the pod needs anything at all. `predicted_seconds` is the
+same computation for the simulator.
+
+Args: `pullBytesPerSecond`, `downloadBytesPerSecond`, `diskBytesPerSecond` (numbers or quantities
+such as 100M), `unknownImageBytes` (default 0), `halfScoreSeconds` (default 120). Range 0..100.
+Fallback: an image no node reports counts as `unknownImageBytes`; weights of unknown size count as 0
+bytes; a node without a report has an empty weights cache and the priors; a stale report is used as
+it stands (the freshness filter decides whether to trust the node at all). A pod that needs no image
+or weights bytes scores 100 everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scheduler.core.config import ConfigError, SchedulerConfig
+from scheduler.core.framework import Cycle, ScorePlugin
+from scheduler.core.images import normalize_image
+from scheduler.core.quantity import QuantityError, parse_quantity
+from scheduler.core.snapshot import ClusterSnapshot
+from scheduler.core.types import PodRequest
+
+MB = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Priors:
+    """Throughputs (bytes per second) for nodes that have measured none, and the size of unknown images."""
+
+    pull: float = 100 * MB
+    download: float = 200 * MB
+    disk: float = 1000 * MB
+    unknown_image_bytes: int = 0
+
+
+DEFAULT_PRIORS = Priors()
+
+
+def _largest(holders: Mapping[int, int]) -> int:
+    return max(holders.values(), default=0)
+
+
+def _held(holders: Mapping[int, int], n: int, cap: int) -> np.ndarray:
+    """Bytes each of the n nodes holds, capped at `cap`."""
+    out = np.zeros(n, dtype=np.float64)
+    if holders:
+        idx = np.fromiter(holders.keys(), dtype=np.intp, count=len(holders))
+        out[idx] = np.minimum(np.fromiter(holders.values(), dtype=np.float64, count=len(holders)), cap)
+    return out
+
+
+def _measured(rates: np.ndarray, prior: float) -> np.ndarray:
+    """Measured rates, with the prior where none was measured (below 1 byte/s counts as none)."""
+    return np.where(rates >= 1.0, rates, prior)
+
+
+def needed_bytes(snapshot: ClusterSnapshot, pod: PodRequest, priors: Priors | None = None) -> tuple[float, float]:
+    """(image bytes, weights bytes) the pod needs in all, whatever the node."""
+    priors = priors or DEFAULT_PRIORS
+    images = {normalize_image(i) for i in pod.images if i.strip()}
+    image_bytes = 0.0
+    for image in images:
+        image_bytes += _largest(snapshot.images.get(image, {})) or priors.unknown_image_bytes
+    weights = 0.0
+    if pod.model:
+        weights = float(pod.model_bytes or _largest(snapshot.models.get(pod.model, {})))
+    return image_bytes, weights
+
+
+def predicted_seconds(
+    snapshot: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray, priors: Priors | None = None
+) -> np.ndarray:
+    """Seconds until the pod's images are pulled and its weights fetched and loaded, per node in `nodes`."""
+    priors = priors or DEFAULT_PRIORS
+    nodes = np.asarray(nodes, dtype=np.intp)
+    n = len(snapshot)
+    missing_images = np.zeros(n, dtype=np.float64)
+    for image in {normalize_image(i) for i in pod.images if i.strip()}:
+        holders = snapshot.images.get(image, {})
+        size = _largest(holders) or priors.unknown_image_bytes
+        if size:
+            missing = np.full(n, float(size))
+            if holders:
+                missing[np.fromiter(holders.keys(), dtype=np.intp, count=len(holders))] = 0.0
+            missing_images += missing
+    weights = 0
+    cached = np.zeros(n, dtype=np.float64)
+    if pod.model:
+        holders = snapshot.models.get(pod.model, {})
+        weights = pod.model_bytes or _largest(holders)
+        cached = _held(holders, n, weights)
+    pull = _measured(snapshot.pull_bw[nodes], priors.pull)
+    download = _measured(snapshot.download_bw[nodes], priors.download)
+    disk = _measured(snapshot.disk_bw[nodes], priors.disk)
+    seconds: np.ndarray = missing_images[nodes] / pull
+    if weights:
+        seconds = seconds + (weights - cached[nodes]) / download + weights / disk
+    return seconds
+
+
+def _rate(args: Mapping[str, Any], key: str, default: float) -> float:
+    raw = args.get(key, default)
+    try:
+        value = float(parse_quantity(raw)) if isinstance(raw, str) else float(raw)
+    except (QuantityError, TypeError, ValueError) as exc:
+        raise ConfigError(f"pluginArgs cold-start.{key}: {raw!r} is not a number or quantity") from exc
+    return value
+
+
+def priors_from_args(args: Mapping[str, Any]) -> Priors:
+    base = DEFAULT_PRIORS
+    priors = Priors(
+        pull=_rate(args, "pullBytesPerSecond", base.pull),
+        download=_rate(args, "downloadBytesPerSecond", base.download),
+        disk=_rate(args, "diskBytesPerSecond", base.disk),
+        unknown_image_bytes=int(_rate(args, "unknownImageBytes", base.unknown_image_bytes)),
+    )
+    if min(priors.pull, priors.download, priors.disk) <= 0:
+        raise ConfigError("pluginArgs cold-start: throughputs must be positive")
+    if priors.unknown_image_bytes < 0:
+        raise ConfigError("pluginArgs cold-start.unknownImageBytes must not be negative")
+    return priors
+
+
+class ColdStart(ScorePlugin):
+    name = "cold-start"
+
+    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+        super().__init__(args, config)
+        self.priors = priors_from_args(args)
+        self.half = _rate(args, "halfScoreSeconds", 120.0)
+        if self.half <= 0:
+            raise ConfigError("pluginArgs cold-start.halfScoreSeconds must be positive")
+
+    def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        snap, pod = cycle.snapshot, cycle.pod
+        seconds = predicted_seconds(snap, pod, nodes, self.priors)
+        if any(needed_bytes(snap, pod, self.priors)):
+            names = snap.names
+            keys = names if nodes.size == len(names) and (nodes == np.arange(nodes.size)).all() else None
+            if keys is None:
+                keys = [names[i] for i in nodes.tolist()]
+            cycle.notes["cold_start_seconds"] = dict(zip(keys, np.round(seconds, 1).tolist(), strict=True))
+        return 100.0 * self.half / (self.half + seconds)
