@@ -23,14 +23,21 @@ MAX_COMBINATIONS = 256
 
 def eligible_gpus(snapshot: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray) -> np.ndarray:
     """(len(nodes), G) mask of GPUs that could serve this pod on each given node."""
-    milli = snapshot.gpu_milli_free[nodes]
-    ok = snapshot.gpu_valid[nodes] & snapshot.gpu_healthy[nodes] & (milli >= pod.milli_per_gpu)
+    rows = slice(None) if _every_node(snapshot, nodes) else nodes  # a slice copies nothing
+    milli = snapshot.gpu_milli_free[rows]
+    ok = snapshot.gpu_valid[rows] & snapshot.gpu_healthy[rows] & (milli >= pod.milli_per_gpu)
     if pod.gpu_memory:
-        ok &= snapshot.gpu_memory[nodes] >= pod.gpu_memory
+        ok &= snapshot.gpu_memory[rows] >= pod.gpu_memory
     if pod.gpu_models:
         ids = [snapshot.model_id(m) for m in pod.gpu_models]
-        ok &= np.isin(snapshot.gpu_model[nodes], ids)
+        ok &= np.isin(snapshot.gpu_model[rows], ids)
     return ok
+
+
+def _every_node(snapshot: ClusterSnapshot, nodes: np.ndarray) -> bool:
+    """Whether `nodes` is 0, 1, ..., N-1: every node of the snapshot, in order."""
+    n = len(snapshot)
+    return nodes.size == n > 0 and nodes[0] == 0 and bool((np.diff(nodes) == 1).all())
 
 
 @lru_cache(maxsize=64)

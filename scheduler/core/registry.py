@@ -11,6 +11,7 @@ from typing import Any
 from scheduler.core.config import SchedulerConfig, load_config
 from scheduler.core.framework import FilterPlugin, Framework, Plugin, PreFilterPlugin, ScorePlugin
 from scheduler.plugins.best_fit import BestFit
+from scheduler.plugins.cold_start import ColdStart
 from scheduler.plugins.cuda import CudaDriver
 from scheduler.plugins.dot_product import DotProduct
 from scheduler.plugins.fgd import Fgd
@@ -21,8 +22,10 @@ from scheduler.plugins.gpu_fit import GpuFit
 from scheduler.plugins.gpu_memory_packing import GpuMemoryPacking
 from scheduler.plugins.gpu_packing import GpuPacking
 from scheduler.plugins.image_locality import ImageLocality
+from scheduler.plugins.inference_fit import InferenceFit
 from scheduler.plugins.least_allocated import LeastAllocated
 from scheduler.plugins.locality import Locality
+from scheduler.plugins.lora import Lora
 from scheduler.plugins.nvlink import NvLink
 from scheduler.plugins.random_pick import RandomPick
 from scheduler.plugins.resources_fit import ResourcesFit
@@ -36,6 +39,10 @@ PLUGINS: dict[str, type[Plugin]] = {
         GpuMemoryPacking,
         NvLink,
         Locality,
+        # LLM inference: readiness time, LoRA base model, replica memory and spreading.
+        ColdStart,
+        Lora,
+        InferenceFit,
         # The simulator's policies and kube-scheduler stand-ins (usable by the extender too).
         ResourcesFit,
         Fragmentation,
