@@ -5,7 +5,22 @@ on loopback; :mod:`localcluster.k8s` creates GPU nodes and applies manifests;
 :mod:`localcluster.pytest_plugin` provides the ``control_plane`` fixture.
 """
 
-from localcluster.cluster import ClusterError, LocalCluster
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from localcluster.versions import ETCD_VERSION, K8S_VERSION
 
+if TYPE_CHECKING:
+    from localcluster.cluster import ClusterError, LocalCluster
+
 __all__ = ["ETCD_VERSION", "K8S_VERSION", "ClusterError", "LocalCluster"]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy, so that building (python -m localcluster.build) works without the kubernetes client.
+    if name in ("ClusterError", "LocalCluster"):
+        from localcluster import cluster
+
+        return getattr(cluster, name)
+    raise AttributeError(f"module 'localcluster' has no attribute {name!r}")

@@ -65,13 +65,10 @@ def _is_complete(bin_dir: Path) -> bool:
 
 
 def _gomod_in_sync() -> bool:
-    proc = subprocess.run(
-        ["go", "mod", "edit", "-json"], cwd=GO_DIR, check=True, text=True, stdout=subprocess.PIPE
-    )
+    proc = subprocess.run(["go", "mod", "edit", "-json"], cwd=GO_DIR, check=True, text=True, stdout=subprocess.PIPE)
     required = {r["Path"]: r["Version"] for r in json.loads(proc.stdout).get("Require") or []}
     return (
-        required.get("k8s.io/kubernetes") == K8S_VERSION
-        and required.get("go.etcd.io/etcd/server/v3") == ETCD_VERSION
+        required.get("k8s.io/kubernetes") == K8S_VERSION and required.get("go.etcd.io/etcd/server/v3") == ETCD_VERSION
     )
 
 

@@ -170,6 +170,7 @@ class LocalCluster:
         self._apiserver: ManagedProcess | None = None
         self._scheduler: ManagedProcess | None = None
         self._scheduler_args: tuple[str | None, dict[str, Any]] = (extender_url, self.extender_config)
+        self._scheduler_config: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- properties
 
@@ -249,11 +250,18 @@ class LocalCluster:
         _running.discard(self)
 
     def start_scheduler(
-        self, extender_url: str | None = None, *, extender_config: Mapping[str, Any] | None = None
+        self,
+        extender_url: str | None = None,
+        *,
+        extender_config: Mapping[str, Any] | None = None,
+        scheduler_config: Mapping[str, Any] | None = None,
     ) -> None:
         """Start kube-scheduler, with gpusched as extender when a URL is given here or at init.
 
         ``extender_config`` (or the one given at init) is merged over the extender defaults.
+        ``scheduler_config`` replaces top-level keys of the generated KubeSchedulerConfiguration
+        (for example ``podInitialBackoffSeconds``, or ``profiles``, ``extenders`` and
+        ``clientConnection`` to run a complete configuration of one's own).
         Returns once the scheduler reports ready.
         """
         if self._apiserver is None:
@@ -263,8 +271,10 @@ class LocalCluster:
         url = extender_url if extender_url is not None else self.extender_url
         overrides = dict(extender_config) if extender_config is not None else self.extender_config
         self._scheduler_args = (url, overrides)
+        self._scheduler_config = dict(scheduler_config or {})
         config_path = self.workdir / "kube-scheduler.yaml"
         config = scheduler_configuration(self.scheduler_kubeconfig_path, self.scheduler_names, url, overrides)
+        config.update(self._scheduler_config)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.scheduler_port = free_port()
         kubeconfig = str(self.scheduler_kubeconfig_path)
@@ -277,6 +287,8 @@ class LocalCluster:
                 f"--cert-dir={self.workdir / 'kube-scheduler-certs'}",
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
+                # No front-proxy CA exists here; looking for one only fills the log with errors.
+                "--authentication-skip-lookup=true",
                 "--v=2",
             ],
         )
@@ -294,7 +306,7 @@ class LocalCluster:
         """Stop kube-scheduler and start it again with the configuration of its last start."""
         url, overrides = self._scheduler_args
         self.stop_scheduler()
-        self.start_scheduler(url, extender_config=overrides)
+        self.start_scheduler(url, extender_config=overrides, scheduler_config=self._scheduler_config)
 
     # ---------------------------------------------------------------- API helpers
 
@@ -334,9 +346,7 @@ class LocalCluster:
         with self.api_client() as api:
             return k8s.apply_crds(api, path, timeout=timeout)
 
-    def apply_manifest(
-        self, manifest: Path | Mapping[str, Any] | Sequence[Mapping[str, Any]]
-    ) -> list[dict[str, Any]]:
+    def apply_manifest(self, manifest: Path | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """See :func:`localcluster.k8s.apply_manifest`."""
         with self.api_client() as api:
             return k8s.apply_manifest(api, manifest)
@@ -413,6 +423,9 @@ class LocalCluster:
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # The endpoints reconciler rejects loopback addresses, and nothing in-cluster
+                # needs the kubernetes Service's endpoints.
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={self.apiserver_port}",
                 f"--tls-cert-file={self._pki.serving_cert}",
                 f"--tls-private-key-file={self._pki.serving_key}",
@@ -438,9 +451,7 @@ class LocalCluster:
             (self.kubeconfig_path, "admin", self.admin_token),
             (self.scheduler_kubeconfig_path, SCHEDULER_USER, self._scheduler_token),
         ):
-            path.write_text(
-                yaml.safe_dump(_kubeconfig(self.api_url, self.ca_path, user, token), sort_keys=False)
-            )
+            path.write_text(yaml.safe_dump(_kubeconfig(self.api_url, self.ca_path, user, token), sort_keys=False))
             path.chmod(0o600)
 
     def state(self) -> dict[str, Any]:

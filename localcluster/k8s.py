@@ -163,9 +163,7 @@ def set_node_ready(api: ApiClient, name: str, ready: bool) -> None:
     ]
     if not ready:
         taints.append(dict(NOT_READY_TAINT))
-    request(
-        api, "PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": taints or None}}, content_type=MERGE_PATCH
-    )
+    request(api, "PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": taints or None}}, content_type=MERGE_PATCH)
 
 
 def load_manifests(source: Manifest) -> list[dict[str, Any]]:
@@ -213,9 +211,7 @@ class _Discovery:
         return f"{base}/{resource['name']}/{metadata['name']}"
 
 
-def apply_manifest(
-    api: ApiClient, manifest: Manifest, *, field_manager: str = FIELD_MANAGER
-) -> list[dict[str, Any]]:
+def apply_manifest(api: ApiClient, manifest: Manifest, *, field_manager: str = FIELD_MANAGER) -> list[dict[str, Any]]:
     """Server-side apply every object in ``manifest`` (see :func:`load_manifests`), in order."""
     discovery = _Discovery(api)
     applied = []
@@ -245,9 +241,7 @@ def apply_crds(api: ApiClient, path: Manifest, *, timeout: float = 60.0) -> list
     applied = apply_manifest(api, path)
     names = [obj["metadata"]["name"] for obj in applied if obj.get("kind") == "CustomResourceDefinition"]
     for name in names:
-        wait_until(
-            functools.partial(_established, api, name), timeout=timeout, what=f"CRD {name} Established"
-        )
+        wait_until(functools.partial(_established, api, name), timeout=timeout, what=f"CRD {name} Established")
     return names
 
 

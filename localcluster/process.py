@@ -23,7 +23,7 @@ except (OSError, AttributeError):
 
 def _die_with_parent() -> None:
     if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -38,13 +38,12 @@ def tail(path: Path, lines: int = 40) -> str:
 class ManagedProcess:
     """A command in its own process group, output appended to a log file.
 
-    With ``die_with_parent`` the kernel sends SIGTERM to the child if this Python process dies
-    without running its cleanup (killed by a CI timeout, say), so no control plane is orphaned.
+    With ``die_with_parent`` the kernel SIGKILLs the child if this Python process dies without
+    running its cleanup (killed by a CI timeout, say), so no control plane is orphaned. SIGKILL,
+    because kube-apiserver does not exit on SIGTERM once etcd, dying too, is gone.
     """
 
-    def __init__(
-        self, name: str, argv: Sequence[str], log_path: Path, *, die_with_parent: bool = True
-    ) -> None:
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, *, die_with_parent: bool = True) -> None:
         self.name = name
         self.log_path = log_path
         with open(log_path, "ab") as log:

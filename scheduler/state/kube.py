@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
+import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
@@ -48,7 +49,7 @@ class Kube:
         query: Mapping[str, Any] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float | tuple[float, float] | None = 30.0,
+        timeout: float | urllib3.Timeout | None = 30.0,
     ) -> Any:
         url_path = path + (("?" + urlencode(query)) if query else "")
         headers = {"Accept": "application/json"}
@@ -114,7 +115,7 @@ class Kube:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": timeout_s,
         }
-        resp = self._request("GET", path, query, timeout=(10.0, timeout_s + 30.0))
+        resp = self._request("GET", path, query, timeout=urllib3.Timeout(connect=10.0, read=timeout_s + 30.0))
         if resp.status >= 300:
             self._json(resp, f"WATCH {path}")
         try:

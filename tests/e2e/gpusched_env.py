@@ -125,7 +125,8 @@ class Env:
         return [f"{e.get('reason')}: {e.get('message')}" for e in items]
 
     def wait_for(self, check: Any, what: str, timeout: float = 60.0) -> Any:
-        return k8s.wait_until(check, timeout=timeout, what=what, interval=0.3)
+        """Poll until `check` returns something truthy (an empty list keeps waiting)."""
+        return k8s.wait_until(lambda: check() or None, timeout=timeout, what=what, interval=0.3)
 
 
 @pytest.fixture

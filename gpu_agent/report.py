@@ -1,0 +1,169 @@
+"""The GPUNodeReport object (CRD ``gpunodereports.gpusched.io``, v1alpha1) built from one sample.
+
+Pure: the caller passes the NVML sample, the pods per GPU, the cache inventory and the time.
+Fields a source could not give are left out, never guessed: a GPU without utilisation counters
+(MIG mode) has no ``utilizationPercent``; a node whose kubelet socket is not mounted has no
+``pods`` lists; a node without a readable model cache has no ``models``.
+
+``memoryUsedBytes`` is total minus free, so it includes what the driver reserves. Health reasons
+that start with ``warning:`` do not make a GPU unhealthy. ``topology.matrix`` holds ``nvlink``
+or the PCIe level (PIX, PXB, PHB, NODE, SYS) per pair, ``""`` on the diagonal and where NVML
+could not tell.
+
+:func:`material` is the part of a report whose change is worth an immediate write: everything
+except the report time, utilisation, used memory and measured bandwidth, which ride on the
+heartbeat.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gpu_agent import __version__
+from gpu_agent.inventory import CacheScan
+from gpu_agent.nvml_reader import GpuSample, NvmlSample
+
+GROUP = "gpusched.io"
+VERSION = "v1alpha1"
+PLURAL = "gpunodereports"
+KIND = "GPUNodeReport"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+VOLATILE_GPU_FIELDS = ("utilizationPercent", "memoryUsedBytes")
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    disk_read_bytes_per_second: float | None = None
+    pull_bytes_per_second: float | None = None
+    download_bytes_per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class Images:
+    entries: Sequence[Any]  # gpu_agent.cri.client.ImageEntry
+    total_bytes: int = 0
+
+
+def rfc3339(moment: _dt.datetime) -> str:
+    """UTC, second precision, ``Z`` suffix: the form kube-apiserver writes for date-time fields."""
+    return moment.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _gpu(
+    gpu: GpuSample, pods: Mapping[int, Sequence[str]] | None, mig_pods: Mapping[str, Sequence[str]] | None
+) -> dict[str, Any]:
+    item: dict[str, Any] = {"index": gpu.index}
+    if gpu.uuid:
+        item["uuid"] = gpu.uuid
+    if gpu.model:
+        item["model"] = gpu.model
+    if gpu.memory_total is not None:
+        item["memoryTotalBytes"] = gpu.memory_total
+    if gpu.memory_used is not None:
+        item["memoryUsedBytes"] = gpu.memory_used
+    if gpu.utilization is not None:
+        item["utilizationPercent"] = gpu.utilization
+    if gpu.pci_bus_id:
+        item["pciBusId"] = gpu.pci_bus_id
+    item["healthy"] = gpu.healthy
+    item["healthReasons"] = list(gpu.health_reasons)
+    if gpu.mig_enabled is not None:
+        item["migEnabled"] = gpu.mig_enabled
+    if gpu.mig_enabled:
+        instances = []
+        for mig in gpu.mig_instances:
+            entry: dict[str, Any] = {"uuid": mig.uuid}
+            if mig.profile:
+                entry["profile"] = mig.profile
+            if mig.memory_bytes is not None:
+                entry["memoryBytes"] = mig.memory_bytes
+            if mig.gpu_instance_id is not None:
+                entry["gpuInstanceId"] = mig.gpu_instance_id
+            if mig.compute_instance_id is not None:
+                entry["computeInstanceId"] = mig.compute_instance_id
+            if mig_pods is not None:
+                entry["pods"] = list(mig_pods.get(mig.uuid, ()))
+            instances.append(entry)
+        item["migInstances"] = instances
+    if gpu.nvlink_links is not None:
+        item["nvlinkActiveLinks"] = gpu.nvlink_links
+    if pods is not None:
+        item["pods"] = list(pods.get(gpu.index, ()))
+    return item
+
+
+def build_report(
+    node_name: str,
+    sample: NvmlSample,
+    *,
+    report_time: _dt.datetime,
+    pods: Mapping[int, Sequence[str]] | None = None,
+    mig_pods: Mapping[str, Sequence[str]] | None = None,
+    images: Images | None = None,
+    caches: CacheScan | None = None,
+    bandwidth: Bandwidth | None = None,
+    agent_version: str = __version__,
+) -> dict[str, Any]:
+    """The whole GPUNodeReport object, ready for server-side apply."""
+    spec: dict[str, Any] = {
+        "nodeName": node_name,
+        "reportTime": rfc3339(report_time),
+        "agentVersion": agent_version,
+    }
+    if sample.driver_version is not None:
+        spec["driverVersion"] = sample.driver_version
+    if sample.cuda_driver_version is not None:
+        spec["cudaDriverVersion"] = sample.cuda_driver_version
+    spec["gpuCount"] = len(sample.gpus)
+    spec["gpus"] = [_gpu(g, pods, mig_pods) for g in sample.gpus]
+    topo = sample.topology
+    spec["topology"] = {
+        "matrix": [list(row) for row in topo.matrix],
+        "nvlinkCounts": [list(row) for row in topo.nvlink_counts],
+        "fabricClique": topo.fabric_clique,
+    }
+    if images is not None:
+        spec["images"] = [{"name": e.name, "digest": e.digest, "bytes": e.bytes} for e in images.entries]
+    if caches is not None and caches.models is not None:
+        spec["models"] = [{"id": m.id, "bytes": m.bytes} for m in caches.models]
+    if caches is not None and caches.lora_adapters is not None:
+        spec["loraAdapters"] = [{"id": a.id, "baseModel": a.base_model, "bytes": a.bytes} for a in caches.lora_adapters]
+    if bandwidth is not None:
+        measured = {
+            key: value
+            for key, value in (
+                ("diskReadBytesPerSecond", bandwidth.disk_read_bytes_per_second),
+                ("pullBytesPerSecond", bandwidth.pull_bytes_per_second),
+                ("downloadBytesPerSecond", bandwidth.download_bytes_per_second),
+            )
+            if value is not None
+        }
+        if measured:
+            spec["bandwidth"] = measured
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": node_name}, "spec": spec}
+
+
+def material(report: Mapping[str, Any]) -> str:
+    """A digest of what matters for placement now (see the module docstring)."""
+    spec = dict(report.get("spec") or {})
+    spec.pop("reportTime", None)
+    spec.pop("bandwidth", None)
+    spec["gpus"] = [{k: v for k, v in gpu.items() if k not in VOLATILE_GPU_FIELDS} for gpu in spec.get("gpus") or ()]
+    text = json.dumps({"metadata": report.get("metadata"), "spec": spec}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dumps(report: Mapping[str, Any], *, pretty: bool = True) -> str:
+    """JSON text of a report: orjson where installed, the standard library otherwise."""
+    try:
+        import orjson
+    except ImportError:
+        return json.dumps(report, indent=2 if pretty else None, separators=None if pretty else (",", ":"))
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    return orjson.dumps(report, option=option).decode()

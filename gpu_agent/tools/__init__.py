@@ -1,0 +1,1 @@
+"""Maintenance scripts: proto stub generation, the real-NVML check and its raw NVML probe."""

@@ -1,0 +1,297 @@
+"""The agent's loop end to end in one process or as the real command: sampling, writes on change
+and heartbeat, an API that goes away and comes back, and /metrics over HTTP."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpu_agent import fake_nvml
+from gpu_agent.agent import Agent, AgentConfig
+from gpu_agent.fake_kubelet import FakeKubelet
+from gpu_agent.metrics import serve
+from gpu_agent.nvml_reader import NvmlReader, NvmlReadError
+from gpu_agent.podresources.client import PodResourcesClient
+from gpu_agent.publisher import Backoff, KubernetesSink, Publisher
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, Mapping[str, Any]]] = []
+
+    def apply(self, report: Mapping[str, Any]) -> None:
+        self.writes.append((time.monotonic(), json.loads(json.dumps(report))))
+
+
+@pytest.fixture
+def reader() -> Iterator[NvmlReader]:
+    fake_nvml.activate("hgx-a100-40gb")
+    r = NvmlReader()
+    r.open()
+    try:
+        yield r
+    finally:
+        r.close()
+        fake_nvml.deactivate()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_agent(agent: Agent) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def test_loop_writes_an_unchanged_report_on_every_heartbeat(reader: NvmlReader) -> None:
+    sink = Recorder()
+    publisher = Publisher(sink, heartbeat=0.5, min_interval=0.1)
+    agent = Agent(AgentConfig(node_name="a100-1", interval=0.1, disk_probe_bytes=0), reader, publisher=publisher)
+    stop, thread = run_agent(agent)
+    try:
+        wait_for(lambda: len(sink.writes) >= 4, 10, "four heartbeat writes")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    times = [w[0] for w in sink.writes]
+    assert all(b - a >= 0.45 for a, b in itertools.pairwise(times))  # no faster than the heartbeat
+
+
+def test_loop_writes_a_change_at_once(reader: NvmlReader) -> None:
+    uuids = [g.uuid for g in reader.read().gpus]
+    with tempfile.TemporaryDirectory(prefix="gpusched-") as d, FakeKubelet(Path(d) / "k.sock") as kubelet:
+        client = PodResourcesClient(str(Path(d) / "k.sock"))
+        sink = Recorder()
+        publisher = Publisher(sink, heartbeat=3600, min_interval=0.2)
+        agent = Agent(
+            AgentConfig(node_name="a100-1", interval=0.1, disk_probe_bytes=0), reader, pods=client, publisher=publisher
+        )
+        stop, thread = run_agent(agent)
+        try:
+            wait_for(lambda: len(sink.writes) >= 1, 10, "the first write")
+            time.sleep(0.5)
+            assert len(sink.writes) == 1  # nothing changed, the heartbeat is an hour away
+            kubelet.assign("ml/train-7", "nvidia.com/gpu", uuids[:2])
+            wait_for(lambda: len(sink.writes) == 2, 10, "the write of the new pod")
+        finally:
+            stop.set()
+            thread.join(5)
+            client.close()
+    assert [g.get("pods") for g in sink.writes[1][1]["spec"]["gpus"]][:3] == [["ml/train-7"], ["ml/train-7"], []]
+
+
+class FlakyReader(NvmlReader):
+    """The fake NVML's reader, with a switch that makes device enumeration fail."""
+
+    failing = False
+
+    def read(self) -> Any:
+        if self.failing:
+            self.errors["Unknown"] += 1
+            raise NvmlReadError("nvmlDeviceGetCount failed: Unknown")
+        return super().read()
+
+
+def test_nvml_failure_stops_refreshing_the_report_and_recovery_resumes_it() -> None:
+    fake_nvml.activate("l4x4")
+    reader = FlakyReader()
+    reader.open()
+    sink = Recorder()
+    publisher = Publisher(sink, heartbeat=0.3, min_interval=0.05)
+    agent = Agent(AgentConfig(node_name="l4", interval=0.1, disk_probe_bytes=0), reader, publisher=publisher)
+    stop, thread = run_agent(agent)
+    try:
+        wait_for(lambda: len(sink.writes) >= 2, 10, "heartbeat writes")
+        reader.failing = True
+        time.sleep(0.3)  # let a write of a report made before the failure go out
+        written = len(sink.writes)
+        time.sleep(1.5)
+        assert len(sink.writes) == written  # no fresh report, and the last one is not rewritten
+        assert agent.state.source_errors["nvml"] >= 5 and thread.is_alive()
+        reader.failing = False
+        wait_for(lambda: len(sink.writes) > written, 10, "writes after NVML recovers")
+    finally:
+        stop.set()
+        thread.join(5)
+        reader.close()
+        fake_nvml.deactivate()
+
+
+class FakeApi(BaseHTTPRequestHandler):
+    """Accepts server-side applies of GPUNodeReports and remembers them."""
+
+    applied: ClassVar[list[dict[str, Any]]] = []
+
+    def do_PATCH(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        url = urllib.parse.urlsplit(self.path)
+        self.applied.append(
+            {
+                "path": url.path,
+                "query": dict(urllib.parse.parse_qsl(url.query)),
+                "contentType": self.headers["Content-Type"],
+                "auth": self.headers["Authorization"],
+                "body": json.loads(body),
+            }
+        )
+        answer = json.dumps(json.loads(body)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def kubeconfig(path: Path, port: int) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "agent-token"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return path
+
+
+def test_api_outage_then_recovery_publishes_the_latest_report(reader: NvmlReader, tmp_path: Path) -> None:
+    port = free_port()
+    sink = KubernetesSink(str(kubeconfig(tmp_path / "kubeconfig", port)), timeout=(0.5, 2))
+    publisher = Publisher(sink, heartbeat=30, min_interval=0.05, backoff=Backoff(initial=0.05, maximum=0.4, jitter=0))
+    agent = Agent(AgentConfig(node_name="a100-2", interval=0.1, disk_probe_bytes=0), reader, publisher=publisher)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    FakeApi.applied = []
+    server = None
+    try:
+        wait_for(lambda: publisher.stats.writes_failed >= 3, 10, "failed writes while the API is down")
+        assert thread.is_alive() and publisher.stats.writes_ok == 0
+        server = ThreadingHTTPServer(("127.0.0.1", port), FakeApi)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        wait_for(lambda: FakeApi.applied, 10, "the write once the API is back")
+        latest_time = agent.state.report["spec"]["reportTime"] if agent.state.report else None
+    finally:
+        stop.set()
+        thread.join(5)
+        sink.close()
+        if server is not None:
+            server.shutdown()
+    first = FakeApi.applied[0]
+    assert first["path"] == "/apis/gpusched.io/v1alpha1/gpunodereports/a100-2"
+    assert first["query"] == {"fieldManager": "gpusched-agent", "force": "true"}
+    assert first["contentType"] == "application/apply-patch+yaml"
+    assert first["auth"] == "Bearer agent-token"
+    assert first["body"]["spec"]["gpuCount"] == 8
+    assert first["body"]["spec"]["reportTime"] <= (latest_time or "")
+    assert publisher.stats.writes_ok >= 1 and publisher.backoff.attempts == 0
+
+
+def test_metrics_endpoint_over_http(reader: NvmlReader) -> None:
+    agent = Agent(AgentConfig(node_name="a100-3", disk_probe_bytes=0), reader)
+    agent.collect()
+    server = serve(agent, 0, "127.0.0.1")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    total = families["gpusched_agent_gpu_memory_total_bytes"].samples
+    assert len(total) == 8 and {s.value for s in total} == {40960 * 2**20}
+    assert families["gpusched_agent_gpu_nvlink_active_links"].samples[0].value == 12
+    util = {s.labels["gpu"]: s.value for s in families["gpusched_agent_gpu_utilization_ratio"].samples}
+    assert util["2"] == 0.88 and util["0"] == 0.0
+
+
+def test_the_command_loop_serves_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gpu_agent.cli",
+            "--print",
+            "--fake-nvml",
+            "l4x4",
+            "--node-name",
+            "l4-box",
+            "--interval",
+            "0.2",
+            "--metrics-port",
+            str(port),
+            "--metrics-address",
+            "127.0.0.1",
+            "--hf-cache",
+            str(tmp_path / "none"),
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())
+        assert first["spec"]["nodeName"] == "l4-box" and first["spec"]["gpuCount"] == 4
+
+        def scrape() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    return str(response.read().decode())
+            except OSError:
+                return None
+
+        text = wait_for(scrape, 10, "/metrics")
+        names = {f.name for f in text_string_to_metric_families(text)}
+        assert {"gpusched_agent_gpu_memory_used_bytes", "gpusched_agent_gpu_healthy"} <= names
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

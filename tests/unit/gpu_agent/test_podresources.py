@@ -1,0 +1,73 @@
+"""Device ids as the NVIDIA device plugin and DRA driver write them -> GPU indexes."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpu_agent.cri import api_pb2 as cri_pb2
+from gpu_agent.cri.client import image_entries
+from gpu_agent.podresources.client import Assignment, offered_gpus, pods_per_gpu, resolve_device, target
+
+UUIDS = {"GPU-aaa": 0, "GPU-bbb": 1, "GPU-ccc": 2}
+MIGS = {"MIG-m1": 2, "MIG-m2": 2}
+
+
+@pytest.mark.parametrize(
+    ("device_id", "expected"),
+    [
+        ("GPU-bbb", (1, None)),
+        ("GPU-bbb::3", (1, None)),  # time-sliced replica
+        (" GPU-aaa ", (0, None)),
+        ("MIG-m2", (2, "MIG-m2")),
+        ("2", (2, None)),  # deviceIDStrategy=index
+        ("1:0", (1, None)),  # index strategy, MIG device
+        ("gpu-1", (1, None)),  # DRA device name
+        ("7", None),
+        ("GPU-zzz", None),
+        ("", None),
+    ],
+)
+def test_resolve_device(device_id: str, expected: tuple[int, str | None] | None) -> None:
+    assert resolve_device(device_id, UUIDS, MIGS, 3) == expected
+
+
+def test_pods_per_gpu_groups_and_dedupes() -> None:
+    assignments = [
+        Assignment("a/train-0", "main", "nvidia.com/gpu", "GPU-aaa"),
+        Assignment("a/train-0", "sidecar", "nvidia.com/gpu", "GPU-aaa"),
+        Assignment("b/infer", "main", "nvidia.com/gpu.shared", "GPU-aaa::1"),
+        Assignment("c/small", "main", "nvidia.com/mig-1g.10gb", "MIG-m1"),
+        Assignment("d/other", "main", "nvidia.com/gpu", "GPU-elsewhere"),
+    ]
+    grouped = pods_per_gpu(assignments, UUIDS, MIGS, 3)
+    assert grouped.by_gpu == {0: ("a/train-0", "b/infer"), 2: ("c/small",)}
+    assert grouped.by_mig == {"MIG-m1": ("c/small",)}
+    assert grouped.unmapped == 1
+
+
+def test_offered_gpus() -> None:
+    allocatable = {"nvidia.com/gpu": ("GPU-aaa::0", "GPU-aaa::1"), "nvidia.com/mig-1g.10gb": ("MIG-m1",)}
+    assert offered_gpus(allocatable, UUIDS, MIGS, 3) == {0, 2}
+
+
+def test_target_accepts_paths_and_urls() -> None:
+    assert target("unix:///var/lib/kubelet/pod-resources/kubelet.sock").startswith("unix:///var/lib")
+    assert target("/run/x.sock") == "unix:///run/x.sock"
+
+
+def test_image_entries_name_tags_and_digests() -> None:
+    image = cri_pb2.Image(
+        id="sha256:1111",
+        repo_tags=["registry.example/llm:1", "registry.example/llm:latest"],
+        repo_digests=["registry.example/llm@sha256:2222"],
+        size=15_000_000_000,
+    )
+    entries = image_entries(image)
+    assert [e.name for e in entries] == [
+        "registry.example/llm:1",
+        "registry.example/llm:latest",
+        "registry.example/llm@sha256:2222",
+    ]
+    assert {(e.digest, e.bytes, e.image_id) for e in entries} == {("sha256:2222", 15_000_000_000, "sha256:1111")}
+    untagged = image_entries(cri_pb2.Image(id="sha256:3333", size=5))
+    assert untagged == []
