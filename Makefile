@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 DEMO_REPORT ?= reports/demo
 
-.PHONY: demo test check lint typecheck controlplane constraints clean
+.PHONY: demo test check lint typecheck controlplane prometheus constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ demo: $(VENV)/.base
 controlplane: $(VENV)/.base
 	$(PY) -m localcluster.build
 
-test: $(VENV)/.all controlplane
+# The metrics tests run a real Prometheus (and promtool) from Debian's package.
+prometheus:
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
+
+test: $(VENV)/.all controlplane prometheus
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.all

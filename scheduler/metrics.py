@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -10,10 +12,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from scheduler.core.config import ConfigError, SchedulerConfig
 from scheduler.core.gang import GangManager
 from scheduler.core.snapshot import ClusterSnapshot
+from scheduler.core.types import PodRequest
+from scheduler.plugins.cold_start import DEFAULT_PRIORS, needed_bytes, predicted_seconds, priors_from_args
+from scheduler.plugins.fragmentation import TypicalPodsSource
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+COLD_START_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+WORKLOADS = ("training", "inference")
+
+log = logging.getLogger("gpusched.metrics")
 
 
 class ClusterCollector(Collector):
@@ -100,9 +110,85 @@ class ExtenderMetrics:
         self.assumed_pods = Gauge(
             "gpusched_assumed_pods", "Pods bound by gpusched that the API does not show bound yet", registry=r
         )
+        self.predicted_cold_start = Histogram(
+            "gpusched_predicted_cold_start_seconds",
+            "Predicted seconds to pull the image and fetch and load the weights of pods gpusched bound, by workload",
+            ["workload"],
+            buckets=COLD_START_BUCKETS,
+            registry=r,
+        )
 
     def watch_cluster(self, snapshot: Callable[[], ClusterSnapshot | None]) -> None:
         self.registry.register(ClusterCollector(snapshot))
 
     def watch_gangs(self, gangs: GangManager) -> None:
         self.registry.register(GangCollector(gangs))
+
+    def watch_layout(
+        self, snapshot: Callable[[], ClusterSnapshot | None], lock: threading.RLock, config: SchedulerConfig
+    ) -> None:
+        self.registry.register(LayoutCollector(snapshot, lock, config))
+
+    def observe_bound(self, snap: ClusterSnapshot, pod: PodRequest, node: int, config: SchedulerConfig) -> None:
+        """Record the predicted cold start of `pod`, just bound to node index `node` of `snap`.
+
+        The prediction is the cold-start plugin's (scheduler/plugins/cold_start.py, with its
+        pluginArgs when configured). Pods that need no known image or weights bytes are not observed:
+        there is nothing to predict for them. Never raises: the pod is already bound.
+        """
+        try:
+            try:
+                priors = priors_from_args(config.plugin_args.get("cold-start", {}))
+            except ConfigError:
+                priors = DEFAULT_PRIORS
+            if not any(needed_bytes(snap, pod, priors)):
+                return
+            seconds = float(predicted_seconds(snap, pod, np.array([node], dtype=np.intp), priors)[0])
+            workload = pod.workload if pod.workload in WORKLOADS else "other"
+            self.predicted_cold_start.labels(workload).observe(seconds)
+        except Exception:  # a metric must never turn a successful bind into an error
+            log.exception("predicting the cold start of %s failed", pod.key)
+
+
+class LayoutCollector(Collector):
+    """How usable the free GPUs are, and how many nodes report stale data; computed on each scrape.
+
+    - gpusched_cluster_fragmented_gpus: free GPU capacity (in GPUs) that the typical pods cannot use,
+      by the fragmentation plugin's measure (FGD, scheduler/plugins/fragmentation.py), summed over
+      nodes. Typical pods are the plugin's `typicalPods` when configured, else the shapes of the pods
+      running now (one whole GPU when there are none).
+    - gpusched_cluster_gpu_fragmentation_ratio: that over all free GPU capacity (0 when none is free).
+    - gpusched_cluster_stale_reports: nodes whose GPUNodeReport is older than reportTTLSeconds.
+    """
+
+    def __init__(
+        self, snapshot: Callable[[], ClusterSnapshot | None], lock: threading.RLock, config: SchedulerConfig
+    ) -> None:
+        self.snapshot = snapshot
+        self.lock = lock
+        self.ttl = config.report_ttl_s
+        self.typical = TypicalPodsSource(config.plugin_args.get("fragmentation", {}))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fragmented = GaugeMetricFamily(
+            "gpusched_cluster_fragmented_gpus", "Free GPU capacity, in GPUs, that the typical pods cannot use"
+        )
+        ratio = GaugeMetricFamily(
+            "gpusched_cluster_gpu_fragmentation_ratio", "Share of free GPU capacity that the typical pods cannot use"
+        )
+        stale = GaugeMetricFamily(
+            "gpusched_cluster_stale_reports", "Nodes whose GPUNodeReport is older than reportTTLSeconds"
+        )
+        with self.lock:
+            snap = self.snapshot()
+            if snap is not None and len(snap):
+                milli = self.typical.state(snap).milli(np.arange(len(snap), dtype=np.intp))
+                usable = snap.gpu_valid & snap.gpu_healthy
+                free = float(np.where(usable, snap.gpu_milli_free, 0).sum())
+                lost = float(milli.sum())
+                fragmented.add_metric([], lost / 1000.0)
+                ratio.add_metric([], lost / free if free > 0 else 0.0)
+                stale.add_metric([], float((snap.has_report & (snap.report_age > self.ttl)).sum()))
+        yield fragmented
+        yield ratio
+        yield stale

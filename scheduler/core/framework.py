@@ -68,6 +68,10 @@ class PreFilterPlugin(Plugin, ABC):
 
 
 class FilterPlugin(Plugin, ABC):
+    # Rejections that clear up by themselves (a report that is stale now): when no node fits and
+    # such a rejection is among the reasons, the extender asks kube-scheduler to retry soon.
+    transient: ClassVar[bool] = False
+
     @abstractmethod
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         """Boolean mask over `nodes`: True where the pod may go."""
@@ -110,6 +114,7 @@ class Decision:
     reasons: dict[int, str] = field(default_factory=dict)  # node index -> why it was turned away
     rejected_by: dict[int, str] = field(default_factory=dict)  # node index -> the filter plugin
     resolvable: set[int] = field(default_factory=set)  # rejected nodes that preemption could free
+    transient: set[int] = field(default_factory=set)  # rejected nodes that may pass again by themselves
     error: str = ""  # a pod-level refusal (malformed request, gang that cannot fit)
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -184,6 +189,7 @@ class Framework:
         reasons: dict[int, str] = {}
         rejected_by: dict[int, str] = {}
         resolvable: set[int] = set()
+        transient: set[int] = set()
         for plugin in self.filters:
             if nodes.size == 0:
                 break
@@ -194,6 +200,8 @@ class Framework:
                     rejected_by[int(node)] = plugin.name
                 if plugin.resolvable(cycle, int(node)):
                     resolvable.add(int(node))
+                if plugin.transient:
+                    transient.add(int(node))
                 if on_filter is not None:
                     on_filter(plugin.name, int(node))
             nodes = nodes[ok]
@@ -207,7 +215,9 @@ class Framework:
                 scores[scorer.name] = raw
                 total += weight * raw
             total /= self.weight_sum
-        return Decision(pod, snapshot, nodes, total, scores, reasons, rejected_by, resolvable, notes=cycle.notes)
+        return Decision(
+            pod, snapshot, nodes, total, scores, reasons, rejected_by, resolvable, transient, notes=cycle.notes
+        )
 
     def choose_gpus(self, snapshot: ClusterSnapshot, pod: PodRequest, node: int) -> tuple[int, ...]:
         """The GPUs the pod would get on `node`, or () when it does not fit there.

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,6 +44,15 @@ ANN_RANK = "gpusched.io/rank"
 ANN_PLANNED_NODE = "gpusched.io/planned-node"
 ANN_TOPOLOGY_PATH = "gpusched.io/topology-path"
 MAX_EXTENDER_SCORE = 10
+
+
+def summarize(reasons: Iterable[str], most: int = 4) -> str:
+    """Reasons counted like kube-scheduler's own messages: "2 <reason>, 1 <reason>"."""
+    counts = Counter(reasons)
+    parts = [f"{n} {reason}" for reason, n in counts.most_common(most)]
+    if len(counts) > most:
+        parts.append(f"{len(counts) - most} more reasons")
+    return ", ".join(parts)
 
 
 class Binder(Protocol):
@@ -70,8 +80,11 @@ class ExtenderService:
         config = state.config
         self.gangs = GangManager(framework, config.gang_ttl_s, config.gang_max_span, on_change=state.mark_changed)
         state.reservations = self.gangs.reservations
-        metrics.watch_cluster(lambda: self.state._snapshot)
+        # state.snapshot (not the cached one, which is dropped on every informer event) so that
+        # scrapes of an idle extender still see the cluster, with report ages as of the scrape.
+        metrics.watch_cluster(self.state.snapshot)
         metrics.watch_gangs(self.gangs)
+        metrics.watch_layout(self.state.snapshot, self.state.lock, config)
 
     # ------------------------------------------------------------------ helpers
     def _snapshot(self) -> ClusterSnapshot:
@@ -140,6 +153,10 @@ class ExtenderService:
                 decision = self._decide(snap, pod, nodes)
         if decision.error:
             return wire.ExtenderFilterResult(node_names=None, error=f"gpusched: {decision.error}")
+        if not decision.feasible.size and decision.transient:
+            return wire.ExtenderFilterResult(
+                node_names=None, error=f"gpusched: no node fits now, retrying: {summarize(decision.reasons.values())}"
+            )
         unresolvable: dict[str, str] = {}
         for node, reason in decision.reasons.items():
             target = failed if node in decision.resolvable else unresolvable
@@ -234,6 +251,7 @@ class ExtenderService:
             with self.state.lock:
                 self.gangs.bound(pod, rank)
         self.metrics.binds.labels("bound").inc()
+        self.metrics.observe_bound(snap, pod, node, self.state.config)
         log.info("bound %s to %s gpus=%s", key, args.node, list(gpus))
         return wire.ExtenderBindingResult()
 

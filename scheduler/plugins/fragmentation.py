@@ -124,19 +124,22 @@ def integer_weights(pods: Sequence[TypicalPod]) -> np.ndarray:
 class FragmentationState:
     """The measure over one snapshot, updated only for the nodes whose GPUs or CPU changed.
 
-    Per node and class u of typical pods (one share and model set): count[u], the GPUs that can
-    host u's share, and sum_ge[u], their free milli-GPU. Then
+    Per node and class u of typical pods (one share and model set) it keeps count[u], the GPUs
+    that can host u's share, and sum_ge[u], their free milli-GPU. FGD's measure is then
 
         frag x w_all = w_all * total free - sum_u sum_ge[u] * W[u](cpu free, count[u])
 
     where W[u] sums the weights of u's typical pods that fit that CPU and GPU count: a table
     looked up per node, so scoring a candidate is a few array operations over (candidates, U).
-    Values are whole numbers held in float64 (exact below 2**53), so sums do not depend on order.
+    With copies=True the measure is the multi-copy one of the module docstring and count[u] holds
+    slots instead: sum over the eligible GPUs of floor(free / share). Values are whole numbers held
+    in float64 (exact below 2**53), so sums do not depend on order.
     """
 
-    def __init__(self, snapshot: ClusterSnapshot, pods: Sequence[TypicalPod]) -> None:
+    def __init__(self, snapshot: ClusterSnapshot, pods: Sequence[TypicalPod], copies: bool = False) -> None:
         self.pods = tuple(pods) or (TypicalPod(0, 1, MILLI),)
         self.snapshot = snapshot
+        self.copies = copies
         weights = integer_weights(self.pods)
         self.w_all = float(weights.sum())
         classes: dict[tuple[int, tuple[str, ...]], int] = {}
@@ -154,7 +157,7 @@ class FragmentationState:
         self.node_ok = elig.any(axis=2).T.astype(np.int64)  # (N, U)
         self.mixed = NodeTable.of(snapshot).node_model == MIXED_MODELS
         self.any_mixed = bool(self.mixed.any())
-        # W[u, cpu level, GPU count]: weight of u's typical pods that fit.
+        # FGD: W[u, cpu level, GPU count], the weight of u's typical pods that fit.
         self.cpu_levels = np.unique([p.cpu_milli for p, _ in gpu_pods]).astype(np.int64)
         self.max_count = snapshot.max_gpus
         table = np.zeros((u_count, self.cpu_levels.size + 1, self.max_count + 1))
@@ -164,6 +167,12 @@ class FragmentationState:
         self.table = table.reshape(-1)  # flat: [u, level, count] -> u * strides[0] + ...
         self.strides = (table.shape[1] * table.shape[2], table.shape[2])
         self.u_base = (np.arange(u_count) * self.strides[0])[None, :]
+        # Multi-copy: per typical pod its class, GPUs, CPU (0 -> unbounded) and weight x share x GPUs.
+        self.t_class = np.array([classes[(p.milli, p.models)] for p, _ in gpu_pods], dtype=np.intp)
+        self.t_gpus = np.array([p.gpus for p, _ in gpu_pods], dtype=np.float64)
+        self.t_cpu = np.array([p.cpu_milli if p.cpu_milli > 0 else np.inf for p, _ in gpu_pods], dtype=np.float64)
+        self.t_value = np.array([w * p.gpus * p.milli for p, w in gpu_pods], dtype=np.float64)
+        self.whole_slots = (MILLI // np.maximum(self.class_milli, 1)) if copies else np.ones(u_count, dtype=np.int64)
         n = len(snapshot)
         self.free = np.full_like(snapshot.gpu_milli_free, -1)
         self.cpu = np.full(n, -1, dtype=np.int64)
@@ -184,9 +193,14 @@ class FragmentationState:
             return
         self.generation += 1
         free = snap.gpu_milli_free[changed].astype(np.int64)
-        ge = (free[None] >= self.class_milli[:, None, None]) & self.elig[:, changed]  # (U, R, G)
-        self.count[changed] = ge.sum(axis=2).T
-        self.sum_ge[changed] = (ge * free[None]).sum(axis=2).T
+        milli = self.class_milli[:, None, None]
+        if self.copies:
+            slots = np.where(self.elig[:, changed], free[None] // np.maximum(milli, 1), 0)  # (U, R, G)
+            self.count[changed] = slots.sum(axis=2).T
+        else:
+            ge = (free[None] >= milli) & self.elig[:, changed]  # (U, R, G)
+            self.count[changed] = ge.sum(axis=2).T
+            self.sum_ge[changed] = (ge * free[None]).sum(axis=2).T
         usable = snap.gpu_valid[changed] & snap.gpu_healthy[changed]
         self.total[changed] = np.where(usable, free, 0).sum(axis=1)
         self.free[changed] = snap.gpu_milli_free[changed]
@@ -195,6 +209,10 @@ class FragmentationState:
 
     def measure(self, total: np.ndarray, cpu: np.ndarray, count: np.ndarray, sum_ge: np.ndarray) -> np.ndarray:
         """Fragmentation x w_all from per-node totals; rows are nodes or candidate placements."""
+        if self.copies:
+            by_gpu = count[:, self.t_class] // self.t_gpus  # copies the GPUs take  (rows, T)
+            by_cpu = np.floor(cpu[:, None] / self.t_cpu)  # copies the CPU takes
+            return self.w_all * total - np.minimum(by_gpu, by_cpu) @ self.t_value
         level = np.searchsorted(self.cpu_levels, cpu, side="right") * self.strides[1]
         cell = self.u_base + level[:, None] + np.minimum(count, self.max_count)
         return self.w_all * total - np.einsum("ij,ij->i", sum_ge, self.table[cell])
@@ -210,9 +228,14 @@ class FragmentationState:
         if milli not in self._tables:
             f = np.arange(MILLI + 1, dtype=np.int64)[:, None]
             after = f - milli
-            was, stays = f >= self.class_milli, after >= self.class_milli
-            d_count = (was & ~stays).astype(np.int64)
-            d_sum = (np.where(stays, after, 0) - np.where(was, f, 0)).astype(np.float64)
+            if self.copies:
+                per = np.maximum(self.class_milli, 1)
+                d_count = np.maximum(after, 0) // per - f // per
+                d_sum = np.zeros(d_count.shape)
+            else:
+                was, stays = f >= self.class_milli, after >= self.class_milli
+                d_count = -(was & ~stays).astype(np.int64)
+                d_sum = (np.where(stays, after, 0) - np.where(was, f, 0)).astype(np.float64)
             self._tables[milli] = (d_count, d_sum)
         return self._tables[milli]
 
@@ -252,7 +275,7 @@ class FragmentationState:
                 on = self.elig[:, node, gpu].T.astype(np.int64)
             else:
                 on = self.node_ok[node]
-            count = self.count[node] - d_count[f] * on
+            count = self.count[node] + d_count[f] * on
             sum_ge = self.sum_ge[node] + d_sum[f] * on
             after = self.measure(self.total[node] - pod.gpu_milli, cpu[pos], count, sum_ge)
             return pos, gpu, self.frag[node] - after
@@ -268,9 +291,9 @@ class FragmentationState:
                 node = int(nodes[row])
                 eligible = cycle.eligible(np.array([node], dtype=np.intp))[0]
                 taken[row] = self.elig[:, node, np.flatnonzero(eligible)[:k]].sum(axis=1)
-        after = self.measure(
-            self.total[nodes] - MILLI * k, cpu, self.count[nodes] - taken, self.sum_ge[nodes] - MILLI * taken
-        )
+        count = self.count[nodes] - taken * self.whole_slots
+        sum_ge = self.sum_ge[nodes] - (0 if self.copies else MILLI) * taken
+        after = self.measure(self.total[nodes] - MILLI * k, cpu, count, sum_ge)
         return pos, gpu, self.frag[nodes] - after
 
 
@@ -289,6 +312,10 @@ class TypicalPodsSource:
         if not 0 < self.coverage <= 1:
             raise ConfigError("pluginArgs coverage must be in (0, 1]")
         self.fixed = typical_from_args(args["typicalPods"]) if "typicalPods" in args else None
+        self.copies = bool(args.get("copies", False))
+        self.weight_by = str(args.get("weightBy", "pods"))
+        if self.weight_by not in ("pods", "gpu"):
+            raise ConfigError("pluginArgs weightBy must be pods or gpu")
         self._states: weakref.WeakKeyDictionary[ClusterSnapshot, tuple[int, FragmentationState]] = (
             weakref.WeakKeyDictionary()
         )
@@ -304,7 +331,13 @@ class TypicalPodsSource:
             pods = tuple(p for p in typical_pods(map(shape_of, snapshot.pods.values()), self.coverage))
             if not any(p.gpus for p in pods):
                 pods = (*pods, TypicalPod(0, 1, MILLI))
-        state = FragmentationState(snapshot, pods)
+        if self.weight_by == "gpu":
+            pods = tuple(
+                TypicalPod(p.cpu_milli, p.gpus, p.milli, p.models, p.weight * p.gpus * p.milli / MILLI)
+                for p in pods
+                if p.gpus
+            )
+        state = FragmentationState(snapshot, pods, self.copies)
         self._states[snapshot] = (count, state)
         return state
 
@@ -317,6 +350,9 @@ class Fragmentation(ScorePlugin, GpuChooser):
         self.source = TypicalPodsSource(args)
         self.pack_weight = float(args.get("packWeight", 1.0))
         self.pack_delta = float(args.get("packDelta", 10.0))
+        self.scale = args.get("scale")
+        self.pack_by = str(args.get("packBy", "share"))
+        self.clip = bool(args.get("clip", False))
         if self.pack_weight < 0 or self.pack_delta < 0:
             raise ConfigError("pluginArgs packWeight and packDelta must not be negative")
 
@@ -326,14 +362,26 @@ class Fragmentation(ScorePlugin, GpuChooser):
         state = self.source.state(cycle.snapshot)
         pod = cycle.pod
         pos, gpu, delta = state.deltas(cycle, nodes, every_gpu)
-        scale = float(MILLI * max(pod.gpus_needed, 1))
+        if self.scale == "pod":
+            scale = float(MILLI * max(pod.gpus_needed, 1))
+        elif self.scale is None:
+            scale = float(MILLI * cycle.snapshot.max_gpus)
+        else:
+            scale = float(self.scale)
         score = 50.0 + 50.0 * (delta / state.w_all) / scale
+        if self.clip:
+            score = np.clip(score, 0, 100)
         if self.pack_weight:
             table = NodeTable.of(cycle.snapshot)
             node = nodes[pos]
             used = pod.milli_per_gpu * pod.gpus_needed if pod.wants_gpu else 0
-            free_after = (state.total[node] - used) / np.maximum(table.gpu_milli[node], 1)
-            # At most packDelta milli-GPU's worth of delta: exact deltas still decide first.
+            if self.pack_by == "share":
+                free_after = (state.total[node] - used) / np.maximum(table.gpu_milli[node], 1)
+            elif self.pack_by == "milli":
+                free_after = (state.total[node] - used) / (MILLI * cycle.snapshot.max_gpus)
+            else:
+                cpu = cycle.snapshot.cpu_free[node] - pod.cpu_milli
+                free_after = 0.5 * (state.total[node] - used) / 8000 + 0.5 * cpu / 128000
             score = score + (50.0 * self.pack_delta / scale) * self.pack_weight * (1.0 - free_after)
         return pos, gpu, score
 

@@ -2,6 +2,9 @@
 
 Filter: a node whose GPUNodeReport is older than `reportTTLSeconds` is turned away with the report's
 age, because its free-GPU and cache view may be wrong (the agent stopped or the node is cut off).
+The rejection is transient: when no node fits and a stale report is among the reasons, the extender
+answers with an Error so that kube-scheduler retries the pod after its backoff (seconds) rather than
+parking it until some unrelated cluster event, since a report turning fresh is no event it watches.
 A node with no report at all passes: it is placed by its allocatable GPU count alone, and plugins
 that need report data treat it as unknown. Arg `requireReport: true` turns such nodes away too.
 Score: 100 - 50 * age / ttl for a fresh report (100 when new, 50 at the TTL), `scoreMissing`
@@ -17,6 +20,7 @@ from scheduler.core.framework import Cycle, FilterPlugin, ScorePlugin
 
 class Freshness(FilterPlugin, ScorePlugin):
     name = "freshness"
+    transient = True  # the agent may report again at any moment
 
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap = cycle.snapshot

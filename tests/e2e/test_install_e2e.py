@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from localcluster import k8s
+from scheduler.core.scenario import pod_object
 from tests import install
 from tests.e2e.install_env import LEASE, MANIFESTS, REPORTS, Installed, installed, wait_http
 
@@ -31,8 +32,6 @@ def requests_served(env: Installed, verb: str) -> float:
 
 def pin(env: Installed, name: str, node: str, gpus: int, scheduler: str = "gpusched") -> dict[str, Any]:
     """A pod limited to one node (nodeSelector), so that tests control which pods share a node."""
-    from scheduler.core.scenario import pod_object
-
     obj = pod_object({"name": name, "gpus": gpus, "schedulerName": scheduler})
     obj["spec"].pop("nodeName", None)
     obj["metadata"].pop("uid", None)

@@ -190,3 +190,28 @@ def test_health_ready_metrics(client: httpx.Client) -> None:
     assert 'gpusched_extender_request_duration_seconds_count{verb="filter"}' in text
     assert 'gpusched_filter_rejections_total{plugin="cuda"} 3.0' in text
     assert 'gpusched_cluster_gpus{state="free"} 20.0' in text
+
+
+def test_stale_reports_make_filter_ask_for_a_retry_instead_of_parking_the_pod() -> None:
+    scenario = {
+        "nodes": [
+            {"name": "stale", "gpus": 8, "gpuModel": "H100", "gpuMemory": "80Gi", "reportAgeSeconds": 600},
+            {"name": "small", "gpus": 4, "gpuModel": "L4", "gpuMemory": "24Gi"},
+        ]
+    }
+    config = registry.config_from(None)
+    state = ClusterState(config)
+    state.load_static(load_nodes(scenario), [])
+    service = ExtenderService(state, registry.build(config), OfflineBinder(), ExtenderMetrics())
+    from scheduler.extender import wire
+
+    big = pod_object({"name": "big", "gpus": 1, "annotations": {"gpusched.io/gpu-memory": "60Gi"}})
+    out = service.filter(wire.ExtenderArgs(pod=big, node_names=["stale", "small"]))
+    assert out.node_names is None
+    assert out.error.startswith("gpusched: no node fits now, retrying: ")
+    assert "1 GPUNodeReport is stale: 600s old, TTL 90s" in out.error
+    assert "1 needs 1 GPU with 60.0GiB each" in out.error
+    # When some node fits, the stale one is just a per-node reason.
+    small = pod_object({"name": "small-pod", "gpus": 1})
+    out = service.filter(wire.ExtenderArgs(pod=small, node_names=["stale", "small"]))
+    assert out.node_names == ["small"] and "stale" in out.failed_and_unresolvable_nodes

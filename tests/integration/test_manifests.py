@@ -1,0 +1,238 @@
+"""The manifests as rendered by the kustomization: the pieces fit together, RBAC is the least each
+component needs, and the dashboards are the ones their source builds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import generate_latest
+
+from localcluster.cluster import DEFAULT_EXTENDER_WEIGHT
+from localcluster.versions import K8S_VERSION
+from scheduler.core import registry
+from scheduler.core.scenario import load_nodes
+from scheduler.extender.binders import OfflineBinder
+from scheduler.extender.service import ExtenderService
+from scheduler.metrics import ExtenderMetrics
+from scheduler.state.store import ClusterState
+from tests import install
+from tests.prometheus import DASHBOARDS_DIR, MANIFESTS, dashboard_queries, manifest_config, metric_names
+
+NAMESPACE = "gpusched-system"
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict[str, Any]]:
+    return install.build(MANIFESTS)
+
+
+def flag(container: dict[str, Any], name: str) -> str:
+    values = [a.split("=", 1)[1] for a in [*container.get("command", []), *container.get("args", [])]
+              if a.startswith(f"{name}=")]  # fmt: skip
+    assert len(values) == 1, f"{name} given {len(values)} times"
+    return values[0]
+
+
+def rules(role: dict[str, Any]) -> set[tuple[str, str, str, str]]:
+    return {
+        (group, resource, verb, ",".join(rule.get("resourceNames") or []))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_kustomization_renders_every_piece_once(objects: list[dict[str, Any]]) -> None:
+    kinds = sorted(install.key(o) for o in objects)
+    assert len(kinds) == len(set(kinds))
+    expected = {
+        ("Namespace", "", NAMESPACE),
+        ("CustomResourceDefinition", "", "gpunodereports.gpusched.io"),
+        ("Deployment", NAMESPACE, "gpusched-extender"),
+        ("Service", NAMESPACE, "gpusched-extender"),
+        ("Deployment", NAMESPACE, "gpusched-scheduler"),
+        ("DaemonSet", NAMESPACE, "gpusched-agent"),
+        ("ValidatingAdmissionPolicy", "", "gpusched-agent-own-node-report"),
+        ("ValidatingAdmissionPolicyBinding", "", "gpusched-agent-own-node-report"),
+        ("ConfigMap", NAMESPACE, "gpusched-config"),
+        ("ConfigMap", NAMESPACE, "gpusched-scheduler-config"),
+        ("ConfigMap", NAMESPACE, "gpusched-dashboards"),
+        ("ConfigMap", NAMESPACE, "gpusched-grafana-provisioning"),
+        ("ServiceAccount", NAMESPACE, "gpusched-extender"),
+        ("ServiceAccount", NAMESPACE, "gpusched-scheduler"),
+        ("ServiceAccount", NAMESPACE, "gpusched-agent"),
+    }
+    assert expected <= set(kinds)
+    # Namespaces first, then CRDs, so that one apply of the whole list succeeds.
+    assert [o["kind"] for o in objects[:2]] == ["Namespace", "CustomResourceDefinition"]
+    for obj in objects:
+        namespaced = obj["kind"] not in install.CLUSTER_SCOPED
+        assert bool(obj["metadata"].get("namespace")) == namespaced, install.key(obj)
+
+
+def test_the_renderer_refuses_what_it_does_not_render(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources: []\npatches: [{path: p.yaml}]\n")
+    with pytest.raises(install.KustomizeError, match="patches"):
+        install.build(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text("configMapGenerator: [{name: c, literals: [a=b]}]\n")
+    with pytest.raises(install.KustomizeError, match="hash"):
+        install.build(tmp_path)
+
+
+def test_extender_deployment_runs_one_replica_hardened(objects: list[dict[str, Any]]) -> None:
+    deploy = install.find(objects, "Deployment", "gpusched-extender")
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deploy["spec"]["template"]["spec"]
+    c = install.container(deploy)
+    port = int(flag(c, "--port"))
+    assert [p["containerPort"] for p in c["ports"]] == [port]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+    }  # fmt: skip
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert pod.get("schedulerName", "default-scheduler") == "default-scheduler"
+    annotations = deploy["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == port
+    # The config file the extender is told to read is the ConfigMap's, and it is a valid config.
+    config = yaml.safe_load(install.mounted_file(objects, deploy, flag(c, "--config")))
+    registry.config_from(config)
+    service = install.find(objects, "Service", "gpusched-extender")
+    assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == c["ports"][0]["name"]
+
+
+def test_extender_rbac_is_exactly_what_it_uses(objects: list[dict[str, Any]]) -> None:
+    role = install.find(objects, "ClusterRole", "gpusched-extender")
+    assert rules(role) == {
+        ("", "nodes", "list", ""), ("", "nodes", "watch", ""),
+        ("", "pods", "get", ""), ("", "pods", "list", ""), ("", "pods", "watch", ""),
+        ("", "pods/binding", "create", ""),
+        ("gpusched.io", "gpunodereports", "list", ""), ("gpusched.io", "gpunodereports", "watch", ""),
+        ("", "events", "list", ""), ("", "events", "watch", ""),
+        ("events.k8s.io", "events", "list", ""), ("events.k8s.io", "events", "watch", ""),
+    }  # fmt: skip
+    binding = install.find(objects, "ClusterRoleBinding", "gpusched-extender")
+    sa = install.find(objects, "Deployment", "gpusched-extender")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+
+
+def test_second_scheduler_profile_calls_the_extender_service(objects: list[dict[str, Any]]) -> None:
+    deploy = install.find(objects, "Deployment", "gpusched-scheduler")
+    c = install.container(deploy)
+    assert c["image"] == f"registry.k8s.io/kube-scheduler:{K8S_VERSION}"
+    config = yaml.safe_load(install.mounted_file(objects, deploy, flag(c, "--config")))
+    assert config["kind"] == "KubeSchedulerConfiguration"
+    assert [p["schedulerName"] for p in config["profiles"]] == ["gpusched"]
+    assert config["clientConnection"]["kubeconfig"] == ""  # in-cluster
+    (extender,) = config["extenders"]
+    service = install.find(objects, "Service", "gpusched-extender")
+    port = service["spec"]["ports"][0]["port"]
+    assert extender["urlPrefix"] == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{port}"
+    assert {extender[k] for k in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb")} == {
+        "filter", "prioritize", "bind", "preempt",
+    }  # fmt: skip
+    assert extender["weight"] == DEFAULT_EXTENDER_WEIGHT == 100
+    assert extender["nodeCacheCapable"] is True
+    gpu_resource = registry.config_from(
+        yaml.safe_load(install.find(objects, "ConfigMap", "gpusched-config")["data"]["config.yaml"])
+    ).gpu_resource
+    assert extender["managedResources"] == [{"name": gpu_resource, "ignoredByScheduler": False}]
+    # Leader election on, on a Lease this ServiceAccount may update.
+    election = config["leaderElection"]
+    assert election["leaderElect"] is True and election["resourceNamespace"] == NAMESPACE
+    lease_role = install.find(objects, "Role", "gpusched-scheduler-leader-election")
+    assert ("coordination.k8s.io", "leases", "update", election["resourceName"]) in rules(lease_role)
+    sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
+    bound = {
+        o["roleRef"]["name"]
+        for o in objects
+        if o["kind"] in ("ClusterRoleBinding", "RoleBinding")
+        and {"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE} in o["subjects"]
+    }
+    assert bound == {
+        "system:kube-scheduler", "system:volume-scheduler", "extension-apiserver-authentication-reader",
+        "gpusched-scheduler-leader-election",
+    }  # fmt: skip
+
+
+def test_scrape_config_keeps_the_annotated_pods(objects: list[dict[str, Any]]) -> None:
+    config = manifest_config()
+    (job,) = config["scrape_configs"]
+    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [NAMESPACE]
+    for kind, name, port_flag in (("Deployment", "gpusched-extender", "--port"),
+                                  ("DaemonSet", "gpusched-agent", "--metrics-port")):  # fmt: skip
+        workload = install.find(objects, kind, name)
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == flag(install.container(workload), port_flag)
+        assert workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == name
+
+
+# ----------------------------------------------------------------------------------- dashboards
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("dashboards_generate", DASHBOARDS_DIR / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dashboard_json_is_what_the_generator_builds() -> None:
+    module = generator()
+    for path, text in module.outputs().items():
+        assert path.read_text() == text, f"{path.name} is stale: run python {DASHBOARDS_DIR / 'generate.py'}"
+
+
+def test_dashboards_are_shipped_and_well_formed(objects: list[dict[str, Any]]) -> None:
+    files = sorted(p.name for p in DASHBOARDS_DIR.glob("*.json"))
+    shipped = install.find(objects, "ConfigMap", "gpusched-dashboards")
+    assert sorted(shipped["data"]) == files
+    assert shipped["metadata"]["labels"]["grafana_dashboard"] == "1"
+    uids = set()
+    for name in files:
+        board = json.loads((DASHBOARDS_DIR / name).read_text())
+        uids.add(board["uid"])
+        assert board["templating"]["list"][0]["name"] == "datasource"
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)), name
+        for panel in board["panels"]:
+            assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+            if panel["type"] == "row":
+                continue
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert panel["targets"], f"{name}: {panel['title']} has no query"
+    assert len(uids) == len(files) == 5
+
+
+def test_every_extender_metric_a_dashboard_reads_exists() -> None:
+    """Names are checked here against the extender's own registry; agent names in the e2e run."""
+    config = registry.config_from(None)
+    state = ClusterState(config)
+    state.load_static(load_nodes({"nodes": [{"name": "n", "gpus": 1, "gpuModel": "L4"}]}), [])
+    metrics = ExtenderMetrics()
+    ExtenderService(state, registry.build(config), OfflineBinder(), metrics)
+    metrics.informer_synced.labels("nodes").set(1)
+    metrics.watch_restarts.labels("nodes", "timeout")
+    metrics.requests.labels("filter", "ok")
+    metrics.filter_rejections.labels("gpu-fit")
+    metrics.binds.labels("bound")
+    metrics.predicted_cold_start.labels("inference")
+    text = generate_latest(metrics.registry).decode()
+    exposed = set().union(*(metric_names(line.split()[2]) for line in text.splitlines() if line.startswith("# TYPE")))
+    wanted = set().union(*(metric_names(expr) for _, _, expr in dashboard_queries()))
+    extender = {n for n in wanted if not n.startswith("gpusched_agent_")}
+    assert extender, "no extender metrics on the dashboards"
+    assert extender <= exposed, extender - exposed

@@ -1,0 +1,1 @@
+"""Helpers around the workloads: model files for caches and tests, and the GPU check."""
