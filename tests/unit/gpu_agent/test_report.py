@@ -187,3 +187,27 @@ def test_dumps_without_orjson(machine: Machine, monkeypatch: pytest.MonkeyPatch)
     without = dumps(report)
     assert json.loads(without) == json.loads(with_orjson) == report
     assert "\n" not in dumps(report, pretty=False)
+
+
+REAL_H200 = Path(__file__).resolve().parents[2] / "fixtures" / "nvml" / "real-h200-report.json"
+
+
+def test_report_from_real_h200_parses_and_places() -> None:
+    """The agent's report from a real NVIDIA H200 (driver 580.159.04, one GPU in a VM, no NVLink)."""
+    from scheduler.core import registry
+    from scheduler.core.podspec import parse_pod
+    from scheduler.core.snapshot import ClusterSnapshot
+    from tests.builders import node_object, pod
+
+    report = json.loads(REAL_H200.read_text())
+    assert undeclared(report["spec"], crd_schema()) == []
+    node = with_report(node_from_object(node_object("vm", gpus=1)), report, now=WHEN.timestamp())
+    assert node.cuda == (13, 0) and node.driver == "580.159.04"
+    assert [(g.model, g.memory) for g in node.gpus] == [("NVIDIA H200", 150754820096)]
+    assert node.links == (("",),)
+    snap = ClusterSnapshot([node])
+    framework = registry.build(registry.config_from(None))
+    fits = parse_pod(pod("big", 1, {"gpusched.io/gpu-memory": "130Gi", "gpusched.io/cuda": "12.4"}))
+    too_big = parse_pod(pod("bigger", 1, {"gpusched.io/gpu-memory": "141Gi"}))
+    assert framework.decide(snap, fits).feasible.tolist() == [0]
+    assert framework.decide(snap, too_big).feasible.size == 0
