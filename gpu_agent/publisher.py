@@ -166,18 +166,9 @@ class KubernetesSink:
         field_manager: str = FIELD_MANAGER,
         timeout: tuple[float, float] = (5.0, 15.0),
     ) -> None:
-        from kubernetes import client, config
+        from scheduler.state.kube import load_api_client  # imports the kubernetes client: only when publishing
 
-        configuration = client.Configuration()
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            try:
-                config.load_incluster_config(client_configuration=configuration)
-            except config.ConfigException:
-                config.load_kube_config(client_configuration=configuration)
-        configuration.retries = False
-        self.api = client.ApiClient(configuration)
+        self.api = load_api_client(kubeconfig, retries=False)
         self.field_manager = field_manager
         self.timeout = timeout
 

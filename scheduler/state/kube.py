@@ -23,9 +23,14 @@ class KubeError(Exception):
         self.status = status
 
 
-def load_api_client(kubeconfig: str | None = None) -> k8s_client.ApiClient:
-    """In-cluster config when running in a pod, else the kubeconfig (or $KUBECONFIG)."""
+def load_api_client(kubeconfig: str | None = None, *, retries: bool | None = None) -> k8s_client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (or $KUBECONFIG).
+
+    `retries=False` turns off urllib3's own retries, for callers that back off themselves.
+    """
     configuration = k8s_client.Configuration()
+    if retries is not None:
+        configuration.retries = retries
     if kubeconfig:
         k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     else:
