@@ -43,6 +43,26 @@ def owner_key(pod: PodRequest) -> str:
     return f"{pod.namespace}/{pod.owner}" if pod.owner else ""
 
 
+def tier_domains(nodes: Sequence[NodeState], keys: Sequence[str]) -> np.ndarray:
+    """(N, T) ids of each node's domain per tier label, qualified by the outer tiers' values.
+
+    A node without a tier's label is alone in that tier; its inner tiers are still grouped by the
+    labels it has (racks group nodes even where no block label is set).
+    """
+    ids: dict[tuple[str, ...], int] = {}
+    out = np.zeros((len(nodes), len(keys)), dtype=np.int64)
+    for i, node in enumerate(nodes):
+        path: tuple[str, ...] = ()
+        for t, key in enumerate(keys):
+            value = node.labels.get(key)
+            if value is None:
+                out[i, t] = ids.setdefault((key, "\x00alone", node.name), len(ids))
+                continue
+            path = (*path, key, value)
+            out[i, t] = ids.setdefault(path, len(ids))
+    return out
+
+
 class SnapshotError(ValueError):
     """A placement that does not fit the snapshot."""
 
@@ -165,21 +185,7 @@ class ClusterSnapshot:
                 table.setdefault(key, {})[i] = size
 
     def _load_tiers(self) -> None:
-        """One id per tier value, qualified by the outer tiers' values that are present.
-
-        A node without a tier's label is alone in that tier; its inner tiers are still grouped by
-        the labels it has (racks group nodes even where no block label is set).
-        """
-        ids: dict[tuple[str, ...], int] = {}
-        for i, node in enumerate(self.nodes):
-            path: tuple[str, ...] = ()
-            for t, key in enumerate(self.tier_keys):
-                value = node.labels.get(key)
-                if value is None:
-                    self.tier_ids[i, t] = ids.setdefault((key, "\x00alone", node.name), len(ids))
-                    continue
-                path = (*path, key, value)
-                self.tier_ids[i, t] = ids.setdefault(path, len(ids))
+        self.tier_ids[:] = tier_domains(self.nodes, self.tier_keys)
 
     def _kubelet_holders(self) -> dict[str, tuple[int, ...]]:
         held: dict[str, list[int]] = {}

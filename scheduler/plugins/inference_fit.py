@@ -30,7 +30,8 @@ get (the core's GPU set), else the node's largest.
 `spread` spreads replicas of one controller (`PodRequest.owner`, within the namespace) across the
 failure domains of `spreadTiers` (default zone, then rack), outer tiers weighing twice the next: c_t
 is how many of the controller's pods run in the node's domain of tier t, max over the scored nodes
-(1 when no replica runs yet). A node without a tier's label is a domain of its own. Spreading is a
+(1 when no replica runs yet). A node without a tier's label is a domain of its own, and a tier no
+node is labelled with is skipped (it would make every node a domain of its own). Spreading is a
 modest term (p = 0.5 against s = 1, and the plugin's weight below the cache-locality signals), so
 replicas still go where their image and weights are cached.
 
@@ -54,7 +55,7 @@ import numpy as np
 from scheduler.core.config import ConfigError, SchedulerConfig
 from scheduler.core.framework import Cycle, FilterPlugin, ScorePlugin
 from scheduler.core.quantity import format_bytes
-from scheduler.core.snapshot import ClusterSnapshot, owner_key
+from scheduler.core.snapshot import ClusterSnapshot, owner_key, tier_domains
 from scheduler.core.types import PodRequest
 
 DEFAULT_SPREAD_TIERS = ("topology.kubernetes.io/zone", "gpusched.io/rack")
@@ -106,18 +107,7 @@ def domain_ids(snapshot: ClusterSnapshot, tiers: Sequence[str]) -> np.ndarray:
     per_snapshot = _DOMAINS.setdefault(snapshot, {})
     key = tuple(tiers)
     if key not in per_snapshot:
-        ids: dict[tuple[str, ...], int] = {}
-        out = np.zeros((len(snapshot), len(key)), dtype=np.intp)
-        for i, node in enumerate(snapshot.nodes):
-            path: tuple[str, ...] = ()
-            for t, label in enumerate(key):
-                value = node.labels.get(label)
-                if value is None:
-                    out[i, t] = ids.setdefault((label, "\x00alone", node.name), len(ids))
-                    continue
-                path = (*path, label, value)
-                out[i, t] = ids.setdefault(path, len(ids))
-        per_snapshot[key] = out
+        per_snapshot[key] = tier_domains(snapshot.nodes, key)
     return per_snapshot[key]
 
 
@@ -241,14 +231,16 @@ class InferenceFit(FilterPlugin, ScorePlugin):
         domains = domain_ids(snap, self.tiers)
         total = np.zeros(nodes.size)
         weight_sum = 0.0
-        for t in range(len(self.tiers)):
+        for t, label in enumerate(self.tiers):
+            if not any(label in node.labels for node in snap.nodes):
+                continue  # a tier nobody labels says nothing about failure domains
             weight = 0.5**t
             per_domain = np.bincount(domains[where, t], weights=counts, minlength=int(domains[:, t].max()) + 1)
             here = per_domain[domains[nodes, t]]
             top = float(here.max(initial=0.0))
             total += weight * (1.0 - here / top if top > 0 else 1.0)
             weight_sum += weight
-        return total / weight_sum
+        return total / weight_sum if weight_sum else np.ones(nodes.size)
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         weights, kv = self._sized(cycle)

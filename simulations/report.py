@@ -1,0 +1,130 @@
+"""What-if reports: a comparison table for the terminal, PNG plots and a markdown summary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from simulations.whatif import PolicyResult
+
+ROWS = (
+    ("mean_allocated_pct", "GPUs allocated, time-weighted mean (%)"),
+    ("mean_stranded_gpus", "GPUs stranded on partly used nodes, mean"),
+    ("peak_stranded_gpus", "GPUs stranded, peak"),
+    ("pods_placed", "pods placed"),
+    ("pods_pending", "pods still pending"),
+    ("gangs_whole", "gangs placed whole"),
+    ("gangs_partly_placed", "gangs half placed (holding GPUs, not running)"),
+    ("gangs_split_across_racks", "gangs split across racks"),
+    ("gang_wait_mean_s", "gang wait, mean (s)"),
+    ("cold_start_mean_s", "inference cold start, mean (s)"),
+    ("cold_start_p95_s", "inference cold start, p95 (s)"),
+    ("cold_start_total_s", "inference cold start, total (s)"),
+)
+
+
+def summarize(results: Sequence[PolicyResult]) -> list[dict[str, Any]]:
+    """Each policy's summary, with time-weighted means over the longest run of them all."""
+    horizon = max((r.end() for r in results), default=0.0)
+    return [r.summary(horizon) for r in results]
+
+
+def _show(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def print_comparison(results: Sequence[PolicyResult], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title="What-if: policies compared")
+    table.add_column("measure")
+    for r in results:
+        table.add_column(r.policy, justify="right")
+    summaries = summarize(results)
+    for key, label in ROWS:
+        table.add_row(label, *(_show(s[key]) for s in summaries))
+    console.print(table)
+    for s in summaries:
+        if s["pending_reasons"]:
+            console.print(f"[bold]{s['policy']}[/bold] pending pods, by reason:")
+            for reason, n in s["pending_reasons"].items():
+                console.print(f"  {n} x {reason}")
+
+
+def print_placements(result: PolicyResult, console: Console | None = None, limit: int = 200) -> None:
+    """Where each pod went and why: the winning node's per-plugin scores, or why it waits."""
+    console = console or Console()
+    table = Table(title=f"Placements under {result.policy}")
+    for col in ("pod", "node", "cold start (s)", "why"):
+        table.add_column(col)
+    for pod in result.pods[:limit]:
+        why = ", ".join(f"{k} {v:g}" for k, v in pod.scores.items()) if pod.node else pod.reason
+        if pod.node and not pod.scores:
+            why = "gang plan"
+        cold = "-" if pod.cold_start_s is None else f"{pod.cold_start_s:.0f}"
+        table.add_row(pod.name, pod.node or "(pending)", cold, why)
+    console.print(table)
+
+
+def write_report(results: Sequence[PolicyResult], folder: Path, scenario_name: str) -> list[Path]:
+    """PNG plots and summary.md in `folder`; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, index, ylabel, name in (
+        ("allocation", 1, "GPUs allocated (%)", "allocation.png"),
+        ("stranded", 2, "GPUs stranded on partly used nodes", "fragmentation.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for r in results:
+            t = np.array([row[0] for row in r.timeline]) / 3600
+            y = np.array([row[index] for row in r.timeline], dtype=float)
+            if key == "allocation":
+                y = 100 * y / max(r.total_gpus, 1)
+            ax.step(t, y, where="post", label=r.policy)
+        ax.set_xlabel("hours")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = folder / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for r in results:
+        cold = np.sort([p.cold_start_s for p in r.pods if p.kind == "inference" and p.cold_start_s is not None])
+        if cold.size:
+            ax.step(cold, np.arange(1, cold.size + 1) / cold.size, where="post", label=r.policy)
+    ax.set_xlabel("predicted cold start (s)")
+    ax.set_ylabel("share of inference pods")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = folder / "cold-start-cdf.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    summaries = summarize(results)
+    lines = [f"# What-if: {scenario_name}", "", "| measure | " + " | ".join(s["policy"] for s in summaries) + " |",
+             "| --- |" + " --- |" * len(summaries)]  # fmt: skip
+    for key, label in ROWS:
+        lines.append(f"| {label} | " + " | ".join(_show(s[key]) for s in summaries) + " |")
+    lines += ["", "Plots: allocation.png, fragmentation.png, cold-start-cdf.png.", ""]
+    for s in summaries:
+        if s["pending_reasons"]:
+            lines.append(f"## Pending under {s['policy']}")
+            lines += [f"- {n} x {reason}" for reason, n in s["pending_reasons"].items()]
+    path = folder / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    written.append(path)
+    return written

@@ -1,0 +1,138 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scheduler.core.scenario import ScenarioError
+from simulations.cli import main
+from simulations.whatif import Replay, apply_changes, compare, load_jobs
+
+DEMO = Path(__file__).resolve().parents[3] / "simulations" / "scenarios" / "demo.yaml"
+
+SMALL = {
+    "nodeTypes": {"big": {"gpus": 8, "gpuModel": "H100", "gpuMemory": "80Gi", "interconnect": "nvswitch"}},
+    "nodes": [
+        {"name": "r1-{i}", "count": 2, "type": "big", "labels": {"gpusched.io/rack": "r1"}},
+        {"name": "r2-{i}", "count": 2, "type": "big", "labels": {"gpusched.io/rack": "r2"}},
+    ],
+    "workload": [
+        # Four unrelated single-GPU services (no shared owner, so nothing asks to spread them).
+        *({"name": f"small{i}", "kind": "inference", "gpus": 1, "arrive": i} for i in range(4)),
+        {"name": "gang", "kind": "training", "members": 2, "gpus": 8, "arrive": 10, "duration": 100},
+        {"name": "late", "kind": "training", "members": 2, "gpus": 8, "arrive": 20, "duration": 100},
+    ],
+}
+
+
+def test_gpusched_packs_small_pods_and_places_gangs_whole_in_one_rack() -> None:
+    base, ours = compare(SMALL, ["kube-default", "gpusched"])
+    # kube-default spreads the four 1-GPU pods over all four nodes: no whole node is left for gangs.
+    assert {p.node for p in base.pods if p.job.startswith("small")} == {"r1-0", "r1-1", "r2-0", "r2-1"}
+    assert base.summary()["gangs_whole"] == 0
+    assert base.summary()["pods_pending"] == 4
+    assert "needs 8 GPUs" in base.summary()["pending_reasons"].popitem()[0]
+    # gpusched packs them on one node; the first gang takes a whole rack, the second waits for it.
+    assert len({p.node for p in ours.pods if p.job.startswith("small")}) == 1
+    summary = ours.summary()
+    assert summary["gangs_whole"] == 2 and summary["gangs_split_across_racks"] == 0
+    late = next(g for g in ours.gangs if g.name == "late")
+    assert late.waited_s == pytest.approx(90.0)  # it starts when "gang" departs at t=110
+
+
+def test_replicas_of_one_deployment_spread_over_racks() -> None:
+    scenario = {**SMALL, "workload": [{"name": "web", "kind": "inference", "replicas": 2, "gpus": 1}]}
+    (ours,) = compare(scenario, ["gpusched"])
+    racks = {p.node.split("-")[0] for p in ours.pods if p.node}
+    assert racks == {"r1", "r2"}
+
+
+def test_replay_never_over_commits() -> None:
+    scenario = yaml.safe_load(DEMO.read_text())
+    for policy in ("kube-default", "gpusched"):
+        replay = Replay.from_scenario(scenario, policy)
+        replay.run()
+        assert replay.snapshot.over_committed() == []
+
+
+def test_drain_and_add_nodes() -> None:
+    changed = apply_changes(SMALL, {"big": 2}, ["r1-0"])
+    replay = Replay.from_scenario(changed, "gpusched")
+    assert "added-big-1" in replay.snapshot.index
+    assert not replay.snapshot.ready[replay.snapshot.index["r1-0"]]
+    result = replay.run()
+    assert all(p.node != "r1-0" for p in result.pods)
+    with pytest.raises(ScenarioError, match="unknown node type"):
+        apply_changes(SMALL, {"tiny": 1})
+    with pytest.raises(ScenarioError, match="unknown nodes"):
+        Replay.from_scenario(apply_changes(SMALL, drain=["ghost"]), "gpusched")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"name": "x", "kind": "batch"}, "kind must be"),
+        ({"kind": "training"}, "needs at least a name"),
+        ({"name": "x", "gpuMemory": "lots"}, "gpusched.io/gpu-memory"),
+    ],
+)
+def test_bad_workload_entries_are_named(entry: dict, message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        load_jobs({"workload": [entry]})
+
+
+def test_cold_start_counts_what_is_missing_and_later_replicas_start_warm() -> None:
+    scenario = {
+        "nodes": [
+            {
+                "name": "n0",
+                "gpus": 8,
+                "gpuModel": "A",
+                "gpuMemory": "80Gi",
+                "pullBandwidth": "100Mi",
+                "downloadBandwidth": "100Mi",
+                "diskBandwidth": "1Gi",
+                "images": {"img:1": "10Gi"},
+            },
+            {
+                "name": "n1",
+                "gpus": 8,
+                "gpuModel": "A",
+                "gpuMemory": "80Gi",
+                "pullBandwidth": "100Mi",
+                "downloadBandwidth": "100Mi",
+                "diskBandwidth": "1Gi",
+            },
+        ],
+        "workload": [
+            {
+                "name": "m",
+                "kind": "inference",
+                "replicas": 2,
+                "gpus": 1,
+                "image": "img:1",
+                "model": "org/m@main",
+                "modelBytes": "10Gi",
+            }
+        ],
+    }
+    (result,) = compare(scenario, ["gpusched"])
+    first, second = result.pods
+    assert first.node == second.node == "n0"
+    assert first.cold_start_s == pytest.approx(10 * 1024 / 100 + 10)  # download at 100 MiB/s, read at 1 GiB/s
+    assert second.cold_start_s == pytest.approx(10.0)  # weights now on the node: read only
+
+
+def test_cli_runs_the_demo_with_json_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["whatif", str(DEMO), "--json", "--report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    import json
+
+    body = json.loads(out)
+    assert [p["policy"] for p in body["policies"]] == ["kube-default", "gpusched"]
+    ours = body["policies"][1]
+    base = body["policies"][0]
+    assert ours["mean_stranded_gpus"] < base["mean_stranded_gpus"]
+    assert ours["cold_start_mean_s"] < base["cold_start_mean_s"]
+    for name in ("allocation.png", "fragmentation.png", "cold-start-cdf.png", "summary.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert main(["whatif", str(DEMO), "--policy", "nonsense"]) == 2
