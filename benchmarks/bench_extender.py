@@ -27,6 +27,7 @@ import orjson
 from scheduler.core import registry
 from scheduler.core.podspec import parse_pod
 from scheduler.core.scenario import interconnect_links, pod_object
+from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import GpuInfo, NodeState
 from scheduler.extender import wire
 from scheduler.extender.binders import OfflineBinder
@@ -92,10 +93,10 @@ def bench_decisions(sizes: list[int], repeat: int) -> list[dict[str, Any]]:
             service.prioritize(args)
 
         snap = service.state.snapshot()
-        nodes = snap.nodes
 
-        def naive(nodes: list[NodeState] = nodes) -> None:
+        def naive(snap: ClusterSnapshot = snap) -> None:
             # Baseline: one Python pass over the nodes checking only free GPU counts.
+            nodes = snap.nodes
             free = snap.gpu_free_count()
             [node.name for i, node in enumerate(nodes) if free[i] >= 4 and node.ready]
 
