@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from rich.console import Console
 from rich.progress import Progress, TaskID
+from rich.table import Table
 
 from scheduler.core.config import ConfigError
 from scheduler.core.scenario import ScenarioError
 from scheduler.state.kube import KubeError
-from simulations import policies
+from simulations import fgd, policies, traces
 from simulations.report import print_comparison, print_placements, summarize, write_report
 from simulations.whatif import PolicyResult, Replay, apply_changes
 
@@ -117,16 +119,100 @@ def _output(results: list[PolicyResult], args: argparse.Namespace, console: Cons
     return 0
 
 
+def add_fgd(sub: Any) -> None:
+    p = sub.add_parser("fgd", help="the FGD evaluation protocol on an Alibaba GPU trace")
+    p.add_argument("--nodes", default=None, help="node list CSV (default: the bundled trace's)")
+    p.add_argument("--pods", default=None, help="pod list CSV (default: the bundled default trace)")
+    p.add_argument("--policy", default="gpusched", help="Random, DotProd, GpuClustering, GpuPacking, BestFit, FGD, ...")
+    p.add_argument("--seeds", default="42-51", help="seeds, e.g. 42-51 or 42,43")
+    p.add_argument("--jobs", type=int, default=None, help="processes (default: one per core)")
+    p.add_argument("--json", action="store_true")
+    t = sub.add_parser("fgd-table", help="every bundled trace under every policy, next to the published values")
+    t.add_argument("--seeds", default="42-51")
+    t.add_argument("--jobs", type=int, default=None)
+    t.add_argument("--traces", default=",".join(traces.TRACES))
+    t.add_argument("--policies", default=",".join(policies.TRACE_POLICIES))
+    t.add_argument("--json", action="store_true")
+
+
+def run_fgd(args: argparse.Namespace, console: Console) -> int:
+    nodes = args.nodes or str(traces.node_file())
+    pods = args.pods or str(traces.pod_file("default"))
+    for path in (nodes, pods):
+        if not Path(path).is_file():
+            raise ScenarioError(f"no such trace file: {path} (set {traces.TRACE_DIR_ENV} or pass --nodes/--pods)")
+    policy = policies.canonical(args.policy)
+    seeds = fgd.parse_seeds(args.seeds)
+    label = Path(pods).stem.removeprefix("openb_pod_list_")
+    tasks = [(label, nodes, pods, policy, seed) for seed in seeds]
+    jobs = args.jobs or min(fgd.default_jobs(), len(tasks))
+    summary = fgd.summarize(fgd.run_many(tasks, jobs))
+    if args.json:
+        print(json.dumps({"trace": label, "policy": policy, **summary}, indent=2))
+        return 0
+    published = traces.PUBLISHED.get(label, {}).get(policy)
+    console.print(
+        f"{policies.DISPLAY[policy]} on {label}, seeds {args.seeds}: unallocated GPU % at arrived = 100 %: "
+        f"{summary['unallocated_gpu_pct_mean']:.2f} ± {summary['unallocated_gpu_pct_std']:.2f}"
+        + (f" (published {published:.2f})" if published is not None else "")
+        + f"; {summary['seconds_per_seed']:.1f} s per seed"
+    )
+    return 0
+
+
+def run_fgd_table(args: argparse.Namespace, console: Console) -> int:
+    names = [t.strip() for t in args.traces.split(",") if t.strip()]
+    pols = [policies.canonical(p) for p in args.policies.split(",") if p.strip()]
+    tasks = fgd.trace_tasks(names, pols, fgd.parse_seeds(args.seeds))
+    missing = [t[2] for t in tasks if not Path(t[2]).is_file()] + [t[1] for t in tasks[:1] if not Path(t[1]).is_file()]
+    if missing:
+        raise ScenarioError(f"no such trace file: {missing[0]} (set {traces.TRACE_DIR_ENV})")
+    started = time.perf_counter()
+    with Progress(console=console, transient=True, disable=args.json) as progress:
+        bar = progress.add_task("runs", total=len(tasks))
+        results = fgd.run_many(tasks, args.jobs or fgd.default_jobs(), lambda _: progress.advance(bar))
+    wall = time.perf_counter() - started
+    cells: dict[tuple[str, str], list[fgd.SeedResult]] = {}
+    for r in results:
+        cells.setdefault((r.trace, r.policy), []).append(r)
+    rows = {key: fgd.summarize(v) for key, v in cells.items()}
+    if args.json:
+        body = [{"trace": t, "policy": p, "published": traces.PUBLISHED.get(t, {}).get(p),
+                 **{k: v for k, v in s.items() if k != "per_seed"}} for (t, p), s in rows.items()]  # fmt: skip
+        print(json.dumps({"wall_seconds": round(wall, 1), "cells": body}, indent=2))
+        return 0
+    table = Table(title=f"Unallocated GPU % at arrived = 100 % (mean ± std over seeds {args.seeds}; published)")
+    table.add_column("trace")
+    for p in pols:
+        table.add_column(policies.DISPLAY[p], justify="right")
+    for t in names:
+        cells_text = []
+        for p in pols:
+            s = rows[(t, p)]
+            published = traces.PUBLISHED.get(t, {}).get(p)
+            text = f"{s['unallocated_gpu_pct_mean']:.2f} ± {s['unallocated_gpu_pct_std']:.2f}"
+            cells_text.append(text + (f" ({published:.2f})" if published is not None else ""))
+        table.add_row(t, *cells_text)
+    console.print(table)
+    console.print(f"{len(tasks)} runs in {wall:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpusched-sim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_whatif(sub)
+    add_fgd(sub)
     args = parser.parse_args(argv)
     console = Console()
     try:
         if args.command == "whatif":
             return run_whatif(args, console)
-    except (ScenarioError, ConfigError, KubeError, OSError, yaml.YAMLError) as exc:
+        if args.command == "fgd":
+            return run_fgd(args, console)
+        if args.command == "fgd-table":
+            return run_fgd_table(args, console)
+    except (ScenarioError, ConfigError, KubeError, OSError, ValueError, yaml.YAMLError) as exc:
         print(f"gpusched-sim: {exc}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
