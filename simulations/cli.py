@@ -18,10 +18,11 @@ from scheduler.core.config import ConfigError
 from scheduler.core.scenario import ScenarioError
 from scheduler.state.kube import KubeError
 from simulations import fgd, policies, traces
-from simulations.report import print_comparison, print_placements, summarize, write_report
+from simulations.report import print_comparison, print_gangs, print_placements, summarize, write_report
 from simulations.whatif import PolicyResult, Replay, apply_changes
 
 DEFAULT_POLICIES = ("kube-default", "gpusched")
+PLACEMENTS_SHOWN = 40  # list every pod's placement by default up to this many pods
 
 
 def _pairs(text: str, what: str) -> dict[str, float]:
@@ -99,17 +100,29 @@ def _output(results: list[PolicyResult], args: argparse.Namespace, console: Cons
         body = {
             "scenario": label,
             "policies": [
-                {**s, "pods": [vars(p) for p in r.pods], "gangs": [vars(g) for g in r.gangs]}
+                {
+                    **s,
+                    "pods": [vars(p) for p in r.pods],
+                    "gangs": [vars(g) for g in r.gangs],
+                    "timeline": [
+                        {"t": t, "allocated_gpus": a, "stranded_gpus": st, "pending_pods": pe}
+                        for t, a, st, pe in r.timeline
+                    ],
+                }
                 for r, s in zip(results, summarize(results), strict=True)
             ],
         }
         print(json.dumps(body, indent=2))
     else:
         console.print(f"[bold]What-if on {label}[/bold]")
-        if args.placements or args.kubeconfig:
+        few = max((len(r.pods) for r in results), default=0) <= PLACEMENTS_SHOWN
+        if args.placements or args.kubeconfig or few:
             for r in results:
                 print_placements(r, console)
+        print_gangs(results, console)
         print_comparison(results, console)
+        if not (args.placements or args.kubeconfig or few):
+            console.print("Where each pod went and why: --placements (or placements.csv with --report DIR).")
     if args.report:
         files = write_report(results, Path(args.report), label)
         where = Path(args.report).resolve()

@@ -45,7 +45,9 @@ def capacity_milli(nodes: Sequence[NodeState]) -> int:
     return sum(n.gpu_count for n in nodes) * 1000
 
 
-def inflate(pods: Sequence[TracePod], capacity: int, rng: np.random.Generator, ratio: float = INFLATION) -> list[TracePod]:
+def inflate(
+    pods: Sequence[TracePod], capacity: int, rng: np.random.Generator, ratio: float = INFLATION
+) -> list[TracePod]:
     """The trace's pods plus random copies until the requested GPU reaches `ratio` x capacity."""
     out = list(pods)
     if not pods:
@@ -259,7 +261,9 @@ def default_jobs() -> int:
     return max(os.cpu_count() or 1, 1)
 
 
-def trace_tasks(trace_names: Sequence[str], policy_names: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, str, str, str, int]]:
+def trace_tasks(
+    trace_names: Sequence[str], policy_names: Sequence[str], seeds: Sequence[int]
+) -> list[tuple[str, str, str, str, int]]:
     nodes_csv = str(traces.node_file())
     return [
         (trace, nodes_csv, str(traces.pod_file(trace)), policy, seed)

@@ -12,7 +12,8 @@ node selectors that pin GPU models and sizes in a cluster without gpusched.
     gpupacking     gpu-packing
     bestfit        best-fit
     fgd            fgd                         FGD as published
-    gpusched       gpusched's default config (scheduler/core/config.py), fragmentation included
+    gpusched       gpusched's default config and its args (DEFAULT_SCORES, DEFAULT_PLUGIN_ARGS in
+                   scheduler/core/config.py), fragmentation included
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scheduler.core.config import DEFAULT_FILTERS, DEFAULT_SCORES, ConfigError
+from scheduler.core.config import DEFAULT_FILTERS, DEFAULT_PLUGIN_ARGS, DEFAULT_SCORES, ConfigError
 from scheduler.plugins.fragmentation import TypicalPod
 
 TRACE_FILTERS = ["gpu-fit", "resources-fit"]
@@ -86,6 +87,7 @@ def policy_config(
     elif key == "gpusched":
         filters = [*DEFAULT_FILTERS, "resources-fit"]
         scores = list(DEFAULT_SCORES)
+        args.update({name: dict(values) for name, values in DEFAULT_PLUGIN_ARGS.items()})
     else:
         filters = list(TRACE_FILTERS)
         scores = [(_SINGLE[key], 1.0)]

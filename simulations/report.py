@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,25 @@ def print_comparison(results: Sequence[PolicyResult], console: Console | None = 
             console.print(f"[bold]{s['policy']}[/bold] pending pods, by reason:")
             for reason, n in s["pending_reasons"].items():
                 console.print(f"  {n} x {reason}")
+
+
+def print_gangs(results: Sequence[PolicyResult], console: Console | None = None) -> None:
+    """Each training gang under each policy: members placed, racks spanned, the tier that holds it."""
+    console = console or Console()
+    if not any(r.gangs for r in results):
+        return
+    table = Table(title="Training gangs (members placed / racks / innermost tier that holds the gang)")
+    table.add_column("gang")
+    for r in results:
+        table.add_column(r.policy, justify="right")
+    names = list(dict.fromkeys(g.name for r in results for g in r.gangs))
+    for name in names:
+        row = []
+        for r in results:
+            g = next((g for g in r.gangs if g.name == name), None)
+            row.append("-" if g is None else f"{g.placed}/{g.members}, {g.racks} rack(s), {g.span or '-'}")
+        table.add_row(name, *row)
+    console.print(table)
 
 
 def print_placements(result: PolicyResult, console: Console | None = None, limit: int = 200) -> None:
@@ -114,12 +134,33 @@ def write_report(results: Sequence[PolicyResult], folder: Path, scenario_name: s
     plt.close(fig)
     written.append(path)
 
+    path = folder / "placements.csv"
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["policy", "pod", "job", "kind", "node", "gpus", "placed_at_s", "cold_start_s", "why"])
+        for r in results:
+            for pod in r.pods:
+                why = "; ".join(f"{k} {v:g}" for k, v in pod.scores.items()) if pod.node else pod.reason
+                out.writerow([r.policy, pod.name, pod.job, pod.kind, pod.node or "", pod.gpus,
+                              pod.placed_at, pod.cold_start_s, why])  # fmt: skip
+    written.append(path)
+
     summaries = summarize(results)
     lines = [f"# What-if: {scenario_name}", "", "| measure | " + " | ".join(s["policy"] for s in summaries) + " |",
              "| --- |" + " --- |" * len(summaries)]  # fmt: skip
     for key, label in ROWS:
         lines.append(f"| {label} | " + " | ".join(_show(s[key]) for s in summaries) + " |")
-    lines += ["", "Plots: allocation.png, fragmentation.png, cold-start-cdf.png.", ""]
+    lines += ["", "Plots: allocation.png, fragmentation.png, cold-start-cdf.png; every pod: placements.csv.", ""]
+    if any(r.gangs for r in results):
+        lines += ["## Training gangs", "", "| gang | " + " | ".join(r.policy for r in results) + " |",
+                  "| --- |" + " --- |" * len(results)]  # fmt: skip
+        for name in dict.fromkeys(g.name for r in results for g in r.gangs):
+            cells = []
+            for r in results:
+                g = next((g for g in r.gangs if g.name == name), None)
+                cells.append("-" if g is None else f"{g.placed}/{g.members} placed, {g.racks} rack(s), {g.span or '-'}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     for s in summaries:
         if s["pending_reasons"]:
             lines.append(f"## Pending under {s['policy']}")

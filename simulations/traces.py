@@ -22,14 +22,14 @@ NODE_FILE = "openb_node_list_gpu_node.csv"
 TRACES = ("default", "gpushare40", "multigpu20", "gpuspec10", "cpu050")
 # Unallocated GPU % at arrived = 100 %, mean of 10 seeds, from the trace's README (FGD, ATC 2023).
 PUBLISHED: dict[str, dict[str, float]] = {
-    "default": {"random": 13.70, "dotprod": 9.38, "gpuclustering": 8.35, "gpupacking": 8.22, "bestfit": 7.14, "fgd": 4.77},
-    "gpushare40": {"random": 15.14, "dotprod": 10.70, "gpuclustering": 10.24, "gpupacking": 10.23, "bestfit": 8.56,
-                   "fgd": 6.04},
-    "multigpu20": {"random": 13.08, "dotprod": 8.15, "gpuclustering": 6.66, "gpupacking": 6.50, "bestfit": 6.27,
-                   "fgd": 4.47},
-    "gpuspec10": {"random": 13.74, "dotprod": 9.83, "gpuclustering": 8.04, "gpupacking": 7.76, "bestfit": 6.90,
-                  "fgd": 5.34},
-    "cpu050": {"random": 10.98, "dotprod": 6.97, "gpuclustering": 6.48, "gpupacking": 6.54, "bestfit": 6.44, "fgd": 5.00},
+    trace: dict(zip(("random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd"), row, strict=True))
+    for trace, row in (
+        ("default", (13.70, 9.38, 8.35, 8.22, 7.14, 4.77)),
+        ("gpushare40", (15.14, 10.70, 10.24, 10.23, 8.56, 6.04)),
+        ("multigpu20", (13.08, 8.15, 6.66, 6.50, 6.27, 4.47)),
+        ("gpuspec10", (13.74, 9.83, 8.04, 7.76, 6.90, 5.34)),
+        ("cpu050", (10.98, 6.97, 6.48, 6.54, 6.44, 5.00)),
+    )
 }
 
 

@@ -19,8 +19,10 @@ the pod's image and weights, so later replicas there start warm.
 
 Measures, per policy: GPU allocation over time; stranded GPUs (free GPUs on nodes that are partly
 used, which a whole-node training member cannot use); pods pending at the end and why; for each
-gang whether it was placed whole and how many racks it spans; and the predicted cold-start seconds
-of each inference pod (plugins/cold_start.py's formula at the moment of placement).
+gang whether it was placed whole, how many racks it spans and the innermost topology tier that
+holds it; and the predicted cold-start seconds of each inference pod (plugins/cold_start.py's
+formula at the moment of placement). The fragmentation plugins' typical pods are the shapes of every
+pod the scenario runs (its running pods and its workload).
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ import numpy as np
 
 from scheduler.core import registry
 from scheduler.core.framework import Decision, Framework
-from scheduler.core.gang import GangPlan, plan_gang
+from scheduler.core.gang import GangPlan, plan_gang, tier_name
 from scheduler.core.images import normalize_image
 from scheduler.core.podspec import parse_pod
 from scheduler.core.scenario import ScenarioError, load_nodes, load_pods, pod_object
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState, PodRequest
 from scheduler.plugins.cold_start import predicted_seconds
+from scheduler.plugins.fragmentation import TypicalPod, shape_of, typical_pods
 from simulations import policies
 
 RACK_LABEL = "gpusched.io/rack"
@@ -228,7 +231,8 @@ class Replay:
         weights: Mapping[str, float] | None = None,
     ) -> None:
         self.policy = policies.canonical(policy)
-        config = registry.config_from(policies.policy_config(self.policy, weights=weights))
+        self.typical = workload_typical_pods(running, jobs)
+        config = registry.config_from(policies.policy_config(self.policy, typical=self.typical, weights=weights))
         self.framework: Framework = registry.build(config)
         self.gang_aware = self.policy == "gpusched"
         self.snapshot = ClusterSnapshot(nodes, running, config.tiers)
@@ -283,9 +287,10 @@ class Replay:
             outcome.scores = {k: round(float(v[pos]), 1) for k, v in decision.scores.items()}
 
     def _try_pod(self, pod: PodRequest, outcome: PodOutcome, t: float) -> bool:
-        decision = self.framework.decide(self.snapshot, pod)
+        decision = self.framework.decide(self.snapshot, pod, explain=False)
         best = decision.best()
-        if best is None:
+        if best is None:  # ask again with a reason worded for every node turned away
+            decision = self.framework.decide(self.snapshot, pod)
             outcome.reason = decision.error or _first_reason(decision)
             return False
         gpus = self.framework.choose_gpus(self.snapshot, pod, best)
@@ -339,6 +344,8 @@ class Replay:
                 racks = {self.snapshot.nodes[self.snapshot.index[o.node]].labels.get(RACK_LABEL, o.node)
                          for o in placed if o.node}  # fmt: skip
                 gang.racks = len(racks)
+                if placed and not gang.span:
+                    gang.span = tier_span(self.snapshot, [self.snapshot.index[o.node] for o in placed if o.node])
                 starts = [o.placed_at for o in placed if o.placed_at is not None]
                 gang.waited_s = (max(starts) - job.arrive) if gang.whole and starts else None
                 self.result.gangs.append(gang)
@@ -358,6 +365,19 @@ class Replay:
         if ok and job.duration is not None:
             heapq.heappush(events, (t + job.duration, 0, i, "depart"))
         return ok
+
+
+def workload_typical_pods(running: Sequence[PodRequest], jobs: Sequence[Job]) -> tuple[TypicalPod, ...]:
+    """The fragmentation plugins' typical pods: the shapes of every pod the scenario runs."""
+    return typical_pods(shape_of(p) for p in [*running, *(pod for job in jobs for pod in job.pods)])
+
+
+def tier_span(snapshot: ClusterSnapshot, nodes: Sequence[int]) -> str:
+    """The innermost topology tier that holds all of `nodes` ("node", "rack", ...; else "cluster")."""
+    for level in range(len(snapshot.tier_keys) - 1, -1, -1):
+        if len({int(snapshot.tier_ids[n, level]) for n in nodes}) == 1:
+            return tier_name(snapshot.tier_keys[level])
+    return "cluster"
 
 
 def _first_reason(decision: Decision) -> str:

@@ -42,6 +42,13 @@ DEFAULT_SCORES: tuple[tuple[str, float], ...] = (
     ("lora", 2.0),
     ("inference-fit", 1.0),
     ("freshness", 1.0),
+    ("fragmentation", 4.0),
+)
+# Args of the default policy. fragmentation measures directly what gpu-memory-packing's node-count
+# term stands in for (pack busy nodes, keep whole ones free), and the two together pack too hard
+# (`gpusched-sim fgd-table`), so the default policy keeps only gpu-memory-packing's memory fit.
+DEFAULT_PLUGIN_ARGS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {"gpu-memory-packing": MappingProxyType({"countWeight": 0.0})}
 )
 
 
@@ -52,7 +59,7 @@ class SchedulerConfig:
     tiers: tuple[str, ...] = DEFAULT_TIERS
     filters: tuple[str, ...] = DEFAULT_FILTERS
     scores: tuple[tuple[str, float], ...] = DEFAULT_SCORES
-    plugin_args: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    plugin_args: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: DEFAULT_PLUGIN_ARGS)
     gang_ttl_s: float = 120.0
     gang_max_span: str | None = None
 
@@ -132,7 +139,12 @@ def load_config(data: Mapping[str, Any] | None, known_filters: set[str], known_s
         tiers=tuple(tiers),
         filters=filters,
         scores=tuple(scores),
-        plugin_args=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in args.items()}),
+        plugin_args=MappingProxyType(
+            {
+                **(DEFAULT_PLUGIN_ARGS if raw_scores is None else {}),  # the default policy's args, unless given
+                **{k: MappingProxyType(dict(v)) for k, v in args.items()},
+            }
+        ),
         gang_ttl_s=float(gang_ttl),
         gang_max_span=max_span,
     )

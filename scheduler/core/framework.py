@@ -209,7 +209,8 @@ class Framework:
         total = np.zeros(nodes.size)
         if nodes.size:
             for scorer, weight in self.scores:
-                raw = np.clip(np.asarray(scorer.score(cycle, nodes), dtype=np.float64), 0.0, MAX_SCORE)
+                raw = np.asarray(scorer.score(cycle, nodes), dtype=np.float64)
+                raw = np.minimum(np.maximum(raw, 0.0), MAX_SCORE)  # clip to 0..100 (np.clip costs more)
                 if scorer.normalize:
                     raw = minmax(raw)
                 scores[scorer.name] = raw

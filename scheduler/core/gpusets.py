@@ -61,11 +61,12 @@ def best_sets(
     can = counts >= k
     if not can.any():
         return quality, chosen
-    affinity = snapshot.link_affinity[nodes]
     if k == 1:
         free_whole = snapshot.gpu_milli_free[nodes] >= 1000
-        # Connectivity to the other free GPUs: lower is a better spot to give away.
-        connectivity = np.einsum("ngh,nh->ng", affinity, free_whole.astype(np.float32))
+        # Connectivity to the other free GPUs: lower is a better spot to give away (0 without links).
+        connectivity: np.ndarray | float = 0.0
+        if snapshot.link_class.max(initial=0) > 0 or snapshot.link_affinity[:1].any():
+            connectivity = np.einsum("ngh,nh->ng", snapshot.link_affinity[nodes], free_whole.astype(np.float32))
         # A share: best fit first (least free share left), then the least connected GPU.
         cost = snapshot.gpu_milli_free[nodes] * 100.0 + connectivity if pod.gpu_milli else connectivity
         cost = np.where(eligible, cost, np.inf)
@@ -78,9 +79,9 @@ def best_sets(
     key = snapshot.link_class[nodes] << np.int64(g) | bits
     patterns, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     if len(patterns) < n:
-        q, sets = _solve(affinity[first], eligible[first], k, can[first])
+        q, sets = _solve(snapshot.link_affinity[nodes[first]], eligible[first], k, can[first])
         return q[inverse.ravel()], sets[inverse.ravel()]
-    return _solve(affinity, eligible, k, can)
+    return _solve(snapshot.link_affinity[nodes], eligible, k, can)
 
 
 def _solve(affinity: np.ndarray, eligible: np.ndarray, k: int, can: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

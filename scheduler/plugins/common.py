@@ -36,6 +36,12 @@ class NodeTable:
         first = models.max(axis=1)
         same = ((models == first[:, None]) | ~usable).all(axis=1)
         self.node_model = np.where(same, first, MIXED_MODELS)
+        # First-fit order: nodes with the smallest GPUs first (GPU memory, unknown counting as 0),
+        # then the snapshot's order; rank 0 comes first.
+        memory = np.where(usable, snapshot.gpu_memory, 0).max(axis=1)
+        order = np.lexsort((np.arange(len(snapshot)), memory))
+        self.fill_rank = np.empty(len(snapshot), dtype=np.int64)
+        self.fill_rank[order] = np.arange(len(snapshot))
 
     @classmethod
     def of(cls, snapshot: ClusterSnapshot) -> NodeTable:

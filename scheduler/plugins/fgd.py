@@ -2,8 +2,8 @@
 
     score = int(100 * sigmoid((frag_before - frag_after) / 1000))
 
-with frag the node's GPU fragmentation for the typical pods, in milli-GPU (the measure of
-fragmentation.py). The integer truncation is part of the policy: most nodes tie, and the tie rule
+with frag the node's GPU fragmentation for the typical pods, in milli-GPU (FGD's measure, as
+fragmentation.py defines it). The integer truncation is part of the policy: most nodes tie, and the tie rule
 (the first node in snapshot order) then packs. For a GPU share every fitting GPU is tried and the
 best kept, the first on ties; `choose_gpus` hands that GPU to bind, and whole GPUs are the first
 fully free ones. A pod that requests nothing at all scores 100 everywhere.
@@ -29,7 +29,7 @@ class Fgd(ScorePlugin, GpuChooser):
 
     def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        self.source = TypicalPodsSource(args)
+        self.source = TypicalPodsSource(args, copies=False)
 
     def _scores(
         self, cycle: Cycle, nodes: np.ndarray, every_gpu: bool = False

@@ -1,37 +1,52 @@
-"""fragmentation (score): place the pod where it leaves the fewest GPUs that the next pods cannot use.
+"""fragmentation (score): place the pod where it destroys the least GPU that the next pods could use.
 
-The measure is the GPU fragmentation of FGD (Weng et al., "Beware of Fragmentation", USENIX ATC
-2023). Typical pods are the most common request shapes (CPU, GPU count, share per GPU, allowed GPU
-models), taken in order of popularity until they cover `coverage` of the pods, each weighted by its
-popularity w_t. For one node and one typical pod t:
+Typical pods. The most common request shapes (CPU, GPU count, share per GPU, allowed GPU models),
+taken in order of popularity until they cover `coverage` of the pods, each weighted by its count
+w_t (FGD, Weng et al., "Beware of Fragmentation", USENIX ATC 2023). A CPU-only typical pod uses no
+GPU, so for it every free milli-GPU of a node is fragment.
 
-    frag_t = free milli-GPU on the GPUs that cannot host t's share    if t fits the node
-           = all free milli-GPU of the node                           otherwise
+Two measures of a node, both in milli-GPU, sums over t weighted by w_t / sum w_t:
 
-where t fits when the node has t's CPU free and `gpus` GPUs of an allowed model with t's share free
-(memory is ignored); a CPU-only typical pod never "fits" a GPU (the GPUs it leaves idle are idle).
-frag(node) = sum_t w_t * frag_t / sum_t w_t, in milli-GPU. Sums are kept in integers (weights are
-counts), so a placement that changes nothing scores a delta of exactly 0.
+* FGD's (the `fgd` plugin): frag_t = the free milli-GPU on the node's GPUs too small (or of a
+  model not allowed) for t's share if one t fits the node (its CPU, and `gpus` such GPUs), else all
+  of the node's free milli-GPU.
+* Multi-copy (this plugin): frag_t = free milli-GPU - what copies of t could take:
+  copies_t = min(floor(slots_t / gpus_t), floor(CPU free / cpu_t)), slots_t = sum over the allowed
+  GPUs of floor(free / share_t), and copies take copies_t * gpus_t * share_t.
 
-Score. delta = frag(node before) - frag(node after placing the pod), the same quantity FGD ranks by,
-but kept exact: FGD truncates 100 * sigmoid(delta / 1000) to an integer, which merges most nodes into
-ties broken by name order and saturates large deltas. Here
+Why multi-copy. FGD asks whether one more t fits. It counts a fully free GPU as wholly usable by an
+810-milli share although 190 milli of it will be stranded, and a node with eight free GPUs as wholly
+usable by 1-GPU pods of 16 CPUs even when its 48 free CPUs can run only three of them. Counting
+copies charges a placement for the shares it makes unfillable and for the CPU it takes from GPUs
+that then cannot be used: where a share fits exactly, where CPU-heavy pods go. On the Alibaba trace
+it lowers the GPUs left unallocated on every bundled workload (`gpusched-sim fgd-table`).
 
-    score = 50 + 50 * delta / (1000 * gpus_needed)     (clipped to 0..100; 0 GPUs: 1000 milli)
+Score. delta = frag(before) - frag(after placing the pod), exact: FGD scores
+int(100 * sigmoid(delta / 1000)), which merges most nodes into ties that name order then breaks,
+so FGD packs first-fit by accident. Here the packing is explicit and bounded:
 
-and a second, smaller signal breaks ties that remain exact: `packWeight` (p, default 1) points go to
-nodes whose free GPU share after placement is smallest, scaled so that it never outweighs a delta of
-`packDelta` milli-GPU (default 10), so the node that would be fragmented least wins, and among
-equals the fullest node (first-fit packing that leaves whole nodes free for large pods).
-For a GPU share every fitting GPU is tried and the best kept; `choose_gpus` hands that GPU to bind.
-Whole GPUs are left to the core's GPU sets (NVLink quality), which does not change the measure on a
-node with one GPU model.
+    raw   = 50 + 50 * clip(delta / scale, -1, 1)
+    order = 50 * packDelta / scale * (1 - rank / nodes)                      (first fit)
+    score = 100 * (raw + order) / (100 + 50 * packDelta / scale)
+
+where rank is the node's place in a fixed first-fit order: the smallest GPUs (memory) first, then
+snapshot order. A node earlier in that order wins only against placements within `packDelta`
+milli-GPU of fragmentation (default 240), which keeps later nodes whole for large pods and gangs.
+For a GPU share every fitting GPU is tried and the best kept (on ties the one with the least free
+share, then the first); `choose_gpus` hands that GPU to bind. Whole GPUs are left to the core's GPU
+sets (NVLink quality): on a node of one GPU model, which free GPUs go changes neither measure.
+
+In gpusched's default policy (scheduler/core/config.py) this plugin has weight 4: a delta of one GPU
+(1000 milli) moves the total about as much as cold-start, NVLink or locality do between a good and a
+poor node, and gpu-memory-packing's node-count term, which this measure replaces, is off.
 
 Args: `typicalPods` (list of {cpu: milli-CPU, gpus, gpuMilli (per GPU, 1000 = whole), models,
-weight}), `coverage` (default 0.95), `packWeight`, `packDelta`.
-Fallback: without `typicalPods`, the typical pods are derived from the pods the snapshot holds (the
-extender: the pods running in the cluster), again whenever their number has grown or shrunk by half;
-with no GPU pods at all, one whole GPU is the single typical pod. Range 0..100.
+weight}), `coverage` (default 0.95), `scale` (milli-GPU, default 1000), `packDelta` (milli-GPU,
+default 240; 0 turns first fit off). Range 0..100.
+Fallback: without `typicalPods` the typical pods come from the pods the snapshot holds (for the
+extender: the pods running in the cluster), derived again whenever their number has halved or
+doubled; with no GPU pod among them, one whole GPU is the typical pod. Before and after are summed
+the same way, term by term, so a placement that changes nothing has a delta of exactly 0.
 """
 
 from __future__ import annotations
@@ -153,8 +168,10 @@ class FragmentationState:
         for (_, models), u in classes.items():
             if models:
                 elig[u] &= np.isin(snapshot.gpu_model, [snapshot.model_id(m) for m in models])
-        self.elig = elig  # (U, N, G): GPUs that may host each class
-        self.node_ok = elig.any(axis=2).T.astype(np.int64)  # (N, U)
+        self.elig: np.ndarray = elig  # (U, N, G): GPUs that may host each class
+        # Counts are small whole numbers: float32 is exact for them and halves the arrays' size.
+        self.count_type = np.float32 if copies else np.int64
+        self.node_ok: np.ndarray = np.asarray(elig.any(axis=2).T, dtype=self.count_type)  # (N, U)
         self.mixed = NodeTable.of(snapshot).node_model == MIXED_MODELS
         self.any_mixed = bool(self.mixed.any())
         # FGD: W[u, cpu level, GPU count], the weight of u's typical pods that fit.
@@ -169,14 +186,19 @@ class FragmentationState:
         self.u_base = (np.arange(u_count) * self.strides[0])[None, :]
         # Multi-copy: per typical pod its class, GPUs, CPU (0 -> unbounded) and weight x share x GPUs.
         self.t_class = np.array([classes[(p.milli, p.models)] for p, _ in gpu_pods], dtype=np.intp)
-        self.t_gpus = np.array([p.gpus for p, _ in gpu_pods], dtype=np.float64)
-        self.t_cpu = np.array([p.cpu_milli if p.cpu_milli > 0 else np.inf for p, _ in gpu_pods], dtype=np.float64)
-        self.t_value = np.array([w * p.gpus * p.milli for p, w in gpu_pods], dtype=np.float64)
-        self.whole_slots = (MILLI // np.maximum(self.class_milli, 1)) if copies else np.ones(u_count, dtype=np.int64)
+        self.t_gpus = np.array([p.gpus for p, _ in gpu_pods], dtype=np.float32)
+        self.t_multi = np.flatnonzero(self.t_gpus > 1)
+        self.t_cpu = np.array([p.cpu_milli if p.cpu_milli > 0 else np.inf for p, _ in gpu_pods], dtype=np.float32)
+        # Per copy: weight x GPUs x share, rounded once to float32 (a constant per typical pod, so a
+        # placement that changes nothing still has a delta of exactly 0); summed in float64.
+        self.t_value = np.array([w * p.gpus * p.milli for p, w in gpu_pods], dtype=np.float32)
+        self.t_value64 = self.t_value.astype(np.float64)
+        slots_per_gpu = MILLI // np.maximum(self.class_milli, 1) if copies else np.ones(u_count, dtype=np.int64)
+        self.whole_slots = slots_per_gpu.astype(self.count_type)
         n = len(snapshot)
         self.free = np.full_like(snapshot.gpu_milli_free, -1)
         self.cpu = np.full(n, -1, dtype=np.int64)
-        self.count = np.zeros((n, u_count), dtype=np.int64)
+        self.count = np.zeros((n, u_count), dtype=self.count_type)
         self.sum_ge = np.zeros((n, u_count))
         self.total = np.zeros(n)
         self.frag = np.zeros(n)
@@ -188,9 +210,12 @@ class FragmentationState:
     def refresh(self) -> None:
         """Recompute the nodes whose free GPU shares or CPU differ from the last look."""
         snap = self.snapshot
-        changed = np.flatnonzero((self.free != snap.gpu_milli_free).any(axis=1) | (self.cpu != snap.cpu_free))
-        if changed.size == 0:
+        gpu_changed = np.flatnonzero(self.free != snap.gpu_milli_free)  # flat (node, GPU) indices
+        cpu_changed = np.flatnonzero(self.cpu != snap.cpu_free)
+        if gpu_changed.size == 0 and cpu_changed.size == 0:
             return
+        rows = {*(gpu_changed // self.free.shape[1]).tolist(), *cpu_changed.tolist()}  # usually one node
+        changed = np.fromiter(sorted(rows), dtype=np.intp, count=len(rows))
         self.generation += 1
         free = snap.gpu_milli_free[changed].astype(np.int64)
         milli = self.class_milli[:, None, None]
@@ -205,14 +230,21 @@ class FragmentationState:
         self.total[changed] = np.where(usable, free, 0).sum(axis=1)
         self.free[changed] = snap.gpu_milli_free[changed]
         self.cpu[changed] = snap.cpu_free[changed]
-        self.frag[changed] = self.measure(self.total[changed], self.cpu[changed], self.count[changed], self.sum_ge[changed])
+        self.frag[changed] = self.measure(
+            self.total[changed], self.cpu[changed], self.count[changed], self.sum_ge[changed]
+        )
 
-    def measure(self, total: np.ndarray, cpu: np.ndarray, count: np.ndarray, sum_ge: np.ndarray) -> np.ndarray:
+    def measure(self, total: np.ndarray, cpu: np.ndarray, count: np.ndarray, sum_ge: np.ndarray | None) -> np.ndarray:
         """Fragmentation x w_all from per-node totals; rows are nodes or candidate placements."""
         if self.copies:
-            by_gpu = count[:, self.t_class] // self.t_gpus  # copies the GPUs take  (rows, T)
-            by_cpu = np.floor(cpu[:, None] / self.t_cpu)  # copies the CPU takes
-            return self.w_all * total - np.minimum(by_gpu, by_cpu) @ self.t_value
+            copies = count[:, self.t_class]  # copies the GPUs take (rows, T)
+            if self.t_multi.size:
+                copies[:, self.t_multi] = np.floor(copies[:, self.t_multi] / self.t_gpus[self.t_multi])
+            by_cpu = cpu.astype(np.float32)[:, None] / self.t_cpu  # copies the CPU takes
+            np.minimum(copies, np.floor(by_cpu, out=by_cpu), out=copies)
+            # Whole numbers below 2**53 in float64: the sum is exact whatever the order BLAS takes.
+            return self.w_all * total - copies.astype(np.float64) @ self.t_value64
+        assert sum_ge is not None
         level = np.searchsorted(self.cpu_levels, cpu, side="right") * self.strides[1]
         cell = self.u_base + level[:, None] + np.minimum(count, self.max_count)
         return self.w_all * total - np.einsum("ij,ij->i", sum_ge, self.table[cell])
@@ -230,7 +262,7 @@ class FragmentationState:
             after = f - milli
             if self.copies:
                 per = np.maximum(self.class_milli, 1)
-                d_count = np.maximum(after, 0) // per - f // per
+                d_count = (np.maximum(after, 0) // per - f // per).astype(self.count_type)
                 d_sum = np.zeros(d_count.shape)
             else:
                 was, stays = f >= self.class_milli, after >= self.class_milli
@@ -253,10 +285,8 @@ class FragmentationState:
         cpu = self.cpu[nodes] - pod.cpu_milli
         if pod.gpu_milli:
             everywhere = np.arange(len(snap), dtype=np.intp)
-            if nodes.size * 4 >= everywhere.size:  # the filter's mask over all nodes, memoised
-                eligible = cycle.eligible(everywhere)[nodes]
-            else:
-                eligible = cycle.eligible(nodes)
+            # Over most nodes, reuse the mask the filter computed for all of them (memoised).
+            eligible = cycle.eligible(everywhere)[nodes] if nodes.size * 4 >= everywhere.size else cycle.eligible(nodes)
             free = snap.gpu_milli_free[nodes]
             if every_gpu or self.any_mixed:
                 pos, gpu = np.nonzero(eligible)
@@ -271,51 +301,49 @@ class FragmentationState:
                 gpu = np.full(pos.size, -1)
             node = nodes[pos]
             d_count, d_sum = self._share_tables(pod.gpu_milli)
-            if self.any_mixed:
-                on = self.elig[:, node, gpu].T.astype(np.int64)
-            else:
-                on = self.node_ok[node]
+            on: np.ndarray = self.elig[:, node, gpu].T.astype(self.count_type) if self.any_mixed else self.node_ok[node]
             count = self.count[node] + d_count[f] * on
-            sum_ge = self.sum_ge[node] + d_sum[f] * on
+            sum_ge = None if self.copies else self.sum_ge[node] + d_sum[f] * on
             after = self.measure(self.total[node] - pod.gpu_milli, cpu[pos], count, sum_ge)
             return pos, gpu, self.frag[node] - after
         pos = np.arange(nodes.size)
         gpu = np.full(nodes.size, -1)
         k = pod.gpu_count
         if k == 0:
-            after = self.measure(self.total[nodes], cpu, self.count[nodes], self.sum_ge[nodes])
+            after = self.measure(self.total[nodes], cpu, self.count[nodes], None if self.copies else self.sum_ge[nodes])
             return pos, gpu, self.frag[nodes] - after
         taken = k * self.node_ok[nodes]
         if self.any_mixed:
             for row in np.flatnonzero(self.mixed[nodes]):
-                node = int(nodes[row])
-                eligible = cycle.eligible(np.array([node], dtype=np.intp))[0]
-                taken[row] = self.elig[:, node, np.flatnonzero(eligible)[:k]].sum(axis=1)
+                at = int(nodes[row])
+                fitting = np.flatnonzero(cycle.eligible(np.array([at], dtype=np.intp))[0])[:k]
+                taken[row] = self.elig[:, at, fitting].sum(axis=1)
         count = self.count[nodes] - taken * self.whole_slots
-        sum_ge = self.sum_ge[nodes] - (0 if self.copies else MILLI) * taken
+        sum_ge = None if self.copies else self.sum_ge[nodes] - MILLI * taken
         after = self.measure(self.total[nodes] - MILLI * k, cpu, count, sum_ge)
         return pos, gpu, self.frag[nodes] - after
 
 
 def best_per_node(pos: np.ndarray, values: np.ndarray, n: int, floor: float) -> np.ndarray:
-    """Max of `values` per node position (rows are grouped by position); `floor` where none."""
+    """Max of `values` per node position (rows sorted by position); `floor` where a node has none."""
+    if pos.size == n and (n == 0 or pos[-1] == n - 1):  # one row per node, in order
+        return np.asarray(values, dtype=np.float64)
     out = np.full(n, floor, dtype=np.float64)
-    np.maximum.at(out, pos, values)
+    if pos.size:
+        starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
+        out[pos[starts]] = np.maximum.reduceat(values, starts)
     return out
 
 
 class TypicalPodsSource:
     """Typical pods from args, else derived from a snapshot's pods (re-derived as they change)."""
 
-    def __init__(self, args: Mapping[str, Any]) -> None:
-        self.coverage = float(args.get("coverage", 0.95))
+    def __init__(self, args: Mapping[str, Any], copies: bool = False) -> None:
+        self.copies = copies
+        self.coverage = number_arg(args, "coverage", 0.95)
         if not 0 < self.coverage <= 1:
             raise ConfigError("pluginArgs coverage must be in (0, 1]")
         self.fixed = typical_from_args(args["typicalPods"]) if "typicalPods" in args else None
-        self.copies = bool(args.get("copies", False))
-        self.weight_by = str(args.get("weightBy", "pods"))
-        if self.weight_by not in ("pods", "gpu"):
-            raise ConfigError("pluginArgs weightBy must be pods or gpu")
         self._states: weakref.WeakKeyDictionary[ClusterSnapshot, tuple[int, FragmentationState]] = (
             weakref.WeakKeyDictionary()
         )
@@ -328,18 +356,19 @@ class TypicalPodsSource:
         if self.fixed is not None:
             pods = self.fixed
         else:
-            pods = tuple(p for p in typical_pods(map(shape_of, snapshot.pods.values()), self.coverage))
+            pods = typical_pods(map(shape_of, snapshot.pods.values()), self.coverage)
             if not any(p.gpus for p in pods):
                 pods = (*pods, TypicalPod(0, 1, MILLI))
-        if self.weight_by == "gpu":
-            pods = tuple(
-                TypicalPod(p.cpu_milli, p.gpus, p.milli, p.models, p.weight * p.gpus * p.milli / MILLI)
-                for p in pods
-                if p.gpus
-            )
         state = FragmentationState(snapshot, pods, self.copies)
         self._states[snapshot] = (count, state)
         return state
+
+
+def number_arg(args: Mapping[str, Any], key: str, default: float) -> float:
+    raw = args.get(key, default)
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ConfigError(f"pluginArgs {key} must be a number, not {raw!r}")
+    return float(raw)
 
 
 class Fragmentation(ScorePlugin, GpuChooser):
@@ -347,43 +376,23 @@ class Fragmentation(ScorePlugin, GpuChooser):
 
     def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        self.source = TypicalPodsSource(args)
-        self.pack_weight = float(args.get("packWeight", 1.0))
-        self.pack_delta = float(args.get("packDelta", 10.0))
-        self.scale = args.get("scale")
-        self.pack_by = str(args.get("packBy", "share"))
-        self.clip = bool(args.get("clip", False))
-        if self.pack_weight < 0 or self.pack_delta < 0:
-            raise ConfigError("pluginArgs packWeight and packDelta must not be negative")
+        self.source = TypicalPodsSource(args, copies=True)
+        self.scale = number_arg(args, "scale", 1000.0)
+        self.pack_delta = number_arg(args, "packDelta", 240.0)
+        if self.scale <= 0 or self.pack_delta < 0:
+            raise ConfigError("pluginArgs fragmentation: scale must be positive and packDelta not negative")
+        self.order_span = 50.0 * self.pack_delta / self.scale
 
     def _scores(
         self, cycle: Cycle, nodes: np.ndarray, every_gpu: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         state = self.source.state(cycle.snapshot)
-        pod = cycle.pod
         pos, gpu, delta = state.deltas(cycle, nodes, every_gpu)
-        if self.scale == "pod":
-            scale = float(MILLI * max(pod.gpus_needed, 1))
-        elif self.scale is None:
-            scale = float(MILLI * cycle.snapshot.max_gpus)
-        else:
-            scale = float(self.scale)
-        score = 50.0 + 50.0 * (delta / state.w_all) / scale
-        if self.clip:
-            score = np.clip(score, 0, 100)
-        if self.pack_weight:
-            table = NodeTable.of(cycle.snapshot)
-            node = nodes[pos]
-            used = pod.milli_per_gpu * pod.gpus_needed if pod.wants_gpu else 0
-            if self.pack_by == "share":
-                free_after = (state.total[node] - used) / np.maximum(table.gpu_milli[node], 1)
-            elif self.pack_by == "milli":
-                free_after = (state.total[node] - used) / (MILLI * cycle.snapshot.max_gpus)
-            else:
-                cpu = cycle.snapshot.cpu_free[node] - pod.cpu_milli
-                free_after = 0.5 * (state.total[node] - used) / 8000 + 0.5 * cpu / 128000
-            score = score + (50.0 * self.pack_delta / scale) * self.pack_weight * (1.0 - free_after)
-        return pos, gpu, score
+        score = 50.0 + 50.0 * np.clip(delta / state.w_all / self.scale, -1.0, 1.0)
+        if self.order_span:
+            rank = NodeTable.of(cycle.snapshot).fill_rank[nodes[pos]]
+            score += self.order_span * (1.0 - rank / len(cycle.snapshot))
+        return pos, gpu, score * (100.0 / (100.0 + self.order_span))
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         pos, _, score = self._scores(cycle, nodes)
@@ -393,4 +402,7 @@ class Fragmentation(ScorePlugin, GpuChooser):
         if not cycle.pod.gpu_milli:
             return None
         _, gpu, score = self._scores(cycle, np.array([node], dtype=np.intp), every_gpu=True)
-        return (int(gpu[int(np.argmax(score))]),) if gpu.size else ()
+        if not gpu.size:
+            return ()
+        tied = gpu[score >= score.max() - 1e-9]  # equally good: the tightest fit, then the first
+        return (int(tied[int(np.argmin(cycle.snapshot.gpu_milli_free[node, tied]))]),)

@@ -25,14 +25,15 @@ class GpuMemoryPacking(ScorePlugin):
         if not pod.wants_gpu:
             return np.zeros(nodes.size)
         c = float(self.args.get("countWeight", 0.5))
-        valid = snap.gpu_valid[nodes]
-        capacity = np.maximum(valid.sum(axis=1) * 1000, 1)
-        used = np.where(valid, 1000 - snap.gpu_milli_free[nodes], 0).sum(axis=1)
-        used_after = (used + pod.milli_per_gpu * pod.gpus_needed) / capacity
+        used_after: np.ndarray | float = 0.0
+        if c:
+            valid = snap.gpu_valid[nodes]
+            capacity = np.maximum(valid.sum(axis=1) * 1000, 1)
+            used = np.where(valid, 1000 - snap.gpu_milli_free[nodes], 0).sum(axis=1)
+            used_after = (used + pod.milli_per_gpu * pod.gpus_needed) / capacity
 
         _, chosen = cycle.gpu_sets(nodes)
-        rows = np.arange(nodes.size)[:, None]
-        memory = np.where(chosen >= 0, snap.gpu_memory[nodes][rows, np.maximum(chosen, 0)], 0)
+        memory = np.where(chosen >= 0, snap.gpu_memory[nodes[:, None], np.maximum(chosen, 0)], 0)
         chosen_memory = np.where((chosen >= 0).all(axis=1), memory.min(axis=1), 0).astype(np.float64)
         want = float(pod.gpu_memory)
         if not want:

@@ -43,7 +43,9 @@ class LeastAllocated(ScorePlugin):
                 raise ConfigError(f"pluginArgs least-allocated.resources: {entry!r} (names: {', '.join(RESOURCES)})")
             weight = entry.get("weight", 1)
             if not isinstance(weight, int) or isinstance(weight, bool) or weight <= 0:
-                raise ConfigError(f"pluginArgs least-allocated.resources: weight of {entry['name']} must be a positive integer")
+                raise ConfigError(
+                    f"pluginArgs least-allocated.resources: weight of {entry['name']} must be a positive integer"
+                )
             self.resources.append((str(entry["name"]), weight))
         if not self.resources:
             raise ConfigError("pluginArgs least-allocated.resources must name at least one resource")

@@ -5,7 +5,7 @@ import yaml
 
 from scheduler.core.scenario import ScenarioError
 from simulations.cli import main
-from simulations.whatif import Replay, apply_changes, compare, load_jobs
+from simulations.whatif import Replay, apply_changes, compare, load_jobs, tier_span
 
 DEMO = Path(__file__).resolve().parents[3] / "simulations" / "scenarios" / "demo.yaml"
 
@@ -133,6 +133,36 @@ def test_cli_runs_the_demo_with_json_and_report(tmp_path: Path, capsys: pytest.C
     base = body["policies"][0]
     assert ours["mean_stranded_gpus"] < base["mean_stranded_gpus"]
     assert ours["cold_start_mean_s"] < base["cold_start_mean_s"]
-    for name in ("allocation.png", "fragmentation.png", "cold-start-cdf.png", "summary.md"):
+    assert ours["gangs_split_across_racks"] < base["gangs_split_across_racks"]
+    assert ours["timeline"][0]["t"] == 0.0 and {"allocated_gpus", "stranded_gpus"} <= set(ours["timeline"][-1])
+    for name in ("allocation.png", "fragmentation.png", "cold-start-cdf.png", "placements.csv", "summary.md"):
         assert (tmp_path / name).stat().st_size > 0
+    assert "## Training gangs" in (tmp_path / "summary.md").read_text()
+    rows = (tmp_path / "placements.csv").read_text().splitlines()
+    assert rows[0].startswith("policy,pod,job") and len(rows) == 1 + sum(len(p["pods"]) for p in body["policies"])
     assert main(["whatif", str(DEMO), "--policy", "nonsense"]) == 2
+
+
+def test_small_scenarios_list_every_placement_and_the_gangs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    assert main(["whatif", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Placements under gpusched" in out and "small3" in out
+    assert "Training gangs" in out and "2/2" in out
+
+
+def test_gang_span_is_the_innermost_tier_holding_it() -> None:
+    (ours,) = compare(SMALL, ["gpusched"])
+    assert {g.name: (g.racks, g.span) for g in ours.gangs} == {"gang": (1, "rack"), "late": (1, "rack")}
+    snap = Replay.from_scenario(SMALL, "gpusched").snapshot
+    assert tier_span(snap, [snap.index["r1-0"]]) == "node"
+    assert tier_span(snap, [snap.index["r1-0"], snap.index["r1-1"]]) == "rack"
+    assert tier_span(snap, [snap.index["r1-0"], snap.index["r2-0"]]) == "cluster"  # no block or zone labels
+
+
+def test_fragmentation_learns_the_typical_pods_from_the_workload() -> None:
+    replay = Replay.from_scenario(SMALL, "gpusched")
+    shapes = {p.shape: p.weight for p in replay.typical}
+    assert shapes[(8000, 1, 1000, ())] == 4.0  # the four single-GPU services (8 CPUs each by default)
+    assert shapes[(8000, 8, 1000, ())] == 4.0  # two gangs of two 8-GPU members
