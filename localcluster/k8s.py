@@ -188,18 +188,21 @@ def load_manifests(source: Manifest) -> list[dict[str, Any]]:
     return objects
 
 
-class _Discovery:
-    """Maps apiVersion + kind to a REST path, one discovery request per group version."""
+class Discovery:
+    """Maps apiVersion + kind to a REST path, one discovery request per group version.
 
-    def __init__(self, api: ApiClient) -> None:
-        self._api = api
+    `get` fetches a discovery document by path; by default through ``request`` on ``api``.
+    """
+
+    def __init__(self, api: ApiClient, get: Callable[[str], Any] | None = None) -> None:
+        self._get = get or (lambda path: request(api, "GET", path))
         self._resources: dict[str, list[dict[str, Any]]] = {}
 
     def path(self, obj: Mapping[str, Any]) -> str:
         api_version, kind = obj["apiVersion"], obj["kind"]
         base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
         if api_version not in self._resources:
-            self._resources[api_version] = request(self._api, "GET", base)["resources"]
+            self._resources[api_version] = self._get(base)["resources"]
         for resource in self._resources[api_version]:
             if resource["kind"] == kind and "/" not in resource["name"]:
                 break
@@ -213,7 +216,7 @@ class _Discovery:
 
 def apply_manifest(api: ApiClient, manifest: Manifest, *, field_manager: str = FIELD_MANAGER) -> list[dict[str, Any]]:
     """Server-side apply every object in ``manifest`` (see :func:`load_manifests`), in order."""
-    discovery = _Discovery(api)
+    discovery = Discovery(api)
     applied = []
     for obj in load_manifests(manifest):
         applied.append(

@@ -23,6 +23,8 @@ import yaml
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
+from localcluster import k8s
+
 REPO = Path(__file__).resolve().parents[1]
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 KNOWN_KEYS = {"apiVersion", "kind", "resources", "namespace", "images", "configMapGenerator", "generatorOptions"}
@@ -232,7 +234,7 @@ class Applier:
         self.api = api
         self.field_manager = field_manager
         self.warnings: list[str] = []
-        self._resources: dict[str, list[dict[str, Any]]] = {}
+        self.discovery = k8s.Discovery(api, get=lambda path: self.request("GET", path))
 
     def request(
         self, method: str, path: str, body: Any = None, *, query: Mapping[str, str] | None = None,
@@ -253,19 +255,7 @@ class Applier:
         return json.loads(data) if data else None
 
     def path(self, obj: Mapping[str, Any]) -> str:
-        api_version, kind = obj["apiVersion"], obj["kind"]
-        base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
-        if api_version not in self._resources:
-            self._resources[api_version] = self.request("GET", base)["resources"]
-        for resource in self._resources[api_version]:
-            if resource["kind"] == kind and "/" not in resource["name"]:
-                break
-        else:
-            raise LookupError(f"the API server has no {kind} in {api_version}")
-        meta = obj["metadata"]
-        if resource["namespaced"]:
-            base = f"{base}/namespaces/{meta.get('namespace') or 'default'}"
-        return f"{base}/{resource['name']}/{meta['name']}"
+        return self.discovery.path(obj)
 
     def apply(self, objects: Iterable[Mapping[str, Any]]) -> list[Obj]:
         query = {"fieldManager": self.field_manager, "fieldValidation": "Strict"}
