@@ -214,8 +214,11 @@ class FragmentationState:
         cpu_changed = np.flatnonzero(self.cpu != snap.cpu_free)
         if gpu_changed.size == 0 and cpu_changed.size == 0:
             return
-        rows = {*(gpu_changed // self.free.shape[1]).tolist(), *cpu_changed.tolist()}  # usually one node
-        changed = np.fromiter(sorted(rows), dtype=np.intp, count=len(rows))
+        if gpu_changed.size + cpu_changed.size <= 64:  # usually one node: a set beats sorting
+            rows = {*(gpu_changed // self.free.shape[1]).tolist(), *cpu_changed.tolist()}
+            changed = np.fromiter(sorted(rows), dtype=np.intp, count=len(rows))
+        else:
+            changed = np.union1d(gpu_changed // self.free.shape[1], cpu_changed)
         self.generation += 1
         free = snap.gpu_milli_free[changed].astype(np.int64)
         milli = self.class_milli[:, None, None]
@@ -344,24 +347,32 @@ class TypicalPodsSource:
         if not 0 < self.coverage <= 1:
             raise ConfigError("pluginArgs coverage must be in (0, 1]")
         self.fixed = typical_from_args(args["typicalPods"]) if "typicalPods" in args else None
-        self._states: weakref.WeakKeyDictionary[ClusterSnapshot, tuple[int, FragmentationState]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._states: weakref.WeakKeyDictionary[
+            ClusterSnapshot, tuple[tuple[TypicalPod, ...], FragmentationState]
+        ] = weakref.WeakKeyDictionary()
+        self._derived: tuple[int, tuple[TypicalPod, ...]] | None = None
 
     def state(self, snapshot: ClusterSnapshot) -> FragmentationState:
         held = self._states.get(snapshot)
-        count = len(snapshot.pods)
-        if held is not None and (self.fixed is not None or held[0] // 2 <= count <= 2 * held[0] + 1):
+        pods = self.typical(snapshot)
+        if held is not None and held[0] is pods:
             return held[1]
+        state = FragmentationState(snapshot, pods, self.copies)
+        self._states[snapshot] = (pods, state)
+        return state
+
+    def typical(self, snapshot: ClusterSnapshot) -> tuple[TypicalPod, ...]:
+        """The configured typical pods, or those of the snapshot's pods, derived again (for this
+        or any later snapshot) only once their number has halved or doubled."""
         if self.fixed is not None:
-            pods = self.fixed
-        else:
+            return self.fixed
+        count = len(snapshot.pods)
+        if self._derived is None or not self._derived[0] // 2 <= count <= 2 * self._derived[0] + 1:
             pods = typical_pods(map(shape_of, snapshot.pods.values()), self.coverage)
             if not any(p.gpus for p in pods):
                 pods = (*pods, TypicalPod(0, 1, MILLI))
-        state = FragmentationState(snapshot, pods, self.copies)
-        self._states[snapshot] = (count, state)
-        return state
+            self._derived = (count, pods)
+        return self._derived[1]
 
 
 def number_arg(args: Mapping[str, Any], key: str, default: float) -> float:
