@@ -18,3 +18,14 @@ def test_readme_config_example_loads() -> None:
     assert config.gang_max_span == "gpusched.io/rack"
     assert dict(config.scores)["cold-start"] == 3.0
     assert config.filters == ("gpu-fit", "cuda", "freshness", "inference-fit")
+
+
+def test_shipped_config_is_the_default_policy() -> None:
+    """A config file that lists plugins replaces the defaults: the manifests' must spell them out."""
+    shipped = registry.config_from(
+        yaml.safe_load((README.parent / "manifests" / "extender" / "config.yaml").read_text())
+    )
+    default = registry.config_from(None)
+    assert shipped.filters == default.filters
+    assert dict(shipped.scores) == dict(default.scores)
+    assert dict(shipped.plugin_args["gpu-memory-packing"]) == dict(default.plugin_args["gpu-memory-packing"])
