@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 
-from scheduler.core import registry
 from scheduler.core.podspec import parse_pod
 from scheduler.core.scenario import interconnect_links, pod_object
 from scheduler.core.snapshot import ClusterSnapshot
@@ -33,6 +32,7 @@ from scheduler.extender import wire
 from scheduler.extender.binders import OfflineBinder
 from scheduler.extender.service import ExtenderService
 from scheduler.metrics import ExtenderMetrics
+from scheduler.plugins import registry
 from scheduler.state.store import ClusterState
 
 GiB = 2**30

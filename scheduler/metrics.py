@@ -13,11 +13,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from scheduler.core.config import ConfigError, SchedulerConfig
+from scheduler.core.framework import Framework
 from scheduler.core.gang import GangManager
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import PodRequest
-from scheduler.plugins.cold_start import DEFAULT_PRIORS, needed_bytes, predicted_seconds, priors_from_args
-from scheduler.plugins.fragmentation import TypicalPodsSource
+from scheduler.plugins.cold_start import DEFAULT_PRIORS, ColdStart, ColdStartArgs, needed_bytes, predicted_seconds
+from scheduler.plugins.fragmentation import Fragmentation, FragmentationArgs
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 COLD_START_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
@@ -77,6 +78,23 @@ class GangCollector(Collector):
         )  # fmt: skip
 
 
+class FrameworkCollector(Collector):
+    """Plugin faults the framework counted (scheduler/core/framework.py), read on each scrape."""
+
+    def __init__(self, framework: Framework) -> None:
+        self.framework = framework
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        bad = CounterMetricFamily(
+            "gpusched_plugin_invalid_scores",
+            "Scores a plugin gave that were NaN, infinite or outside 0..100 (each counted as 0)",
+            labels=["plugin"],
+        )
+        for plugin, _ in self.framework.scores:
+            bad.add_metric([plugin.name], float(self.framework.bad_scores.get(plugin.name, 0)))
+        yield bad
+
+
 class ExtenderMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -118,6 +136,9 @@ class ExtenderMetrics:
             registry=r,
         )
 
+    def watch_framework(self, framework: Framework) -> None:
+        self.registry.register(FrameworkCollector(framework))
+
     def watch_cluster(self, snapshot: Callable[[], ClusterSnapshot | None]) -> None:
         self.registry.register(ClusterCollector(snapshot))
 
@@ -138,7 +159,8 @@ class ExtenderMetrics:
         """
         try:
             try:
-                priors = priors_from_args(config.plugin_args.get("cold-start", {}))
+                args = ColdStart.parse(config.plugin_args.get("cold-start"))
+                priors = args.priors() if isinstance(args, ColdStartArgs) else DEFAULT_PRIORS
             except ConfigError:
                 priors = DEFAULT_PRIORS
             if not any(needed_bytes(snap, pod, priors)):
@@ -167,7 +189,9 @@ class LayoutCollector(Collector):
         self.snapshot = snapshot
         self.lock = lock
         self.ttl = config.report_ttl_s
-        self.typical = TypicalPodsSource(config.plugin_args.get("fragmentation", {}))
+        args = Fragmentation.parse(config.plugin_args.get("fragmentation"))
+        assert isinstance(args, FragmentationArgs)
+        self.typical = args.source(copies=False)  # FGD's measure: what one more typical pod could use
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         fragmented = GaugeMetricFamily(

@@ -174,6 +174,8 @@ def run_fgd(args: argparse.Namespace, console: Console) -> int:
 
 
 def run_fgd_table(args: argparse.Namespace, console: Console) -> int:
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))  # seven columns of "4.50 ± 0.06 (4.77)"
     names = [t.strip() for t in args.traces.split(",") if t.strip()]
     pols = [policies.canonical(p) for p in args.policies.split(",") if p.strip()]
     tasks = fgd.trace_tasks(names, pols, fgd.parse_seeds(args.seeds))

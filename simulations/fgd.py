@@ -1,6 +1,6 @@
 """The FGD evaluation protocol (Weng et al., USENIX ATC 2023) on the Alibaba GPU trace.
 
-As ../shared/traces/alibaba-gpu-2023/README.md states it:
+As simulations/data/alibaba-gpu-2023/README.md states it:
 1. The cluster is the node list alone. 2. Pods arrive and never leave.
 3. Inflation: keep the trace's pods; then draw pods at random with replacement and append them
    while the requested GPU total (sum of num_gpu * gpu_milli) stays within 1.3x the cluster's GPU
@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.core import registry
+from scheduler.core.fragmentation import TypicalPod, shape_of, typical_pods
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState
-from scheduler.plugins.fragmentation import TypicalPod, shape_of, typical_pods
+from scheduler.plugins import registry
 from simulations import policies, traces
 from simulations.traces import TracePod
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scheduler.core.config import DEFAULT_FILTERS, DEFAULT_PLUGIN_ARGS, DEFAULT_SCORES, ConfigError
-from scheduler.plugins.fragmentation import TypicalPod
+from scheduler.core.fragmentation import TypicalPod
 
 TRACE_FILTERS = ["gpu-fit", "resources-fit"]
 

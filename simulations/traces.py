@@ -18,6 +18,7 @@ from scheduler.core.types import GpuInfo, NodeState, PodRequest
 MiB = 2**20
 TRACE_DIR_ENV = "GPUSCHED_TRACES"
 TRACE_NAME = "alibaba-gpu-2023"
+BUNDLED = Path(__file__).resolve().parent / "data"
 NODE_FILE = "openb_node_list_gpu_node.csv"
 TRACES = ("default", "gpushare40", "multigpu20", "gpuspec10", "cpu050")
 # Unallocated GPU % at arrived = 100 %, mean of 10 seeds, from the trace's README (FGD, ATC 2023).
@@ -64,16 +65,13 @@ class TracePod:
 
 
 def trace_dir() -> Path:
-    """$GPUSCHED_TRACES/alibaba-gpu-2023 (or $GPUSCHED_TRACES itself), else <repo>/../shared/traces/..."""
+    """$GPUSCHED_TRACES/alibaba-gpu-2023 (or $GPUSCHED_TRACES itself), else the copy shipped in
+    simulations/data/alibaba-gpu-2023 (its README gives the source and terms)."""
     env = os.environ.get(TRACE_DIR_ENV)
     if env:
         base = Path(env)
         return base / TRACE_NAME if (base / TRACE_NAME).is_dir() else base
-    repo = Path(__file__).resolve().parent.parent
-    for root in (repo.parent / "shared" / "traces", repo / "shared" / "traces"):
-        if (root / TRACE_NAME).is_dir():
-            return root / TRACE_NAME
-    return repo.parent / "shared" / "traces" / TRACE_NAME
+    return BUNDLED / TRACE_NAME
 
 
 def pod_file(trace: str) -> Path:

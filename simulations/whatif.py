@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.core import registry
+from scheduler.core.fragmentation import TypicalPod, shape_of, typical_pods
 from scheduler.core.framework import Decision, Framework
 from scheduler.core.gang import GangPlan, plan_gang, tier_name
 from scheduler.core.images import normalize_image
@@ -43,8 +43,8 @@ from scheduler.core.podspec import parse_pod
 from scheduler.core.scenario import ScenarioError, load_nodes, load_pods, pod_object
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState, PodRequest
+from scheduler.plugins import registry
 from scheduler.plugins.cold_start import predicted_seconds
-from scheduler.plugins.fragmentation import TypicalPod, shape_of, typical_pods
 from simulations import policies
 
 RACK_LABEL = "gpusched.io/rack"

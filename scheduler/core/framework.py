@@ -7,19 +7,24 @@ every placement can be explained.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from scheduler.core import gpusets
+from scheduler.core.args import PluginArgs, parse_args
 from scheduler.core.config import SchedulerConfig
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import PodRequest
 
 MAX_SCORE = 100.0
+SCORE_SLACK = 1e-6  # rounding in a plugin's float arithmetic, clipped without complaint
+log = logging.getLogger(__name__)
 
 
 class Cycle:
@@ -50,13 +55,23 @@ class Cycle:
 
 
 class Plugin:
-    """Base of all plugins: a name, arguments from config, nothing else."""
+    """Base of all plugins: a name, typed arguments (`Args`, parsed at start-up), the config."""
 
     name: ClassVar[str] = ""
+    Args: ClassVar[type[PluginArgs]] = PluginArgs
 
-    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
-        self.args = args
+    def __init__(self, args: PluginArgs, config: SchedulerConfig) -> None:
         self.config = config
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> PluginArgs:
+        """The plugin's `pluginArgs` entry checked against `Args` (ConfigError naming the key)."""
+        return parse_args(cls.name, cls.Args, raw)
+
+    @classmethod
+    def create(cls, raw: Mapping[str, Any] | None = None, config: SchedulerConfig | None = None) -> Self:
+        """An instance from raw arguments, as the registry builds it."""
+        return cls(cls.parse(raw), config or SchedulerConfig())
 
 
 class PreFilterPlugin(Plugin, ABC):
@@ -162,6 +177,8 @@ class Framework:
         self.filters = list(filters)
         self.scores = list(scores)
         self.weight_sum = sum(w for _, w in self.scores) or 1.0
+        # Score plugins that answered NaN, an infinity or a value outside 0..100: plugin -> nodes.
+        self.bad_scores: Counter[str] = Counter()
 
     def decide(
         self,
@@ -209,8 +226,7 @@ class Framework:
         total = np.zeros(nodes.size)
         if nodes.size:
             for scorer, weight in self.scores:
-                raw = np.asarray(scorer.score(cycle, nodes), dtype=np.float64)
-                raw = np.minimum(np.maximum(raw, 0.0), MAX_SCORE)  # clip to 0..100 (np.clip costs more)
+                raw = self._checked(scorer, cycle, np.asarray(scorer.score(cycle, nodes), dtype=np.float64))
                 if scorer.normalize:
                     raw = minmax(raw)
                 scores[scorer.name] = raw
@@ -219,6 +235,26 @@ class Framework:
         return Decision(
             pod, snapshot, nodes, total, scores, reasons, rejected_by, resolvable, transient, notes=cycle.notes
         )
+
+    def _checked(self, scorer: ScorePlugin, cycle: Cycle, raw: np.ndarray) -> np.ndarray:
+        """`raw`, with every value that is not a number in 0..100 replaced by 0 and reported.
+
+        A bad score is a plugin's bug: it must never decide a placement (a NaN would win no
+        comparison and an infinity every one), so the node gets the plugin's minimum, the plugin is
+        named in the log, and `bad_scores` counts it (exported as a metric by the extender).
+        """
+        lo, hi = raw.min(initial=0.0), raw.max(initial=0.0)  # NaN propagates into both
+        if lo >= 0.0 and hi <= MAX_SCORE:
+            return raw
+        bad = ~((raw >= -SCORE_SLACK) & (raw <= MAX_SCORE + SCORE_SLACK))  # NaN compares False
+        if bad.any():
+            count = int(bad.sum())
+            self.bad_scores[scorer.name] += count
+            example = float(raw[bad][0])
+            log.error("score plugin %s gave %d invalid score(s) for %s (e.g. %r)", scorer.name, count, cycle.pod.key,
+                      example)
+            raw = np.where(bad, 0.0, raw)
+        return np.minimum(np.maximum(raw, 0.0), MAX_SCORE)  # within the slack: clip the rounding
 
     def choose_gpus(self, snapshot: ClusterSnapshot, pod: PodRequest, node: int) -> tuple[int, ...]:
         """The GPUs the pod would get on `node`, or () when it does not fit there.

@@ -7,9 +7,10 @@ GPUs gpusched chose at bind time; otherwise the first free ones (pods bound by s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,7 @@ DEFAULT_TIERS = (
     "kubernetes.io/hostname",
 )
 UNKNOWN_MODEL = -1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,9 @@ class ClusterSnapshot:
             [classes.setdefault(self.link_affinity[i].tobytes(), len(classes)) for i in range(n)], dtype=np.int64
         )
 
+        # Values derived from this snapshot (node tables, fragmentation state, tier domains), built
+        # once by whoever asks first; see memo().
+        self._memo: dict[Hashable, Any] = {}
         self.pods: dict[str, PodRequest] = {}
         self.placements: dict[str, Placement] = {}
         self.node_pods: list[set[str]] = [set() for _ in range(n)]
@@ -194,6 +199,19 @@ class ClusterSnapshot:
                 for holder in gpu.holders:
                     held.setdefault(holder, []).append(gpu.index)
         return {key: tuple(sorted(v)) for key, v in held.items()}
+
+    def memo(self, key: Hashable, build: Callable[[ClusterSnapshot], T]) -> T:
+        """The value stored under `key`, built by `build(self)` on first use.
+
+        For values that depend only on what the snapshot was built with (Node objects, labels), or
+        that keep themselves in step with its occupancy (FragmentationState refreshes from the
+        arrays). The one per-snapshot cache of the core and plugins: a snapshot's memo goes with it.
+        """
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = build(self)
+            return value
 
     # ------------------------------------------------------------- occupancy
     def model_id(self, model: str) -> int:

@@ -11,13 +11,13 @@ from typing import Any
 import uvicorn
 import yaml
 
-from scheduler.core import registry
 from scheduler.core.config import ConfigError, SchedulerConfig
 from scheduler.core.scenario import ScenarioError, load_nodes, load_pods
 from scheduler.extender.app import create_app
 from scheduler.extender.binders import ApiBinder, OfflineBinder
 from scheduler.extender.service import ExtenderService
 from scheduler.metrics import ExtenderMetrics
+from scheduler.plugins import registry
 from scheduler.state.informer import start_informers
 from scheduler.state.kube import Kube, load_api_client
 from scheduler.state.store import ClusterState

@@ -83,6 +83,7 @@ class ExtenderService:
         # state.snapshot (not the cached one, which is dropped on every informer event) so that
         # scrapes of an idle extender still see the cluster, with report ages as of the scrape.
         metrics.watch_cluster(self.state.snapshot)
+        metrics.watch_framework(framework)
         metrics.watch_gangs(self.gangs)
         metrics.watch_layout(self.state.snapshot, self.state.lock, config)
 

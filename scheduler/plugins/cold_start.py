@@ -38,14 +38,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
+import msgspec
 import numpy as np
 
-from scheduler.core.config import ConfigError, SchedulerConfig
+from scheduler.core.args import PluginArgs, quantity
+from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, ScorePlugin
 from scheduler.core.images import normalize_image
-from scheduler.core.quantity import QuantityError, parse_quantity
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import PodRequest
 
@@ -127,39 +128,42 @@ def predicted_seconds(
     return seconds
 
 
-def _rate(args: Mapping[str, Any], key: str, default: float) -> float:
-    raw = args.get(key, default)
-    try:
-        value = float(parse_quantity(raw)) if isinstance(raw, str) else float(raw)
-    except (QuantityError, TypeError, ValueError) as exc:
-        raise ConfigError(f"pluginArgs cold-start.{key}: {raw!r} is not a number or quantity") from exc
-    return value
+Rate = float | Annotated[str, msgspec.Meta(pattern=r"^\S+$")]  # a number or a quantity such as "100M"
 
 
-def priors_from_args(args: Mapping[str, Any]) -> Priors:
-    base = DEFAULT_PRIORS
-    priors = Priors(
-        pull=_rate(args, "pullBytesPerSecond", base.pull),
-        download=_rate(args, "downloadBytesPerSecond", base.download),
-        disk=_rate(args, "diskBytesPerSecond", base.disk),
-        unknown_image_bytes=int(_rate(args, "unknownImageBytes", base.unknown_image_bytes)),
-    )
-    if min(priors.pull, priors.download, priors.disk) <= 0:
-        raise ConfigError("pluginArgs cold-start: throughputs must be positive")
-    if priors.unknown_image_bytes < 0:
-        raise ConfigError("pluginArgs cold-start.unknownImageBytes must not be negative")
-    return priors
+class ColdStartArgs(PluginArgs, frozen=True):
+    pull_bytes_per_second: Rate = DEFAULT_PRIORS.pull
+    download_bytes_per_second: Rate = DEFAULT_PRIORS.download
+    disk_bytes_per_second: Rate = DEFAULT_PRIORS.disk
+    unknown_image_bytes: Rate = DEFAULT_PRIORS.unknown_image_bytes
+    half_score_seconds: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+
+    def __post_init__(self) -> None:
+        self.priors()  # quantities parse and are in range, or start-up stops here
+
+    def priors(self) -> Priors:
+        priors = Priors(
+            pull=quantity(self.pull_bytes_per_second, "pullBytesPerSecond"),
+            download=quantity(self.download_bytes_per_second, "downloadBytesPerSecond"),
+            disk=quantity(self.disk_bytes_per_second, "diskBytesPerSecond"),
+            unknown_image_bytes=int(quantity(self.unknown_image_bytes, "unknownImageBytes")),
+        )
+        if min(priors.pull, priors.download, priors.disk) <= 0:
+            raise ValueError("throughputs must be positive")
+        if priors.unknown_image_bytes < 0:
+            raise ValueError("unknownImageBytes must not be negative")
+        return priors
 
 
 class ColdStart(ScorePlugin):
     name = "cold-start"
 
-    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+    Args = ColdStartArgs
+
+    def __init__(self, args: ColdStartArgs, config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        self.priors = priors_from_args(args)
-        self.half = _rate(args, "halfScoreSeconds", 120.0)
-        if self.half <= 0:
-            raise ConfigError("pluginArgs cold-start.halfScoreSeconds must be positive")
+        self.priors = args.priors()
+        self.half = args.half_score_seconds
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod

@@ -13,21 +13,37 @@ Score: 100 - 50 * age / ttl for a fresh report (100 when new, 50 at the TTL), `s
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 import numpy as np
 
+from scheduler.core.args import PluginArgs
+from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, FilterPlugin, ScorePlugin
+
+
+class FreshnessArgs(PluginArgs, frozen=True):
+    require_report: bool = False
+    score_missing: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
 
 
 class Freshness(FilterPlugin, ScorePlugin):
     name = "freshness"
+    Args = FreshnessArgs
     transient = True  # the agent may report again at any moment
+
+    def __init__(self, args: FreshnessArgs, config: SchedulerConfig) -> None:
+        super().__init__(args, config)
+        self.require_report = args.require_report
+        self.score_missing = args.score_missing
 
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap = cycle.snapshot
         if not cycle.pod.wants_gpu:
             return np.ones(nodes.size, dtype=bool)
         fresh = snap.report_age[nodes] <= self.config.report_ttl_s
-        if bool(self.args.get("requireReport", False)):
+        if self.require_report:
             return fresh
         return fresh | ~snap.has_report[nodes]
 
@@ -41,4 +57,4 @@ class Freshness(FilterPlugin, ScorePlugin):
         snap = cycle.snapshot
         age = np.minimum(snap.report_age[nodes], self.config.report_ttl_s)
         fresh = 100.0 - 50.0 * age / self.config.report_ttl_s
-        return np.where(snap.has_report[nodes], fresh, float(self.args.get("scoreMissing", 0.0)))
+        return np.where(snap.has_report[nodes], fresh, self.score_missing)

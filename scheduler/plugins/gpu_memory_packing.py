@@ -6,25 +6,39 @@
 packing onto busy nodes leaves whole nodes free for gangs. `memory_fit` is requested memory per
 GPU / memory of the GPUs the pod would get; without a request the smallest GPU memory among the
 feasible nodes stands in, so an unconstrained pod takes a small GPU rather than an 80 GB one.
-Arg `countWeight` (c, default 0.5). Range 0..100.
+Arg `countWeight` (c, 0..1, default 0.5). Range 0..100.
 Fallback: GPUs of unknown memory (no report) get memory_fit 0.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 import numpy as np
 
+from scheduler.core.args import PluginArgs
+from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, ScorePlugin
+
+
+class GpuMemoryPackingArgs(PluginArgs, frozen=True):
+    count_weight: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
 
 
 class GpuMemoryPacking(ScorePlugin):
     name = "gpu-memory-packing"
+    Args = GpuMemoryPackingArgs
+
+    def __init__(self, args: GpuMemoryPackingArgs, config: SchedulerConfig) -> None:
+        super().__init__(args, config)
+        self.count_weight = args.count_weight
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod
         if not pod.wants_gpu:
             return np.zeros(nodes.size)
-        c = float(self.args.get("countWeight", 0.5))
+        c = self.count_weight
         used_after: np.ndarray | float = 0.0
         if c:
             valid = snap.gpu_valid[nodes]

@@ -46,13 +46,14 @@ GPUs of unknown memory (no GPUNodeReport) pass the filter and count 0 in `shape`
 from __future__ import annotations
 
 import math
-import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated
 
+import msgspec
 import numpy as np
 
-from scheduler.core.config import ConfigError, SchedulerConfig
+from scheduler.core.args import PluginArgs
+from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, FilterPlugin, ScorePlugin
 from scheduler.core.quantity import format_bytes
 from scheduler.core.snapshot import ClusterSnapshot, owner_key, tier_domains
@@ -99,43 +100,37 @@ def replica_bytes(snapshot: ClusterSnapshot, pod: PodRequest, kv_fraction: float
     return weights, kv
 
 
-_DOMAINS: weakref.WeakKeyDictionary[ClusterSnapshot, dict[tuple[str, ...], np.ndarray]] = weakref.WeakKeyDictionary()
-
-
 def domain_ids(snapshot: ClusterSnapshot, tiers: Sequence[str]) -> np.ndarray:
-    """(N, T) failure-domain ids per node and tier, qualified by the outer tiers' values (cached)."""
-    per_snapshot = _DOMAINS.setdefault(snapshot, {})
+    """(N, T) failure-domain ids per node and tier, qualified by the outer tiers' values (memoised)."""
     key = tuple(tiers)
-    if key not in per_snapshot:
-        per_snapshot[key] = tier_domains(snapshot.nodes, key)
-    return per_snapshot[key]
+    return snapshot.memo(("tier-domains", key), lambda snap: tier_domains(snap.nodes, key))
 
 
-def _number(args: Mapping[str, Any], key: str, default: float, low: float, high: float = math.inf) -> float:
-    raw = args.get(key, default)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"pluginArgs inference-fit.{key}: {raw!r} is not a number") from exc
-    if not low <= value <= high:
-        raise ConfigError(f"pluginArgs inference-fit.{key}: {value} must be within {low}..{high}")
-    return value
+Fraction = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class InferenceFitArgs(PluginArgs, frozen=True):
+    kv_cache_fraction: Fraction = 0.2
+    gpu_memory_utilization: Annotated[float, msgspec.Meta(ge=0.01, le=1)] = 0.9
+    power_of_two: bool = True
+    shape_weight: Fraction = 1.0
+    spread_weight: Fraction = 0.5
+    spread_tiers: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = DEFAULT_SPREAD_TIERS
 
 
 class InferenceFit(FilterPlugin, ScorePlugin):
     name = "inference-fit"
 
-    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+    Args = InferenceFitArgs
+
+    def __init__(self, args: InferenceFitArgs, config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        self.kv_fraction = _number(args, "kvCacheFraction", 0.2, 0.0)
-        self.utilization = _number(args, "gpuMemoryUtilization", 0.9, 0.01, 1.0)
-        self.power_of_two = bool(args.get("powerOfTwo", True))
-        self.shape_weight = _number(args, "shapeWeight", 1.0, 0.0)
-        self.spread_weight = _number(args, "spreadWeight", 0.5, 0.0)
-        tiers = args.get("spreadTiers", list(DEFAULT_SPREAD_TIERS))
-        if not isinstance(tiers, list | tuple) or not all(isinstance(t, str) and t for t in tiers):
-            raise ConfigError("pluginArgs inference-fit.spreadTiers must be a list of node label keys")
-        self.tiers = tuple(tiers)
+        self.kv_fraction = args.kv_cache_fraction
+        self.utilization = args.gpu_memory_utilization
+        self.power_of_two = args.power_of_two
+        self.shape_weight = args.shape_weight
+        self.spread_weight = args.spread_weight
+        self.tiers = args.spread_tiers
 
     # ----------------------------------------------------------------- sizing
     def _sized(self, cycle: Cycle) -> tuple[int, int]:

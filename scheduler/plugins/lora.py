@@ -19,11 +19,13 @@ still be serving the base model, since that comes from the pods bound to it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated
 
+import msgspec
 import numpy as np
 
-from scheduler.core.config import ConfigError, SchedulerConfig
+from scheduler.core.args import PluginArgs
+from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, ScorePlugin
 from scheduler.core.snapshot import ClusterSnapshot
 
@@ -60,18 +62,23 @@ def cached_fraction(cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
     return have / len(adapters)
 
 
+class LoraArgs(PluginArgs, frozen=True):
+    base_weight: Annotated[float, msgspec.Meta(ge=0)] = 0.6
+    adapter_weight: Annotated[float, msgspec.Meta(ge=0)] = 0.4
+
+    def __post_init__(self) -> None:
+        if self.base_weight + self.adapter_weight <= 0:
+            raise ValueError("baseWeight and adapterWeight must not both be 0")
+
+
 class Lora(ScorePlugin):
     name = "lora"
 
-    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+    Args = LoraArgs
+
+    def __init__(self, args: LoraArgs, config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        try:
-            self.base = float(args.get("baseWeight", 0.6))
-            self.adapter = float(args.get("adapterWeight", 0.4))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"pluginArgs lora: baseWeight and adapterWeight must be numbers: {exc}") from exc
-        if self.base < 0 or self.adapter < 0 or self.base + self.adapter <= 0:
-            raise ConfigError("pluginArgs lora: baseWeight and adapterWeight must not be negative, nor both 0")
+        self.base, self.adapter = args.base_weight, args.adapter_weight
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         if not cycle.pod.lora_adapters:

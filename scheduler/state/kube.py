@@ -1,6 +1,6 @@
 """A thin raw-JSON layer over the official client: it brings the connection, TLS and auth; bodies
 are read with orjson and fields picked directly, since building the client's model objects for a
-large list costs seconds (DESIGN.md, "Informers keep only what the snapshot needs").
+large list costs seconds (docs/ARCHITECTURE.md, "Where state lives").
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.core import registry
 from scheduler.core.scenario import load_nodes, load_pods, pod_object
 from scheduler.extender.app import create_app
 from scheduler.extender.binders import OfflineBinder
 from scheduler.extender.service import ExtenderService
 from scheduler.metrics import ExtenderMetrics
+from scheduler.plugins import registry
 from scheduler.state.store import ClusterState
 
 SCENARIO = {

@@ -16,11 +16,11 @@ from prometheus_client import generate_latest
 
 from localcluster.cluster import DEFAULT_EXTENDER_WEIGHT
 from localcluster.versions import K8S_VERSION
-from scheduler.core import registry
 from scheduler.core.scenario import load_nodes
 from scheduler.extender.binders import OfflineBinder
 from scheduler.extender.service import ExtenderService
 from scheduler.metrics import ExtenderMetrics
+from scheduler.plugins import registry
 from scheduler.state.store import ClusterState
 from tests import install
 from tests.prometheus import DASHBOARDS_DIR, MANIFESTS, dashboard_queries, manifest_config, metric_names

@@ -3,10 +3,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core import registry
 from scheduler.core.config import ConfigError
 from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
+from scheduler.plugins import registry
 from tests.builders import GiB, gpu_node, pod
 
 FW = registry.build(registry.config_from(None))

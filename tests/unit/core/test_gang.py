@@ -2,11 +2,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core import registry
 from scheduler.core.gang import GangManager, GangPlan, GangRefusal, plan_gang, rank_members
 from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import PodRequest
+from scheduler.plugins import registry
 from tests.builders import gpu_node, pod
 
 CONFIG = registry.config_from(None)

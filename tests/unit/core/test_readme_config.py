@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from scheduler.core import registry
+from scheduler.plugins import registry
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 

@@ -194,9 +194,9 @@ REAL_H200 = Path(__file__).resolve().parents[2] / "fixtures" / "nvml" / "real-h2
 
 def test_report_from_real_h200_parses_and_places() -> None:
     """The agent's report from a real NVIDIA H200 (driver 580.159.04, one GPU in a VM, no NVLink)."""
-    from scheduler.core import registry
     from scheduler.core.podspec import parse_pod
     from scheduler.core.snapshot import ClusterSnapshot
+    from scheduler.plugins import registry
     from tests.builders import node_object, pod
 
     report = json.loads(REAL_H200.read_text())

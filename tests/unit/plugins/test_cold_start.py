@@ -1,5 +1,4 @@
 from dataclasses import replace
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -7,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core import registry
 from scheduler.core.config import ConfigError, SchedulerConfig
 from scheduler.core.framework import Cycle
 from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState
+from scheduler.plugins import registry
 from scheduler.plugins.cold_start import ColdStart, Priors, predicted_seconds
 from tests.builders import GiB, gpu_node, pod
 
@@ -95,7 +94,7 @@ def test_unknown_images_use_the_stated_size() -> None:
 
 
 def plugin(args: dict[str, Any] | None = None) -> ColdStart:
-    return ColdStart(MappingProxyType(args or {}), SchedulerConfig())
+    return ColdStart.create(args)
 
 
 def test_score_notes_and_shape() -> None:

@@ -6,18 +6,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core import registry
+from scheduler.core.args import parse_args
 from scheduler.core.config import ConfigError
+from scheduler.core.fragmentation import (
+    FragmentationState,
+    TypicalPod,
+    TypicalPodsArgs,
+    shape_of,
+    typical_pods,
+)
 from scheduler.core.framework import Cycle, Framework
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import GpuInfo, NodeState, PodRequest
-from scheduler.plugins.fragmentation import (
-    FragmentationState,
-    TypicalPod,
-    shape_of,
-    typical_from_args,
-    typical_pods,
-)
+from scheduler.plugins import registry
 from simulations.policies import typical_args
 
 
@@ -91,13 +92,14 @@ def test_shape_of_a_share_and_of_a_cpu_only_pod() -> None:
     ],
 )
 def test_malformed_typical_pods_are_config_errors(raw: Any) -> None:
-    with pytest.raises(ConfigError):
-        typical_from_args(raw)
+    with pytest.raises(ConfigError, match=r"pluginArgs fgd\.typicalPods"):
+        parse_args("fgd", TypicalPodsArgs, {"typicalPods": raw})
 
 
 def test_typical_pods_arg_round_trips() -> None:
     pods = (TypicalPod(8000, 1, 470, ("T4",), 12), TypicalPod(0, 8, 1000, (), 3))
-    assert typical_from_args(typical_args(pods)) == pods
+    args = parse_args("fgd", TypicalPodsArgs, {"typicalPods": typical_args(pods)})
+    assert args.source(copies=False).fixed == pods
 
 
 # ---------------------------------------------------------------- the two measures
@@ -242,11 +244,9 @@ def test_fragmentation_without_typical_pods_uses_the_running_ones() -> None:
 
 @pytest.mark.parametrize("args", [{"scale": 0}, {"packDelta": -1}, {"coverage": 0}, {"coverage": "x"}])
 def test_fragmentation_rejects_bad_args(args: dict[str, Any]) -> None:
-    config = registry.config_from(
-        {"plugins": {"score": [{"name": "fragmentation", "weight": 1}]}, "pluginArgs": {"fragmentation": args}}
-    )
-    with pytest.raises(ConfigError):
-        registry.build(config)
+    data = {"plugins": {"score": [{"name": "fragmentation", "weight": 1}]}, "pluginArgs": {"fragmentation": args}}
+    with pytest.raises(ConfigError, match=f"pluginArgs fragmentation.{next(iter(args))}"):
+        registry.config_from(data)
 
 
 @settings(max_examples=40, deadline=None)

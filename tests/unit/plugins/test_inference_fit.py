@@ -1,5 +1,4 @@
 from dataclasses import replace
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -7,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core import registry
 from scheduler.core.config import ConfigError, SchedulerConfig
 from scheduler.core.framework import Cycle
 from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import GpuInfo, NodeState, PodRequest
+from scheduler.plugins import registry
 from scheduler.plugins.inference_fit import InferenceFit, replica_shape
 from tests.builders import GiB, gpu_node, pod
 
@@ -56,7 +55,7 @@ def replica(
 
 
 def plugin(args: dict[str, Any] | None = None) -> InferenceFit:
-    return InferenceFit(MappingProxyType(args or {}), SchedulerConfig())
+    return InferenceFit.create(args)
 
 
 def run(nodes: list[NodeState], p: PodRequest, args: dict[str, Any] | None = None, pods: tuple = ()) -> tuple:

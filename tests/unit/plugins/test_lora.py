@@ -1,5 +1,4 @@
 from dataclasses import replace
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -7,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core import registry
 from scheduler.core.config import ConfigError, SchedulerConfig
 from scheduler.core.framework import Cycle
 from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState, PodRequest
+from scheduler.plugins import registry
 from scheduler.plugins.lora import Lora
 from tests.builders import gpu_node, pod
 
@@ -37,7 +36,7 @@ def lora_pod(adapters: str = "sql,chat", model: str = BASE, gpus: int = 1) -> Po
 
 def scores(nodes: list[NodeState], pods: list[PodRequest], p: PodRequest, args: dict[str, Any] | None = None) -> list:
     snap = ClusterSnapshot(nodes, pods)
-    plugin = Lora(MappingProxyType(args or {}), SchedulerConfig())
+    plugin = Lora.create(args)
     return plugin.score(Cycle(snap, p, SchedulerConfig()), np.arange(len(nodes))).tolist()
 
 
@@ -118,7 +117,7 @@ def test_weights_are_args() -> None:
 @pytest.mark.parametrize("args", [{"baseWeight": -1}, {"baseWeight": 0, "adapterWeight": 0}, {"adapterWeight": "x"}])
 def test_bad_args(args: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
-        Lora(MappingProxyType(args), SchedulerConfig())
+        Lora.create(args)
 
 
 def test_serving_index_follows_place_and_remove() -> None:

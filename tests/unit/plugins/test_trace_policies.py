@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core import registry
 from scheduler.core.config import ConfigError
 from scheduler.core.framework import Cycle, Framework
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import GpuInfo, NodeState, PodRequest
-from scheduler.plugins.best_fit import int_minmax
-from scheduler.plugins.gpu_clustering import request_class
+from scheduler.plugins import registry
+from scheduler.plugins.baselines.best_fit import int_minmax
+from scheduler.plugins.baselines.gpu_clustering import request_class
 from simulations import policies
 
 GiB = 2**30

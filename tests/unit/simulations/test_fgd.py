@@ -77,6 +77,15 @@ def test_trace_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.M
     assert traces.trace_dir() == tmp_path / "elsewhere"
 
 
+def test_trace_ships_with_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(traces.TRACE_DIR_ENV, raising=False)
+    repo = Path(__file__).resolve().parents[3]
+    assert traces.trace_dir() == repo / "simulations" / "data" / traces.TRACE_NAME
+    for name in traces.TRACES:
+        assert traces.pod_file(name).is_file(), name
+    assert len(traces.load_nodes(traces.node_file())) == 1213  # the README's node count
+
+
 # ---------------------------------------------------------------- inflation and order
 def test_inflation_keeps_the_trace_and_stops_at_the_first_draw_that_would_pass_the_limit() -> None:
     base = [pod("a", 1, 1000), pod("b", 1, 500), pod("c", 0, 0), pod("d", 2, 1000)]

@@ -1,7 +1,7 @@
 from datetime import UTC, datetime
 
-from scheduler.core import registry
 from scheduler.core.podspec import parse_pod
+from scheduler.plugins import registry
 from scheduler.state.store import ASSUME_TTL_S, ClusterState
 from tests.builders import node_object, pod, report_object
 

@@ -8,25 +8,26 @@ Args: `seed`. Range 0 or 100. Fallback: none needed (uses no node data).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
-from scheduler.core.config import ConfigError, SchedulerConfig
+from scheduler.core.args import PluginArgs
+from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, GpuChooser, ScorePlugin
 from scheduler.plugins.common import first_fit_gpus
+
+
+class RandomArgs(PluginArgs, frozen=True):
+    seed: int = 0
 
 
 class RandomPick(ScorePlugin, GpuChooser):
     name = "random"
 
-    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+    Args = RandomArgs
+
+    def __init__(self, args: RandomArgs, config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        try:
-            self.rng = np.random.default_rng(int(args.get("seed", 0)))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"pluginArgs random.seed must be a whole number: {exc}") from exc
+        self.rng = np.random.default_rng(args.seed)
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         out = np.zeros(nodes.size)

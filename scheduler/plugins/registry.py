@@ -1,6 +1,8 @@
-"""Plugin names -> classes, and building a Framework from a validated config.
+"""Plugin names -> classes, beside the plugins (as kube-scheduler's plugins/registry.go).
 
-Later plugins (gang planner, cold-start, LoRA, fragmentation) register here under their names.
+The framework (scheduler/core) never imports a plugin: the extender and the simulator ask this
+registry to check a config and to build a Framework from it. A new plugin is one module in this
+package, one line in PLUGINS and one test module (docs/ARCHITECTURE.md, "Adding a plugin").
 """
 
 from __future__ import annotations
@@ -10,42 +12,42 @@ from typing import Any
 
 from scheduler.core.config import SchedulerConfig, load_config
 from scheduler.core.framework import FilterPlugin, Framework, Plugin, PreFilterPlugin, ScorePlugin
-from scheduler.plugins.best_fit import BestFit
+from scheduler.plugins.baselines.best_fit import BestFit
+from scheduler.plugins.baselines.dot_product import DotProduct
+from scheduler.plugins.baselines.fgd import Fgd
+from scheduler.plugins.baselines.gpu_clustering import GpuClustering
+from scheduler.plugins.baselines.gpu_packing import GpuPacking
+from scheduler.plugins.baselines.image_locality import ImageLocality
+from scheduler.plugins.baselines.least_allocated import LeastAllocated
+from scheduler.plugins.baselines.random_pick import RandomPick
+from scheduler.plugins.baselines.resources_fit import ResourcesFit
 from scheduler.plugins.cold_start import ColdStart
 from scheduler.plugins.cuda import CudaDriver
-from scheduler.plugins.dot_product import DotProduct
-from scheduler.plugins.fgd import Fgd
 from scheduler.plugins.fragmentation import Fragmentation
 from scheduler.plugins.freshness import Freshness
-from scheduler.plugins.gpu_clustering import GpuClustering
 from scheduler.plugins.gpu_fit import GpuFit
 from scheduler.plugins.gpu_memory_packing import GpuMemoryPacking
-from scheduler.plugins.gpu_packing import GpuPacking
-from scheduler.plugins.image_locality import ImageLocality
 from scheduler.plugins.inference_fit import InferenceFit
-from scheduler.plugins.least_allocated import LeastAllocated
 from scheduler.plugins.locality import Locality
 from scheduler.plugins.lora import Lora
 from scheduler.plugins.nvlink import NvLink
-from scheduler.plugins.random_pick import RandomPick
-from scheduler.plugins.resources_fit import ResourcesFit
 
 PLUGINS: dict[str, type[Plugin]] = {
     cls.name: cls
     for cls in (
+        # gpusched's own signals: its default policy is made of these.
         GpuFit,
         CudaDriver,
         Freshness,
         GpuMemoryPacking,
         NvLink,
         Locality,
-        # LLM inference: readiness time, LoRA base model, replica memory and spreading.
         ColdStart,
         Lora,
         InferenceFit,
-        # The simulator's policies and kube-scheduler stand-ins (usable by the extender too).
-        ResourcesFit,
         Fragmentation,
+        # Baselines: the FGD paper's trace policies and kube-scheduler stand-ins.
+        ResourcesFit,
         Fgd,
         RandomPick,
         BestFit,
@@ -58,12 +60,6 @@ PLUGINS: dict[str, type[Plugin]] = {
 }
 
 
-def register(cls: type[Plugin]) -> type[Plugin]:
-    """Add a plugin class under its name (usable as a decorator)."""
-    PLUGINS[cls.name] = cls
-    return cls
-
-
 def known() -> tuple[set[str], set[str]]:
     filters = {n for n, c in PLUGINS.items() if issubclass(c, FilterPlugin)}
     scores = {n for n, c in PLUGINS.items() if issubclass(c, ScorePlugin)}
@@ -71,8 +67,12 @@ def known() -> tuple[set[str], set[str]]:
 
 
 def config_from(data: Mapping[str, Any] | None) -> SchedulerConfig:
+    """A validated config: names, weights, and every plugin's arguments checked against its Args."""
     filters, scores = known()
-    return load_config(data, filters, scores)
+    config = load_config(data, filters, scores)
+    for name, raw in config.plugin_args.items():
+        PLUGINS[name].parse(raw)
+    return config
 
 
 def build(config: SchedulerConfig, prefilters: tuple[PreFilterPlugin, ...] = ()) -> Framework:
@@ -81,7 +81,8 @@ def build(config: SchedulerConfig, prefilters: tuple[PreFilterPlugin, ...] = ())
 
     def get(name: str) -> Plugin:
         if name not in instances:
-            instances[name] = PLUGINS[name](config.plugin_args.get(name, {}), config)
+            cls = PLUGINS[name]
+            instances[name] = cls(cls.parse(config.plugin_args.get(name)), config)
         return instances[name]
 
     filters = [p for p in (get(n) for n in config.filters) if isinstance(p, FilterPlugin)]

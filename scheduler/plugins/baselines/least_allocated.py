@@ -14,16 +14,16 @@ Range 0..100, integers. Fallback: a resource a node has none of scores 0 on that
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Literal
 
+import msgspec
 import numpy as np
 
-from scheduler.core.config import ConfigError, SchedulerConfig
+from scheduler.core.args import PluginArgs
+from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, ScorePlugin
-from scheduler.plugins.common import NodeTable, free_gpu_milli
-
-RESOURCES = ("cpu", "memory", "gpu")
+from scheduler.core.node_table import NodeTable
+from scheduler.plugins.common import free_gpu_milli
 
 
 def least_requested(requested: np.ndarray, capacity: np.ndarray) -> np.ndarray:
@@ -31,24 +31,27 @@ def least_requested(requested: np.ndarray, capacity: np.ndarray) -> np.ndarray:
     return np.where(ok, (capacity - requested) * 100 // np.maximum(capacity, 1), 0)
 
 
+class ResourceWeight(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Literal["cpu", "memory", "gpu"]
+    weight: Annotated[int, msgspec.Meta(gt=0)] = 1
+
+
+class LeastAllocatedArgs(PluginArgs, frozen=True):
+    # kube-scheduler's default: cpu and memory, weight 1 each.
+    resources: Annotated[tuple[ResourceWeight, ...], msgspec.Meta(min_length=1)] = (
+        ResourceWeight("cpu"),
+        ResourceWeight("memory"),
+    )
+
+
 class LeastAllocated(ScorePlugin):
     name = "least-allocated"
 
-    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+    Args = LeastAllocatedArgs
+
+    def __init__(self, args: LeastAllocatedArgs, config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        raw = args.get("resources", [{"name": "cpu", "weight": 1}, {"name": "memory", "weight": 1}])
-        self.resources: list[tuple[str, int]] = []
-        for entry in raw if isinstance(raw, list) else [raw]:
-            if not isinstance(entry, Mapping) or entry.get("name") not in RESOURCES:
-                raise ConfigError(f"pluginArgs least-allocated.resources: {entry!r} (names: {', '.join(RESOURCES)})")
-            weight = entry.get("weight", 1)
-            if not isinstance(weight, int) or isinstance(weight, bool) or weight <= 0:
-                raise ConfigError(
-                    f"pluginArgs least-allocated.resources: weight of {entry['name']} must be a positive integer"
-                )
-            self.resources.append((str(entry["name"]), weight))
-        if not self.resources:
-            raise ConfigError("pluginArgs least-allocated.resources must name at least one resource")
+        self.resources = [(r.name, r.weight) for r in args.resources]
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from scheduler.core.framework import Cycle, GpuChooser, ScorePlugin
-from scheduler.plugins.common import MILLI, first_fit_gpus
+from scheduler.core.node_table import MILLI
+from scheduler.plugins.common import first_fit_gpus
 
 
 class GpuPacking(ScorePlugin, GpuChooser):

@@ -13,23 +13,22 @@ snapshot's pods (as fragmentation.py). Range 0..100, integers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
 from scheduler.core.config import SchedulerConfig
+from scheduler.core.fragmentation import TypicalPodsArgs, best_per_node
 from scheduler.core.framework import Cycle, GpuChooser, ScorePlugin
 from scheduler.plugins.common import first_fit_gpus
-from scheduler.plugins.fragmentation import TypicalPodsSource, best_per_node
 
 
 class Fgd(ScorePlugin, GpuChooser):
     name = "fgd"
 
-    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+    Args = TypicalPodsArgs
+
+    def __init__(self, args: TypicalPodsArgs, config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        self.source = TypicalPodsSource(args, copies=False)
+        self.source = args.source(copies=False)
 
     def _scores(
         self, cycle: Cycle, nodes: np.ndarray, every_gpu: bool = False

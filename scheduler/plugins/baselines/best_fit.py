@@ -14,11 +14,12 @@ Fallback: none needed (free CPU and GPU are always known).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Annotated
 
+import msgspec
 import numpy as np
 
+from scheduler.core.args import PluginArgs
 from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, GpuChooser, ScorePlugin
 from scheduler.plugins.common import first_fit_gpus, free_gpu_milli
@@ -34,15 +35,26 @@ def int_minmax(raw: np.ndarray) -> np.ndarray:
     return ((raw.astype(np.int64) - lo) * 100 // (hi - lo)).astype(np.float64)
 
 
+class NormalizerArgs(PluginArgs, frozen=True):
+    """The FGD simulator's scale of a node: free CPU and GPU are divided by these."""
+
+    max_cpu: Annotated[float, msgspec.Meta(gt=0)] = 128_000.0  # milli-CPU
+    max_gpu: Annotated[float, msgspec.Meta(gt=0)] = 8_000.0  # milli-GPU
+
+
+class BestFitArgs(NormalizerArgs, frozen=True):
+    cpu_weight: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    gpu_weight: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+
+
 class BestFit(ScorePlugin, GpuChooser):
     name = "best-fit"
+    Args = BestFitArgs
 
-    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+    def __init__(self, args: BestFitArgs, config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        self.max_cpu = float(args.get("maxCpu", 128_000))
-        self.max_gpu = float(args.get("maxGpu", 8_000))
-        self.w_cpu = float(args.get("cpuWeight", 0.5))
-        self.w_gpu = float(args.get("gpuWeight", 0.5))
+        self.max_cpu, self.max_gpu = args.max_cpu, args.max_gpu
+        self.w_cpu, self.w_gpu = args.cpu_weight, args.gpu_weight
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod

@@ -13,23 +13,22 @@ Fallback: none needed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
 from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, GpuChooser, ScorePlugin
+from scheduler.plugins.baselines.best_fit import NormalizerArgs
 from scheduler.plugins.common import first_fit_gpus, free_gpu_milli
 
 
 class DotProduct(ScorePlugin, GpuChooser):
     name = "dot-product"
 
-    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+    Args = NormalizerArgs
+
+    def __init__(self, args: NormalizerArgs, config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        self.max_cpu = float(args.get("maxCpu", 128_000))
-        self.max_gpu = float(args.get("maxGpu", 8_000))
+        self.max_cpu, self.max_gpu = args.max_cpu, args.max_gpu
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod

@@ -14,12 +14,12 @@ Args: `maxGpu` (default 8000). Range 0..100, integers. Fallback: none needed.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Mapping
-from typing import Any
+from typing import Annotated
 
+import msgspec
 import numpy as np
 
+from scheduler.core.args import PluginArgs
 from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, GpuChooser, ScorePlugin
 from scheduler.core.snapshot import ClusterSnapshot
@@ -61,22 +61,24 @@ class _Classes:
         self.free[changed] = snap.gpu_milli_free[changed]
 
 
+class GpuClusteringArgs(PluginArgs, frozen=True):
+    max_gpu: Annotated[int, msgspec.Meta(gt=0)] = 8_000  # milli-GPU
+
+
 class GpuClustering(ScorePlugin, GpuChooser):
     name = "gpu-clustering"
+    Args = GpuClusteringArgs
 
-    def __init__(self, args: Mapping[str, Any], config: SchedulerConfig) -> None:
+    def __init__(self, args: GpuClusteringArgs, config: SchedulerConfig) -> None:
         super().__init__(args, config)
-        self.max_gpu = int(args.get("maxGpu", 8_000))
-        self._state: weakref.WeakKeyDictionary[ClusterSnapshot, _Classes] = weakref.WeakKeyDictionary()
+        self.max_gpu = args.max_gpu
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod
         cls = request_class(pod)
         if not cls:
             return np.zeros(nodes.size)
-        state = self._state.get(snap)
-        if state is None:
-            state = self._state[snap] = _Classes(snap)
+        state = snap.memo("gpu-clustering-classes", _Classes)
         state.refresh()
         counts = state.counts[nodes]
         kinds = (counts > 0).sum(axis=1)

@@ -1,0 +1,60 @@
+"""Typed plugin arguments, checked once at start-up.
+
+Each plugin declares its arguments as a `PluginArgs` subclass: a frozen msgspec Struct whose fields
+have defaults and bounds (`Annotated[float, Meta(ge=0)]`), spelled in snake_case in Python and
+camelCase in the config file (`count_weight` is `countWeight`). `parse_args` is the one parser: it
+rejects unknown keys, wrong types (strictly: `"false"` is not a boolean, `"3"` not a number) and
+out-of-range values with a ConfigError naming the plugin and the key. Cross-field rules go in the
+Struct's `__post_init__` (raise ValueError; the message is reported with the plugin's name).
+Plugins receive the parsed instance in `__init__` and never read raw mappings.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+from scheduler.core.config import ConfigError
+from scheduler.core.quantity import QuantityError, parse_quantity
+
+
+class PluginArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """Base of every plugin's arguments (a plugin without arguments uses it as it is)."""
+
+
+A = TypeVar("A", bound=PluginArgs)
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def parse_args(plugin: str, kind: type[A], raw: Mapping[str, Any] | None) -> A:
+    """`raw` (the plugin's `pluginArgs` entry) as `kind`, or a ConfigError naming plugin and key."""
+    try:
+        args = msgspec.convert(dict(raw or {}), kind, strict=True)
+    except msgspec.ValidationError as exc:
+        match = _AT.match(str(exc))
+        what, path = (match["what"], match["path"] or "") if match else (str(exc), "")
+        unknown = re.search(r"unknown field `([^`]+)`", what)
+        if unknown:
+            path, what = f"{path}.{unknown[1]}", "unknown argument"
+        known = ", ".join(sorted(kind.__struct_encode_fields__)) or "none"
+        hint = f" (known: {known})" if unknown and path.count(".") == 1 else ""
+        raise ConfigError(f"pluginArgs {plugin}{path}: {what[:1].lower()}{what[1:]}{hint}") from exc
+    for field, key in zip(kind.__struct_fields__, kind.__struct_encode_fields__, strict=True):
+        value = getattr(args, field)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"pluginArgs {plugin}.{key}: {value} is not a finite number")
+    return args
+
+
+def quantity(value: float | int | str, what: str) -> float:
+    """A number, or a Kubernetes quantity string such as "100M" or "1Gi", as a float."""
+    if isinstance(value, str):
+        try:
+            return float(parse_quantity(value))
+        except QuantityError as exc:
+            raise ValueError(f"{what}: {value!r} is not a number or quantity") from exc
+    return float(value)
