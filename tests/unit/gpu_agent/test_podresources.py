@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gpu_agent.cri import api_pb2 as cri_pb2
@@ -71,3 +73,40 @@ def test_image_entries_name_tags_and_digests() -> None:
     assert {(e.digest, e.bytes, e.image_id) for e in entries} == {("sha256:2222", 15_000_000_000, "sha256:1111")}
     untagged = image_entries(cri_pb2.Image(id="sha256:3333", size=5))
     assert untagged == []
+
+
+def test_cri_stubs_keep_upstream_wire_format() -> None:
+    """The trimmed CRI proto keeps upstream's service path and field numbers, so real runtimes answer."""
+    service = cri_pb2.DESCRIPTOR.services_by_name["ImageService"]
+    assert service.full_name == "runtime.v1.ImageService"
+    assert {m.name for m in service.methods} == {"ListImages", "ImageFsInfo"}
+
+    def numbers(message: Any) -> dict[str, int]:
+        return {f.name: f.number for f in message.DESCRIPTOR.fields}
+
+    assert numbers(cri_pb2.ListImagesRequest) == {"filter": 1}
+    assert numbers(cri_pb2.ListImagesResponse) == {"images": 1}
+    assert numbers(cri_pb2.Image) == {
+        "id": 1,
+        "repo_tags": 2,
+        "repo_digests": 3,
+        "size": 4,
+        "uid": 5,
+        "username": 6,
+        "spec": 7,
+        "pinned": 8,
+    }
+    assert numbers(cri_pb2.ImageSpec) == {
+        "image": 1,
+        "annotations": 2,
+        "user_specified_image": 18,
+        "runtime_handler": 19,
+        "image_ref": 20,
+    }
+    assert numbers(cri_pb2.ImageFsInfoResponse) == {"image_filesystems": 1, "container_filesystems": 2}
+    assert numbers(cri_pb2.FilesystemUsage) == {"timestamp": 1, "fs_id": 2, "used_bytes": 3, "inodes_used": 4}
+    assert numbers(cri_pb2.FilesystemIdentifier) == {"mountpoint": 1}
+    assert numbers(cri_pb2.UInt64Value) == numbers(cri_pb2.Int64Value) == {"value": 1}
+    # Wire bytes as upstream encodes them: field 1 string, 2/3 repeated strings, 4 varint.
+    image = cri_pb2.Image(id="i", repo_tags=["t"], repo_digests=["d"], size=5)
+    assert image.SerializeToString() == b"\n\x01i\x12\x01t\x1a\x01d\x20\x05"
