@@ -1,6 +1,6 @@
 # Two commands: `make demo` (set up, run the what-if on the bundled scenario) and `make test`
-# (set up everything, build the control plane if not cached, run every test). `make check` adds
-# ruff and mypy. Pinned versions come from constraints.txt.
+# (set up everything, build the control plane if not cached, run ruff, mypy and every test).
+# `make check` is the same as `make test`. Pinned versions come from constraints.txt.
 
 PYTHON ?= python3
 VENV := .venv
@@ -38,16 +38,18 @@ prometheus:
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
-test: $(VENV)/.all controlplane prometheus
+# CI runs exactly this: the linters first (they take seconds), then every test.
+test: lint typecheck $(VENV)/.all controlplane prometheus
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.all
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.all
-	$(VENV)/bin/mypy scheduler gpu_agent simulations workloads localcluster
+	$(VENV)/bin/mypy scheduler gpu_agent simulations workloads localcluster benchmarks
 
-check: lint typecheck test
+check: test
 
 # Refresh the pins from the current environment (run after changing dependencies).
 constraints: $(VENV)/.all

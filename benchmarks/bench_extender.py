@@ -120,7 +120,7 @@ def bench_relist(pods: int) -> dict[str, Any]:
             return default
 
     def models() -> None:
-        api.deserialize(Response(), "V1PodList")  # type: ignore[arg-type]
+        api.deserialize(Response(), "V1PodList")  # type: ignore[arg-type, call-arg]
 
     def raw() -> None:
         [parse_pod(i) for i in orjson.loads(body)["items"]]
@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--relist-pods", type=int, default=5000)
     args = parser.parse_args()
-    result = {
+    result: dict[str, Any] = {
         "decisions": bench_decisions([int(s) for s in args.sizes.split(",")], args.repeat),
         "relist": bench_relist(args.relist_pods),
     }

@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [policies.canonical(p) for p in args.policies.split(",") if p.strip()]
     if "random" not in names:
         names.insert(0, "random")  # the baseline, measured in the same run
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
         walls, cpus = [], []
         result = None

@@ -159,13 +159,9 @@ def replay(
     for i, item in enumerate(order):
         pod = item.request()
         arrived_sum += item.gpu_total
-        best = framework.decide(snapshot, pod, explain=False).best()
-        if best is not None:
-            gpus = framework.choose_gpus(snapshot, pod, best)
-            if len(gpus) == pod.gpus_needed:
-                snapshot.place(pod, best, gpus)
-                allocated_sum += item.gpu_total
-                placed += 1
+        if framework.place_best(snapshot, pod)[1] is not None:
+            allocated_sum += item.gpu_total
+            placed += 1
         arrived[i] = arrived_sum
         allocated[i] = allocated_sum
         if progress is not None and (i % 500 == 0 or i == len(order) - 1):

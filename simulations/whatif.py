@@ -274,12 +274,13 @@ class Replay:
             if size:
                 snap.models.setdefault(pod.model, {})[node] = size
 
-    def _place(self, pod: PodRequest, node: int, gpus: Sequence[int], decision: Decision | None, t: float,
-               outcome: PodOutcome) -> None:  # fmt: skip
+    def _placed(
+        self, pod: PodRequest, node: int, gpus: Sequence[int], decision: Decision | None, t: float, outcome: PodOutcome
+    ) -> None:
+        """Record a placement already made in the snapshot: its outcome, then the caches it warms."""
         snap = self.snapshot
         if pod.workload == "inference":
             outcome.cold_start_s = float(predicted_seconds(snap, pod, np.array([node]))[0])
-        snap.place(replace(pod, node_name=snap.names[node]), node, tuple(gpus))
         self._warm(node, pod)
         outcome.node, outcome.gpus, outcome.placed_at, outcome.reason = snap.names[node], len(gpus), t, ""
         if decision is not None and decision.feasible.size:
@@ -287,14 +288,12 @@ class Replay:
             outcome.scores = {k: round(float(v[pos]), 1) for k, v in decision.scores.items()}
 
     def _try_pod(self, pod: PodRequest, outcome: PodOutcome, t: float) -> bool:
-        decision = self.framework.decide(self.snapshot, pod, explain=False)
-        best = decision.best()
+        decision, best, gpus = self.framework.place_best(self.snapshot, pod)
         if best is None:  # ask again with a reason worded for every node turned away
             decision = self.framework.decide(self.snapshot, pod)
             outcome.reason = decision.error or _first_reason(decision)
             return False
-        gpus = self.framework.choose_gpus(self.snapshot, pod, best)
-        self._place(pod, best, gpus, decision, t, outcome)
+        self._placed(pod, best, gpus, decision, t, outcome)
         return True
 
     def _try_gang(self, job: Job, outcomes: list[PodOutcome], gang: GangOutcome, t: float) -> bool:
@@ -306,7 +305,9 @@ class Replay:
                 o.reason = plan.reason
             return False
         for slot, pod, outcome in zip(plan.slots, job.pods, outcomes, strict=True):
-            self._place(pod, self.snapshot.index[slot.node], slot.gpus, None, t, outcome)
+            node = self.snapshot.index[slot.node]
+            self.snapshot.place(replace(pod, node_name=slot.node), node, slot.gpus)
+            self._placed(pod, node, slot.gpus, None, t, outcome)
         gang.span = plan.span
         return True
 

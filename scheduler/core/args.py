@@ -37,7 +37,8 @@ def parse_args(plugin: str, kind: type[A], raw: Mapping[str, Any] | None) -> A:
     except msgspec.ValidationError as exc:
         match = _AT.match(str(exc))
         what, path = (match["what"], match["path"] or "") if match else (str(exc), "")
-        unknown = re.search(r"unknown field `([^`]+)`", what)
+        what = what.replace("`", "")
+        unknown = re.search(r"unknown field (\S+)$", what)
         if unknown:
             path, what = f"{path}.{unknown[1]}", "unknown argument"
         known = ", ".join(sorted(kind.__struct_encode_fields__)) or "none"

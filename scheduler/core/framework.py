@@ -11,7 +11,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -235,6 +235,25 @@ class Framework:
         return Decision(
             pod, snapshot, nodes, total, scores, reasons, rejected_by, resolvable, transient, notes=cycle.notes
         )
+
+    def place_best(
+        self, snapshot: ClusterSnapshot, pod: PodRequest, *, explain: bool = False
+    ) -> tuple[Decision, int | None, tuple[int, ...]]:
+        """The simulator's step: decide, take the best node, choose its GPUs, place the pod there.
+
+        Returns (decision, node or None, GPUs). When no node fits (or the chosen node's GPUs fall
+        short), nothing is placed and the node is None. The extender does not use this: it answers
+        kube-scheduler and binds, and the informer records the placement.
+        """
+        decision = self.decide(snapshot, pod, explain=explain)
+        best = decision.best()
+        if best is None:
+            return decision, None, ()
+        gpus = self.choose_gpus(snapshot, pod, best)
+        if len(gpus) != pod.gpus_needed:
+            return decision, None, ()
+        snapshot.place(replace(pod, node_name=snapshot.names[best]), best, gpus)
+        return decision, best, gpus
 
     def _checked(self, scorer: ScorePlugin, cycle: Cycle, raw: np.ndarray) -> np.ndarray:
         """`raw`, with every value that is not a number in 0..100 replaced by 0 and reported.
