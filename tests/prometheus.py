@@ -230,6 +230,20 @@ class Prometheus:
         active: list[dict[str, Any]] = self.api("targets")["activeTargets"]
         return active
 
+    def scrapes(self) -> int:
+        """Scrapes stored so far of the least scraped target (every scrape stores a sample of `up`)."""
+        counts = self.finite("min(count_over_time(up[1h]))")
+        return int(counts[0]) if counts else 0
+
+    def wait_scrapes(self, more: int, timeout: float = 60.0) -> None:
+        """Wait until every target has been scraped `more` more times than when called.
+
+        Scrapes of a target never overlap, so with `more` >= 2 at least `more` - 1 of them began
+        after the call: whatever the targets did before it is stored, with that many samples after.
+        """
+        done = self.scrapes()
+        self.wait(lambda: self.scrapes() >= done + more, timeout, f"{more} more scrapes of every target")
+
     def wait_up(self, jobs: Mapping[str, int], timeout: float = 60.0) -> None:
         """Wait until each job has (at least) the given number of targets, all up."""
 

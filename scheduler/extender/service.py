@@ -214,10 +214,11 @@ class ExtenderService:
                 admission = self._admit(snap, pod)
                 if admission.slot is None or admission.slot.node != args.node:
                     self.metrics.binds.labels("not_planned").inc()
-                    why = (
-                        admission.error or f"rank {admission.slot.rank if admission.slot else '?'} is planned elsewhere"
+                    # The manager's errors name the gang already.
+                    why = admission.error or (
+                        f"gang {pod.pod_group}: rank {admission.slot.rank if admission.slot else '?'} is planned elsewhere"
                     )
-                    return wire.ExtenderBindingResult(error=f"gpusched: gang {pod.pod_group}: {why}")
+                    return wire.ExtenderBindingResult(error=f"gpusched: {why}")
                 release, planned, rank = [admission.reservation_key], admission.slot.gpus, admission.slot.rank
                 annotations = {
                     ANN_RANK: str(rank),

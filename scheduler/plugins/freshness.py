@@ -55,6 +55,7 @@ class Freshness(FilterPlugin, ScorePlugin):
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap = cycle.snapshot
-        age = np.minimum(snap.report_age[nodes], self.config.report_ttl_s)
+        # A report stamped ahead of this clock (node clock skew) counts as new, never newer.
+        age = np.clip(snap.report_age[nodes], 0.0, self.config.report_ttl_s)
         fresh = 100.0 - 50.0 * age / self.config.report_ttl_s
         return np.where(snap.has_report[nodes], fresh, self.score_missing)

@@ -185,7 +185,8 @@ class ClusterState:
             if self._snapshot is None:
                 self._snapshot = self._build(now)
             snap = self._snapshot
-            snap.report_age[:] = np.where(np.isfinite(self._report_times), now - self._report_times, np.inf)
+            # A report stamped ahead of this clock (node clock skew) is as new as can be: age 0.
+            snap.report_age[:] = np.where(np.isfinite(self._report_times), np.maximum(now - self._report_times, 0.0), np.inf)
             return snap
 
     def _build(self, now: float) -> ClusterSnapshot:

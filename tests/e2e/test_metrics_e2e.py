@@ -4,7 +4,6 @@ inference and gang pods; then every query of every dashboard panel must return d
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,10 +46,10 @@ def prometheus(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -
         for n in range(2):
             for name in traffic(installed, n):
                 k8s.wait_for_pod_node(installed.api, "default", name, timeout=90)
-            time.sleep(3)
+            prom.wait_scrapes(3)
         prom.wait(lambda: prom.finite("gpusched_gangs_placed_total") == [2.0], 30, "both gangs to be scraped")
         prom.wait(lambda: prom.finite('sum(gpusched_binds_total{result="bound"})') == [8.0], 30, "8 binds scraped")
-        time.sleep(2)
+        prom.wait_scrapes(2)  # a second sample of the series born in the last round
         yield prom
     finally:
         prom.stop()

@@ -43,10 +43,29 @@ class Recorder:
         self.writes.append((time.monotonic(), json.loads(json.dumps(report))))
 
 
+class CountingReader(NvmlReader):
+    """The fake NVML's reader, counting the agent's samples, with a switch that makes device
+    enumeration fail (the counts are what the tests wait on instead of sleeping)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+        self.reads = 0  # samples begun
+        self.failed = 0  # samples that failed
+
+    def read(self) -> Any:
+        self.reads += 1
+        if self.failing:
+            self.errors["Unknown"] += 1
+            self.failed += 1
+            raise NvmlReadError("nvmlDeviceGetCount failed: Unknown")
+        return super().read()
+
+
 @pytest.fixture
-def reader() -> Iterator[NvmlReader]:
+def reader() -> Iterator[CountingReader]:
     fake_nvml.activate("hgx-a100-40gb")
-    r = NvmlReader()
+    r = CountingReader()
     r.open()
     try:
         yield r
@@ -93,7 +112,7 @@ def test_loop_writes_an_unchanged_report_on_every_heartbeat(reader: NvmlReader) 
     assert all(b - a >= 0.45 for a, b in itertools.pairwise(times))  # no faster than the heartbeat
 
 
-def test_loop_writes_a_change_at_once(reader: NvmlReader) -> None:
+def test_loop_writes_a_change_at_once(reader: CountingReader) -> None:
     uuids = [g.uuid for g in reader.read().gpus]
     with tempfile.TemporaryDirectory(prefix="gpusched-") as d, FakeKubelet(Path(d) / "k.sock") as kubelet:
         client = PodResourcesClient(str(Path(d) / "k.sock"))
@@ -105,7 +124,10 @@ def test_loop_writes_a_change_at_once(reader: NvmlReader) -> None:
         stop, thread = run_agent(agent)
         try:
             wait_for(lambda: len(sink.writes) >= 1, 10, "the first write")
-            time.sleep(0.5)
+            # Five more samples, each offered to the publisher and followed by a publish check, spanning
+            # more than min_interval: a write of an unchanged report would have gone out by now.
+            seen = reader.reads
+            wait_for(lambda: reader.reads >= seen + 5, 10, "five more samples")
             assert len(sink.writes) == 1  # nothing changed, the heartbeat is an hour away
             kubelet.assign("ml/train-7", "nvidia.com/gpu", uuids[:2])
             wait_for(lambda: len(sink.writes) == 2, 10, "the write of the new pod")
@@ -116,21 +138,9 @@ def test_loop_writes_a_change_at_once(reader: NvmlReader) -> None:
     assert [g.get("pods") for g in sink.writes[1][1]["spec"]["gpus"]][:3] == [["ml/train-7"], ["ml/train-7"], []]
 
 
-class FlakyReader(NvmlReader):
-    """The fake NVML's reader, with a switch that makes device enumeration fail."""
-
-    failing = False
-
-    def read(self) -> Any:
-        if self.failing:
-            self.errors["Unknown"] += 1
-            raise NvmlReadError("nvmlDeviceGetCount failed: Unknown")
-        return super().read()
-
-
 def test_nvml_failure_stops_refreshing_the_report_and_recovery_resumes_it() -> None:
     fake_nvml.activate("l4x4")
-    reader = FlakyReader()
+    reader = CountingReader()
     reader.open()
     sink = Recorder()
     publisher = Publisher(sink, heartbeat=0.3, min_interval=0.05)
@@ -139,11 +149,14 @@ def test_nvml_failure_stops_refreshing_the_report_and_recovery_resumes_it() -> N
     try:
         wait_for(lambda: len(sink.writes) >= 2, 10, "heartbeat writes")
         reader.failing = True
-        time.sleep(0.3)  # let a write of a report made before the failure go out
-        written = len(sink.writes)
-        time.sleep(1.5)
+        # Once a read has failed no report is offered any more; a report made before the failure
+        # may still be due: wait until the publisher has nothing left to write.
+        wait_for(lambda: reader.failed >= 1 and publisher.due_in() is None, 10, "the last report to go out")
+        written, failed = len(sink.writes), reader.failed
+        # Fifteen failed samples (five heartbeats at least), each followed by a publish check.
+        wait_for(lambda: reader.failed >= failed + 15, 10, "fifteen failed samples")
         assert len(sink.writes) == written  # no fresh report, and the last one is not rewritten
-        assert agent.state.source_errors["nvml"] >= 5 and thread.is_alive()
+        assert agent.state.source_errors["nvml"] >= 15 and thread.is_alive()
         reader.failing = False
         wait_for(lambda: len(sink.writes) > written, 10, "writes after NVML recovers")
     finally:

@@ -175,11 +175,11 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         scheduler = Scheduler(url)
         # Two rounds a few scrapes apart, so that series born in the first have a rate in the second.
         scheduler.round(0)
-        time.sleep(3)
+        prometheus.wait_scrapes(3)
         scheduler.round(1)
         prometheus.wait(lambda: prometheus.finite('gpusched_binds_total{result="bound"}') == [10.0], 30,
                         "the binds to be scraped")  # fmt: skip
-        time.sleep(2)
+        prometheus.wait_scrapes(2)  # a second sample of the series born in round 1
         yield Scraped(url, prometheus)
     finally:
         prometheus.stop()

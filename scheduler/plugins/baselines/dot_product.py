@@ -7,7 +7,8 @@ The FGD paper's DotProd baseline (merged GPU dimension, normalised by the larges
 whose free vector (milli-CPU, milli-GPU summed over its GPUs, before placement) has the smallest
 dot product with the pod's request (milli-CPU, share x GPUs) wins. Inside the node: the first fully
 free GPUs, or for a share the fitting GPU with the least free share.
-Args: `maxCpu` (default 128000), `maxGpu` (default 8000). Range 0..100, integers.
+Args: `maxCpu` (default 128000), `maxGpu` (default 8000). Range 0..100, integers (clipped on
+nodes larger than `maxCpu` or `maxGpu`).
 Fallback: none needed.
 """
 
@@ -35,7 +36,7 @@ class DotProduct(ScorePlugin, GpuChooser):
         gpu_req = pod.milli_per_gpu * pod.gpus_needed if pod.wants_gpu else 0
         dot = 0.0 + (snap.cpu_free[nodes] / self.max_cpu) * (pod.cpu_milli / self.max_cpu)
         dot = dot + (free_gpu_milli(snap, nodes) / self.max_gpu) * (gpu_req / self.max_gpu)
-        return np.trunc(100.0 * (1.0 - dot / 2.0))
+        return np.clip(np.trunc(100.0 * (1.0 - dot / 2.0)), 0.0, 100.0)  # nodes beyond maxCpu/maxGpu
 
     def choose_gpus(self, cycle: Cycle, node: int) -> tuple[int, ...] | None:
         return first_fit_gpus(cycle, node)

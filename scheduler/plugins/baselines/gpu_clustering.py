@@ -9,7 +9,8 @@ base = 25 * (maxGpu - free milli-GPU of the node) // maxGpu:
     it runs only other classes:                     base
 Classes per node are kept per snapshot and recounted only for nodes whose GPUs changed. Inside the
 node: the first fully free GPUs, or for a share the fitting GPU with the least free share.
-Args: `maxGpu` (default 8000). Range 0..100, integers. Fallback: none needed.
+Args: `maxGpu` (default 8000, the largest node's GPUs in milli-GPU). Range 0..100, integers
+(clipped on nodes larger than `maxGpu`). Fallback: none needed.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ class GpuClustering(ScorePlugin, GpuChooser):
         used = self.max_gpu - free_gpu_milli(snap, nodes)
         base = np.sign(used) * (np.abs(25 * used) // self.max_gpu)  # Go's truncating division
         bonus = np.where(mine, np.where(kinds == 1, 75, 50), np.where(kinds == 0, 25, 0))
-        return (base + bonus).astype(np.float64)
+        # Clipped for nodes larger than maxGpu (the paper's cluster has none).
+        return np.clip(base + bonus, 0, 100).astype(np.float64)
 
     def choose_gpus(self, cycle: Cycle, node: int) -> tuple[int, ...] | None:
         return first_fit_gpus(cycle, node)

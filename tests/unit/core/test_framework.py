@@ -1,9 +1,14 @@
+import logging
+from collections.abc import Mapping
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core.config import ConfigError
+from scheduler.core.args import PluginArgs
+from scheduler.core.config import ConfigError, SchedulerConfig
+from scheduler.core.framework import MAX_SCORE, SCORE_SLACK, Cycle, Framework, ScorePlugin
 from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.plugins import registry
@@ -110,11 +115,102 @@ def test_scores_stay_in_range_and_chosen_gpus_are_free(held: list[int], want: in
     running = [parse_pod(pod("r", len(held), node="n", gpuIds=held))] if held else []
     snap = ClusterSnapshot([gpu_node("n", 8, interconnect=kind), gpu_node("m", 8, interconnect=kind)], running)
     p = parse_pod(pod("x", want))
+    refused = FW.bad_scores.copy()
     d = FW.decide(snap, p)
-    assert np.all((d.total >= 0) & (d.total <= 100))
-    for scores in d.scores.values():
-        assert np.all((scores >= 0) & (scores <= 100))
+    # The framework clips what it keeps on the Decision, so look at what each plugin answered.
+    assert FW.bad_scores == refused, "the framework had to refuse a default plugin's score"
+    cycle = Cycle(snap, p, FW.config)
+    for plugin, _ in FW.scores:
+        raw = np.asarray(plugin.score(cycle, d.feasible), dtype=np.float64)
+        assert raw.shape == d.feasible.shape, plugin.name
+        assert np.all((raw >= -SCORE_SLACK) & (raw <= MAX_SCORE + SCORE_SLACK)), (plugin.name, raw)
+    weighted = sum(w * d.scores[plugin.name] for plugin, w in FW.scores) / FW.weight_sum
+    assert np.allclose(d.total, weighted)
     for node in d.feasible:
         gpus = FW.choose_gpus(snap, p, int(node))
         assert len(gpus) == want and len(set(gpus)) == want
         assert all(snap.gpu_milli_free[node, g] == 1000 for g in gpus)
+
+
+# ------------------------------------------------------------------------- bad scores
+class Scripted(ScorePlugin):
+    """A score plugin that answers a fixed score per node name (a stand-in for a buggy plugin)."""
+
+    name = "scripted"
+
+    def __init__(self, by_node: Mapping[str, float], name: str = "scripted") -> None:
+        super().__init__(PluginArgs(), SchedulerConfig())
+        self.by_node = dict(by_node)
+        self.name = name  # type: ignore[misc]  # per instance, so two can run side by side
+
+    def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        return np.array([self.by_node[cycle.snapshot.names[i]] for i in nodes], dtype=np.float64)
+
+
+def scripted(by_node: Mapping[str, float]) -> tuple[Framework, ClusterSnapshot]:
+    """A framework of that one plugin (no filter) over one plain node per entry, in the entry's order."""
+    plugin = Scripted(by_node)
+    return Framework(SchedulerConfig(), (), [], [(plugin, 1.0)]), ClusterSnapshot([gpu_node(n) for n in by_node])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [float("nan"), float("inf"), float("-inf"), -5.0, 150.0, MAX_SCORE + 100 * SCORE_SLACK, -100 * SCORE_SLACK],
+    ids=["nan", "+inf", "-inf", "negative", "above-100", "just-past-the-slack", "just-below-the-slack"],
+)
+def test_a_bad_score_counts_zero_is_counted_and_logged(bad: float, caplog: pytest.LogCaptureFixture) -> None:
+    # The bad node comes first: were its score kept, NaN and +inf would win argmax, a tie would too.
+    fw, snap = scripted({"bad": bad, "good": 40.0})
+    caplog.set_level(logging.ERROR, logger="scheduler.core.framework")
+
+    d = fw.decide(snap, parse_pod(pod("p", 1)))
+
+    assert d.scores["scripted"].tolist() == [0.0, 40.0]
+    assert d.total.tolist() == [0.0, 40.0]
+    assert snap.names[d.best()] == "good"  # type: ignore[index]
+    assert fw.bad_scores == {"scripted": 1}
+    (record,) = caplog.records
+    assert record.levelname == "ERROR"
+    assert "scripted" in record.getMessage() and "default/p" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [(MAX_SCORE + 1e-10, MAX_SCORE), (MAX_SCORE + SCORE_SLACK / 2, MAX_SCORE), (-SCORE_SLACK / 2, 0.0)],
+    ids=["100.0000000001", "half-the-slack-above", "half-the-slack-below"],
+)
+def test_rounding_within_the_slack_is_clipped_silently(
+    value: float, kept: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    fw, snap = scripted({"rounded": value, "good": 40.0})
+    caplog.set_level(logging.DEBUG, logger="scheduler.core.framework")
+
+    d = fw.decide(snap, parse_pod(pod("p", 1)))
+
+    assert d.scores["scripted"].tolist() == [kept, 40.0]
+    assert fw.bad_scores == {} and caplog.records == []
+
+
+def test_every_kind_of_bad_score_at_once_and_only_from_the_plugin_that_gave_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scores = {"nan": float("nan"), "inf": float("inf"), "neg": -5.0, "big": 150.0, "slack": 100.0000000001,
+              "good": 90.0}  # fmt: skip
+    buggy = Scripted(scores, name="buggy")
+    sane = Scripted(dict.fromkeys(scores, 50.0), name="sane")
+    fw = Framework(SchedulerConfig(), (), [], [(buggy, 3.0), (sane, 1.0)])
+    snap = ClusterSnapshot([gpu_node(n) for n in scores])
+    caplog.set_level(logging.ERROR, logger="scheduler.core.framework")
+
+    d = fw.decide(snap, parse_pod(pod("p", 1)))
+
+    assert d.scores["buggy"].tolist() == [0.0, 0.0, 0.0, 0.0, 100.0, 90.0]
+    assert d.scores["sane"].tolist() == [50.0] * 6  # the other plugin's scores still count for those nodes
+    assert np.allclose(d.total, [12.5, 12.5, 12.5, 12.5, 87.5, 80.0])
+    assert snap.names[d.best()] == "slack"  # type: ignore[index]
+    assert fw.bad_scores == {"buggy": 4}
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert "buggy" in caplog.records[0].getMessage() and "sane" not in caplog.records[0].getMessage()
+    # Counted per node and per decision: the metric keeps going up while the plugin misbehaves.
+    fw.decide(snap, parse_pod(pod("q", 1)))
+    assert fw.bad_scores == {"buggy": 8}
