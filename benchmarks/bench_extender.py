@@ -84,8 +84,14 @@ def bench_decisions(sizes: list[int], repeat: int) -> list[dict[str, Any]]:
     out = []
     for n in sizes:
         service, names = cluster(n)
-        pod = pod_object({"name": "bench", "gpus": 4, "image": "ghcr.io/acme/llm:1",
-                          "annotations": {"gpusched.io/gpu-memory": "40Gi"}})  # fmt: skip
+        pod = pod_object(
+            {
+                "name": "bench",
+                "gpus": 4,
+                "image": "ghcr.io/acme/llm:1",
+                "annotations": {"gpusched.io/gpu-memory": "40Gi"},
+            }
+        )
         args = wire.ExtenderArgs(pod=pod, node_names=names)
 
         def decide(service: ExtenderService = service, args: wire.ExtenderArgs = args) -> None:
@@ -108,8 +114,17 @@ def bench_decisions(sizes: list[int], repeat: int) -> list[dict[str, Any]]:
 def bench_relist(pods: int) -> dict[str, Any]:
     from kubernetes import client
 
-    items = [pod_object({"name": f"p-{i}", "gpus": i % 3, "node": f"n-{i % 500}",
-                         "annotations": {"gpusched.io/model": "org/m@main"}}) for i in range(pods)]  # fmt: skip
+    items = [
+        pod_object(
+            {
+                "name": f"p-{i}",
+                "gpus": i % 3,
+                "node": f"n-{i % 500}",
+                "annotations": {"gpusched.io/model": "org/m@main"},
+            }
+        )
+        for i in range(pods)
+    ]
     body = orjson.dumps({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items})
     api = client.ApiClient()
 

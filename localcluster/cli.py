@@ -28,10 +28,18 @@ from localcluster.process import tail, terminate_group
 STATE_FILE = "state.json"
 # Paths a previous run left in the workdir; anything else there is not ours and is kept.
 _OWN_ENTRIES = (
-    "etcd-data", "pki", "kube-scheduler-certs", "tokens.csv", "admin.kubeconfig",
-    "kube-scheduler.kubeconfig", "kube-scheduler.yaml", "etcd.log", "kube-apiserver.log",
-    "kube-scheduler.log", STATE_FILE,
-)  # fmt: skip
+    "etcd-data",
+    "pki",
+    "kube-scheduler-certs",
+    "tokens.csv",
+    "admin.kubeconfig",
+    "kube-scheduler.kubeconfig",
+    "kube-scheduler.yaml",
+    "etcd.log",
+    "kube-apiserver.log",
+    "kube-scheduler.log",
+    STATE_FILE,
+)
 
 
 def default_workdir() -> Path:

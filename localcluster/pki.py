@@ -77,12 +77,23 @@ def generate(directory: Path) -> Pki:
     )
     _ec_key(pki.ca_key)
     _openssl(
-        "req", "-x509", "-new", "-key", pki.ca_key.name, "-out", pki.ca_cert.name, "-days", _DAYS,
-        "-subj", "/CN=gpusched-localcluster-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        pki.ca_key.name,
+        "-out",
+        pki.ca_cert.name,
+        "-days",
+        _DAYS,
+        "-subj",
+        "/CN=gpusched-localcluster-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
         cwd=directory,
-    )  # fmt: skip
+    )
     _ec_key(pki.serving_key)
     extensions = directory / "apiserver.ext"
     extensions.write_text(
@@ -92,14 +103,34 @@ def generate(directory: Path) -> Pki:
         f"subjectAltName={','.join(_SERVER_NAMES)}\n"
     )
     _openssl(
-        "req", "-new", "-key", pki.serving_key.name, "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver",
+        "req",
+        "-new",
+        "-key",
+        pki.serving_key.name,
+        "-out",
+        "apiserver.csr",
+        "-subj",
+        "/CN=kube-apiserver",
         cwd=directory,
-    )  # fmt: skip
+    )
     _openssl(
-        "x509", "-req", "-in", "apiserver.csr", "-CA", pki.ca_cert.name, "-CAkey", pki.ca_key.name,
-        "-CAcreateserial", "-out", pki.serving_cert.name, "-days", _DAYS, "-extfile", extensions.name,
+        "x509",
+        "-req",
+        "-in",
+        "apiserver.csr",
+        "-CA",
+        pki.ca_cert.name,
+        "-CAkey",
+        pki.ca_key.name,
+        "-CAcreateserial",
+        "-out",
+        pki.serving_cert.name,
+        "-days",
+        _DAYS,
+        "-extfile",
+        extensions.name,
         cwd=directory,
-    )  # fmt: skip
+    )
     _ec_key(pki.sa_key)
     _openssl("pkey", "-in", pki.sa_key.name, "-pubout", "-out", pki.sa_pub.name, cwd=directory)
     return pki

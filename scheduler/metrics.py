@@ -73,9 +73,10 @@ class GangCollector(Collector):
             "gpusched_gangs_placed", "Gangs whose members were all bound", value=self.gangs.placed_total
         )
         yield CounterMetricFamily(
-            "gpusched_gang_reservations_expired", "Gang plans released because members did not arrive in time",
+            "gpusched_gang_reservations_expired",
+            "Gang plans released because members did not arrive in time",
             value=self.gangs.expired_total,
-        )  # fmt: skip
+        )
 
 
 class FrameworkCollector(Collector):

@@ -47,8 +47,13 @@ def add_whatif(sub: Any) -> None:
         "--policy", action="append", help=f"policy to compare (repeatable; default: {', '.join(DEFAULT_POLICIES)})"
     )
     p.add_argument("--weights", default="", help="gpusched score weights to change, e.g. nvlink=5,cold-start=1")
-    p.add_argument("--add-nodes", action="append", default=[], metavar="TYPE=N",
-                   help="add N nodes of a scenario node type (live: N nodes like an existing node)")  # fmt: skip
+    p.add_argument(
+        "--add-nodes",
+        action="append",
+        default=[],
+        metavar="TYPE=N",
+        help="add N nodes of a scenario node type (live: N nodes like an existing node)",
+    )
     p.add_argument("--drain", action="append", default=[], metavar="NODE", help="drain a node first (repeatable)")
     p.add_argument("--kubeconfig", help="snapshot this live cluster instead of reading a scenario")
     p.add_argument("--manifest", help="live mode: the pods (or workloads) to place")
@@ -192,8 +197,15 @@ def run_fgd_table(args: argparse.Namespace, console: Console) -> int:
         cells.setdefault((r.trace, r.policy), []).append(r)
     rows = {key: fgd.summarize(v) for key, v in cells.items()}
     if args.json:
-        body = [{"trace": t, "policy": p, "published": traces.PUBLISHED.get(t, {}).get(p),
-                 **{k: v for k, v in s.items() if k != "per_seed"}} for (t, p), s in rows.items()]  # fmt: skip
+        body = [
+            {
+                "trace": t,
+                "policy": p,
+                "published": traces.PUBLISHED.get(t, {}).get(p),
+                **{k: v for k, v in s.items() if k != "per_seed"},
+            }
+            for (t, p), s in rows.items()
+        ]
         print(json.dumps({"wall_seconds": round(wall, 1), "cells": body}, indent=2))
         return 0
     table = Table(title=f"Unallocated GPU % at arrived = 100 % (mean ± std over seeds {args.seeds}; published)")

@@ -60,8 +60,16 @@ def inflate(
         if total + pick.gpu_milli > limit:
             return out
         copies += 1
-        out.append(TracePod(f"{pick.name}-copy-{copies:05d}", pick.cpu_milli, pick.memory_mib, pick.num_gpu,
-                            pick.gpu_milli, pick.gpu_spec))
+        out.append(
+            TracePod(
+                f"{pick.name}-copy-{copies:05d}",
+                pick.cpu_milli,
+                pick.memory_mib,
+                pick.num_gpu,
+                pick.gpu_milli,
+                pick.gpu_spec,
+            )
+        )
         total += pick.gpu_total
         if pick.gpu_total == 0 and copies > 100 * len(pods):
             return out  # a trace without GPU requests never reaches the limit
@@ -181,7 +189,7 @@ def replay(
 
 
 def parse_seeds(text: str) -> list[int]:
-    """"42-51" -> 42..51; "42,45,50" -> those; "7" -> [7]."""
+    """ "42-51" -> 42..51; "42,45,50" -> those; "7" -> [7]."""
     seeds: list[int] = []
     for part in text.split(","):
         part = part.strip()

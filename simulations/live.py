@@ -66,8 +66,12 @@ def manifest_pods(docs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             count = int((doc.get("spec") or {}).get(TEMPLATE_KINDS.get(str(kind), "replicas"), 1) or 1)
             for i in range(count):
                 metadata: dict[str, Any] = copy.deepcopy(dict(template.get("metadata") or {}))
-                pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
-                       "spec": copy.deepcopy(template.get("spec") or {})}  # fmt: skip
+                pod = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": metadata,
+                    "spec": copy.deepcopy(template.get("spec") or {}),
+                }
                 metadata["name"] = f"{meta.get('name', kind.lower())}-{i}"
                 metadata.setdefault("namespace", meta.get("namespace", "default"))
                 if kind == "Job":
@@ -104,9 +108,9 @@ def jobs_from_manifest(path: Path, gpu_resource: str = "nvidia.com/gpu") -> list
     return jobs
 
 
-def drain(nodes: Sequence[NodeState], running: Sequence[PodRequest], names: Sequence[str]) -> tuple[
-    list[NodeState], list[PodRequest], list[Job]
-]:  # fmt: skip
+def drain(
+    nodes: Sequence[NodeState], running: Sequence[PodRequest], names: Sequence[str]
+) -> tuple[list[NodeState], list[PodRequest], list[Job]]:
     """Cordon the named nodes; their GPU pods become jobs that must find room elsewhere."""
     wanted = set(names)
     unknown = wanted - {n.name for n in nodes}

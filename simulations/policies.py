@@ -46,9 +46,15 @@ DISPLAY = {
 }
 POLICIES = tuple(DISPLAY)
 TRACE_POLICIES = ("random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd", "gpusched")
-_ALIASES = {"kube": "kube-default", "default": "kube-default", "kubedefault": "kube-default",
-            "dot-product": "dotprod", "gpu-clustering": "gpuclustering", "gpu-packing": "gpupacking",
-            "best-fit": "bestfit"}
+_ALIASES = {
+    "kube": "kube-default",
+    "default": "kube-default",
+    "kubedefault": "kube-default",
+    "dot-product": "dotprod",
+    "gpu-clustering": "gpuclustering",
+    "gpu-packing": "gpupacking",
+    "best-fit": "bestfit",
+}
 
 
 def canonical(name: str) -> str:

@@ -141,19 +141,38 @@ def write_report(results: Sequence[PolicyResult], folder: Path, scenario_name: s
         for r in results:
             for pod in r.pods:
                 why = "; ".join(f"{k} {v:g}" for k, v in pod.scores.items()) if pod.node else pod.reason
-                out.writerow([r.policy, pod.name, pod.job, pod.kind, pod.node or "", pod.gpus,
-                              pod.placed_at, pod.cold_start_s, why])  # fmt: skip
+                out.writerow(
+                    [
+                        r.policy,
+                        pod.name,
+                        pod.job,
+                        pod.kind,
+                        pod.node or "",
+                        pod.gpus,
+                        pod.placed_at,
+                        pod.cold_start_s,
+                        why,
+                    ]
+                )
     written.append(path)
 
     summaries = summarize(results)
-    lines = [f"# What-if: {scenario_name}", "", "| measure | " + " | ".join(s["policy"] for s in summaries) + " |",
-             "| --- |" + " --- |" * len(summaries)]  # fmt: skip
+    lines = [
+        f"# What-if: {scenario_name}",
+        "",
+        "| measure | " + " | ".join(s["policy"] for s in summaries) + " |",
+        "| --- |" + " --- |" * len(summaries),
+    ]
     for key, label in ROWS:
         lines.append(f"| {label} | " + " | ".join(_show(s[key]) for s in summaries) + " |")
     lines += ["", "Plots: allocation.png, fragmentation.png, cold-start-cdf.png; every pod: placements.csv.", ""]
     if any(r.gangs for r in results):
-        lines += ["## Training gangs", "", "| gang | " + " | ".join(r.policy for r in results) + " |",
-                  "| --- |" + " --- |" * len(results)]  # fmt: skip
+        lines += [
+            "## Training gangs",
+            "",
+            "| gang | " + " | ".join(r.policy for r in results) + " |",
+            "| --- |" + " --- |" * len(results),
+        ]
         for name in dict.fromkeys(g.name for r in results for g in r.gangs):
             cells = []
             for r in results:

@@ -145,15 +145,24 @@ def load_jobs(scenario: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu")
         if kind not in ("inference", "training"):
             raise ScenarioError(f"{where}: kind must be inference or training, not {kind!r}")
         annotations: dict[str, str] = {"gpusched.io/workload": kind}
-        for key, ann in (("gpuMemory", "gpu-memory"), ("model", "model"), ("modelBytes", "model-bytes"),
-                         ("cuda", "cuda"), ("gpuModels", "gpu-models")):  # fmt: skip
+        for key, ann in (
+            ("gpuMemory", "gpu-memory"),
+            ("model", "model"),
+            ("modelBytes", "model-bytes"),
+            ("cuda", "cuda"),
+            ("gpuModels", "gpu-models"),
+        ):
             if entry.get(key) is not None:
                 value = entry[key]
                 annotations[f"gpusched.io/{ann}"] = ",".join(value) if isinstance(value, list) else str(value)
         if entry.get("loraAdapters"):
             annotations["gpusched.io/lora-adapters"] = ",".join(entry["loraAdapters"])
-        base = {"gpus": entry.get("gpus", 1), "image": entry.get("image", "registry.k8s.io/pause:3.10"),
-                "cpu": entry.get("cpu", "8"), "memory": entry.get("memory", "64Gi")}  # fmt: skip
+        base = {
+            "gpus": entry.get("gpus", 1),
+            "image": entry.get("image", "registry.k8s.io/pause:3.10"),
+            "cpu": entry.get("cpu", "8"),
+            "memory": entry.get("memory", "64Gi"),
+        }
         arrive = float(entry.get("arrive", 0))
         duration = float(entry["duration"]) if entry.get("duration") is not None else None
         name = str(entry["name"])
@@ -208,8 +217,9 @@ def apply_changes(
     for kind, count in (add_nodes or {}).items():
         if kind not in types:
             raise ScenarioError(f"--add-nodes: unknown node type {kind!r} (known: {', '.join(types)})")
-        nodes.append({"name": f"added-{kind}-{{i}}", "type": kind, "count": int(count),
-                      "labels": {RACK_LABEL: f"added-{kind}"}})  # fmt: skip
+        nodes.append(
+            {"name": f"added-{kind}-{{i}}", "type": kind, "count": int(count), "labels": {RACK_LABEL: f"added-{kind}"}}
+        )
     out["nodes"] = nodes
     drained = set(drain)
     if drained:
@@ -342,8 +352,11 @@ class Replay:
                 placed = [o for o in outcomes[i] if o.node is not None]
                 gang.placed = len(placed)
                 gang.whole = gang.placed == gang.members
-                racks = {self.snapshot.nodes[self.snapshot.index[o.node]].labels.get(RACK_LABEL, o.node)
-                         for o in placed if o.node}  # fmt: skip
+                racks = {
+                    self.snapshot.nodes[self.snapshot.index[o.node]].labels.get(RACK_LABEL, o.node)
+                    for o in placed
+                    if o.node
+                }
                 gang.racks = len(racks)
                 if placed and not gang.span:
                     gang.span = tier_span(self.snapshot, [self.snapshot.index[o.node] for o in placed if o.node])
@@ -352,8 +365,14 @@ class Replay:
                 self.result.gangs.append(gang)
         return self.result
 
-    def _attempt(self, i: int, outcomes: list[PodOutcome], gang: GangOutcome | None, t: float,
-                 events: list[tuple[float, int, int, str]]) -> bool:  # fmt: skip
+    def _attempt(
+        self,
+        i: int,
+        outcomes: list[PodOutcome],
+        gang: GangOutcome | None,
+        t: float,
+        events: list[tuple[float, int, int, str]],
+    ) -> bool:
         """Place what is still unplaced of job i; True once all of it is placed."""
         job = self.jobs[i]
         if job.kind == "training" and self.gang_aware:

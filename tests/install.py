@@ -32,19 +32,47 @@ GENERATOR_KEYS = {"name", "namespace", "files", "literals", "options", "behavior
 
 # kustomize's legacy resource order (api/resource/resource.go, "legacy" sort).
 ORDER_FIRST = (
-    "Namespace", "ResourceQuota", "StorageClass", "CustomResourceDefinition", "ServiceAccount",
-    "PodSecurityPolicy", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap", "Secret",
-    "Endpoints", "Service", "LimitRange", "PriorityClass", "PersistentVolume", "PersistentVolumeClaim",
-    "Deployment", "StatefulSet", "CronJob", "PodDisruptionBudget",
-)  # fmt: skip
+    "Namespace",
+    "ResourceQuota",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "ServiceAccount",
+    "PodSecurityPolicy",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
+    "ConfigMap",
+    "Secret",
+    "Endpoints",
+    "Service",
+    "LimitRange",
+    "PriorityClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "StatefulSet",
+    "CronJob",
+    "PodDisruptionBudget",
+)
 ORDER_LAST = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 
 # Kinds without a namespace that gpusched's manifests use (kustomize knows these from its schema).
 CLUSTER_SCOPED = {
-    "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "PriorityClass",
-    "StorageClass", "PersistentVolume", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
-    "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "RuntimeClass", "Node",
-}  # fmt: skip
+    "Namespace",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PriorityClass",
+    "StorageClass",
+    "PersistentVolume",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "RuntimeClass",
+    "Node",
+}
 
 Obj = dict[str, Any]
 
@@ -237,14 +265,22 @@ class Applier:
         self.discovery = k8s.Discovery(api, get=lambda path: self.request("GET", path))
 
     def request(
-        self, method: str, path: str, body: Any = None, *, query: Mapping[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
-    ) -> Any:  # fmt: skip
+    ) -> Any:
         serialized = self.api.param_serialize(
-            method, path, query_params=list((query or {}).items()),
+            method,
+            path,
+            query_params=list((query or {}).items()),
             header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body, auth_settings=["BearerToken"],
-        )  # fmt: skip
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         response = self.api.call_api(*serialized, _request_timeout=30)
         data = response.read()
         headers = response.getheaders()

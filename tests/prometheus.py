@@ -180,10 +180,17 @@ class Prometheus:
     def start(self, timeout: float = 60.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [binary("prometheus"), f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address={self.host}:{self.port}", "--log.level=info"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                binary("prometheus"),
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address={self.host}:{self.port}",
+                "--log.level=info",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.wait(lambda: self._ready(), timeout, "Prometheus ready")
 
     def _ready(self) -> bool:

@@ -154,8 +154,13 @@ class Decision:
             }
         for node, reason in self.reasons.items():
             nodes[names[node]] = {"feasible": False, "reason": reason}
-        return {"pod": self.pod.key, "error": self.error, "best": _name(names, self.best()), "nodes": nodes,
-                "notes": self.notes}
+        return {
+            "pod": self.pod.key,
+            "error": self.error,
+            "best": _name(names, self.best()),
+            "nodes": nodes,
+            "notes": self.notes,
+        }
 
 
 def _name(names: Sequence[str], index: int | None) -> str | None:
@@ -270,8 +275,9 @@ class Framework:
             count = int(bad.sum())
             self.bad_scores[scorer.name] += count
             example = float(raw[bad][0])
-            log.error("score plugin %s gave %d invalid score(s) for %s (e.g. %r)", scorer.name, count, cycle.pod.key,
-                      example)
+            log.error(
+                "score plugin %s gave %d invalid score(s) for %s (e.g. %r)", scorer.name, count, cycle.pod.key, example
+            )
             raw = np.where(bad, 0.0, raw)
         return np.minimum(np.maximum(raw, 0.0), MAX_SCORE)  # within the slack: clip the rounding
 

@@ -215,9 +215,8 @@ class ExtenderService:
                 if admission.slot is None or admission.slot.node != args.node:
                     self.metrics.binds.labels("not_planned").inc()
                     # The manager's errors name the gang already.
-                    why = admission.error or (
-                        f"gang {pod.pod_group}: rank {admission.slot.rank if admission.slot else '?'} is planned elsewhere"
-                    )
+                    which = admission.slot.rank if admission.slot else "?"
+                    why = admission.error or f"gang {pod.pod_group}: rank {which} is planned elsewhere"
                     return wire.ExtenderBindingResult(error=f"gpusched: {why}")
                 release, planned, rank = [admission.reservation_key], admission.slot.gpus, admission.slot.rank
                 annotations = {

@@ -186,7 +186,9 @@ class ClusterState:
                 self._snapshot = self._build(now)
             snap = self._snapshot
             # A report stamped ahead of this clock (node clock skew) is as new as can be: age 0.
-            snap.report_age[:] = np.where(np.isfinite(self._report_times), np.maximum(now - self._report_times, 0.0), np.inf)
+            snap.report_age[:] = np.where(
+                np.isfinite(self._report_times), np.maximum(now - self._report_times, 0.0), np.inf
+            )
             return snap
 
     def _build(self, now: float) -> ClusterSnapshot:

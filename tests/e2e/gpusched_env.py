@@ -47,10 +47,24 @@ class Extender:
     def start(self, timeout: float = 60.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler.extender.cli", "--kubeconfig", str(self.cluster.kubeconfig_path),
-             "--config", str(self.config_path), "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "scheduler.extender.cli",
+                "--kubeconfig",
+                str(self.cluster.kubeconfig_path),
+                "--config",
+                str(self.config_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -88,8 +102,14 @@ class Env:
         self.extender = extender
         self.api = cluster.api_client()
 
-    def node(self, name: str, gpus: int, labels: Mapping[str, str] | None = None,
-             images: list[dict[str, Any]] | None = None, **report: Any) -> None:  # fmt: skip
+    def node(
+        self,
+        name: str,
+        gpus: int,
+        labels: Mapping[str, str] | None = None,
+        images: list[dict[str, Any]] | None = None,
+        **report: Any,
+    ) -> None:
         """A Ready GPU node and, unless report=None, its GPUNodeReport."""
         self.cluster.create_gpu_node(name, gpus, labels, images=images)
         if report.get("report", True) is not None:
@@ -98,8 +118,14 @@ class Env:
 
     def report(self, name: str, gpus: int, **kwargs: Any) -> None:
         body = report_object(name, gpus=gpus, **kwargs)
-        k8s.request(self.api, "PATCH", f"{REPORTS}/{name}", body, content_type="application/apply-patch+yaml",
-                    query={"fieldManager": "e2e", "force": "true"})  # fmt: skip
+        k8s.request(
+            self.api,
+            "PATCH",
+            f"{REPORTS}/{name}",
+            body,
+            content_type="application/apply-patch+yaml",
+            query={"fieldManager": "e2e", "force": "true"},
+        )
 
     def pod(self, name: str, gpus: int = 1, **entry: Any) -> dict[str, Any]:
         obj = pod_object({"name": name, "gpus": gpus, **entry})

@@ -123,26 +123,38 @@ def service_account_token(api: ApiClient, account: str, node: Mapping[str, Any] 
     spec: dict[str, Any] = {"expirationSeconds": 3600}
     if node is not None:
         spec["boundObjectRef"] = {
-            "apiVersion": "v1", "kind": "Node", "name": node["metadata"]["name"], "uid": node["metadata"]["uid"],
-        }  # fmt: skip
+            "apiVersion": "v1",
+            "kind": "Node",
+            "name": node["metadata"]["name"],
+            "uid": node["metadata"]["uid"],
+        }
     answer = k8s.request(
-        api, "POST", f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{account}/token",
+        api,
+        "POST",
+        f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{account}/token",
         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
-    )  # fmt: skip
+    )
     return str(answer["status"]["token"])
 
 
 def kubeconfig(path: Path, cluster: LocalCluster, user: str, token: str) -> Path:
     path.write_text(
-        yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "local", "cluster": {"server": cluster.api_url,
-                                                       "certificate-authority": str(cluster.ca_path)}}],
-            "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
-            "current-context": "local",
-        })
-    )  # fmt: skip
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "local",
+                        "cluster": {"server": cluster.api_url, "certificate-authority": str(cluster.ca_path)},
+                    }
+                ],
+                "users": [{"name": user, "user": {"token": token}}],
+                "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+                "current-context": "local",
+            }
+        )
+    )
     path.chmod(0o600)
     return path
 
@@ -165,9 +177,13 @@ def hf_cache(root: Path, repo_id: str, size: int = 2 << 20) -> None:
 def spawn(env: Installed, name: str, cmd: install.LocalCommand) -> Process:
     log = env.workdir / f"{name}.log"
     proc = subprocess.Popen(
-        cmd.argv, env={**os.environ, **cmd.env}, cwd=cmd.cwd, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        cmd.argv,
+        env={**os.environ, **cmd.env},
+        cwd=cmd.cwd,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
     env.processes[name] = Process(name, proc, log)
     env.commands[name] = cmd
     return env.processes[name]
@@ -233,9 +249,13 @@ def start(env: Installed) -> None:
         token = service_account_token(api, "gpusched-agent", nodes[name])
         config = kubeconfig(workdir / f"agent-{name}.kubeconfig", cluster, "gpusched-agent", token)
         cmd = install.local_command(
-            objects, daemonset, workdir / f"agent-{name}", field_refs={"spec.nodeName": name},
-            flags={"--metrics-address": ip}, extra=[f"--kubeconfig={config}", f"--fake-nvml={machine}"],
-        )  # fmt: skip
+            objects,
+            daemonset,
+            workdir / f"agent-{name}",
+            field_refs={"spec.nodeName": name},
+            flags={"--metrics-address": ip},
+            extra=[f"--kubeconfig={config}", f"--fake-nvml={machine}"],
+        )
         if name == "gpu-a":
             hf_cache(cmd.mounts["/cache/huggingface/hub"], MODEL_REPO)
         port = next(a.split("=")[1] for a in cmd.argv if a.startswith("--metrics-port="))

@@ -27,11 +27,26 @@ class Agents:
     def start(self, node: str, machine: str) -> None:
         log = (self.workdir / f"agent-{node}.log").open("ab")
         self.procs[node] = subprocess.Popen(
-            [sys.executable, "-m", "gpu_agent.cli", "--fake-nvml", machine, "--node-name", node,
-             "--kubeconfig", str(self.env.cluster.kubeconfig_path), "--heartbeat", "1", "--interval", "0.5",
-             "--min-write-interval", "0.5"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "gpu_agent.cli",
+                "--fake-nvml",
+                machine,
+                "--node-name",
+                node,
+                "--kubeconfig",
+                str(self.env.cluster.kubeconfig_path),
+                "--heartbeat",
+                "1",
+                "--interval",
+                "0.5",
+                "--min-write-interval",
+                "0.5",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def stop(self, node: str) -> None:
         proc = self.procs.pop(node)

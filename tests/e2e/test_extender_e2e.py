@@ -42,8 +42,12 @@ def test_four_gpus_go_where_they_are_nvlinked(gpusched: Env) -> None:
 def test_inference_pod_goes_where_image_and_weights_are_cached(gpusched: Env) -> None:
     image = "ghcr.io/acme/llm-server:1.4"
     gpusched.node("cold-0", 8)
-    gpusched.node("warm-0", 8, images=[{"names": [image], "sizeBytes": 15 * GiB}],
-                  models={"meta-llama/Llama-3.1-8B@main": 16 * GiB})  # fmt: skip
+    gpusched.node(
+        "warm-0",
+        8,
+        images=[{"names": [image], "sizeBytes": 15 * GiB}],
+        models={"meta-llama/Llama-3.1-8B@main": 16 * GiB},
+    )
     gpusched.node("cold-1", 8)
     gpusched.pod("infer", 1, image=image, annotations={"gpusched.io/model": "meta-llama/Llama-3.1-8B@main"})
     assert gpusched.wait_bound("infer") == "warm-0"

@@ -115,8 +115,9 @@ def test_while_the_extender_restarts_gpu_pods_wait_and_nothing_is_misplaced(inst
     pin(installed, "during-restart", "gpu-b", 8 - len(held_before))  # exactly the GPUs gpu-b has left
     failed = k8s.wait_until(
         lambda: [e for e in installed.events_for("during-restart") if e.get("reason") == "FailedScheduling"] or None,
-        timeout=60, what="FailedScheduling while the extender is away",
-    )  # fmt: skip
+        timeout=60,
+        what="FailedScheduling while the extender is away",
+    )
     assert not installed.get_pod("during-restart")["spec"].get("nodeName")
     messages = [str(e.get("message")) for e in failed]
     assert any("connect" in m or "extender" in m for m in messages), messages

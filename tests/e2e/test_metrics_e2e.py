@@ -23,12 +23,15 @@ def traffic(env: Installed, n: int) -> list[str]:
     """One round: a plain pod, an inference pod whose weights one node caches, a gang of two, a pod no
     node can take (CUDA), and a malformed request. Returns the pods that must be bound."""
     env.pod(f"plain-{n}", 1)
-    env.pod(f"infer-{n}", 1, image=IMAGE,
-            annotations={"gpusched.io/model": MODEL, "gpusched.io/workload": "inference"})  # fmt: skip
+    env.pod(f"infer-{n}", 1, image=IMAGE, annotations={"gpusched.io/model": MODEL, "gpusched.io/workload": "inference"})
     for rank in range(2):
         labels = {"scheduling.x-k8s.io/pod-group": f"gang-{n}", "batch.kubernetes.io/job-completion-index": str(rank)}
-        env.pod(f"gang-{n}-{rank}", 1, labels=labels,
-                annotations={"gpusched.io/min-member": "2", "gpusched.io/workload": "training"})  # fmt: skip
+        env.pod(
+            f"gang-{n}-{rank}",
+            1,
+            labels=labels,
+            annotations={"gpusched.io/min-member": "2", "gpusched.io/workload": "training"},
+        )
     env.pod(f"too-new-cuda-{n}", 1, annotations={"gpusched.io/cuda": "99.0"})
     answer = httpx.post(f"{env.extender_url}/filter", content=b"{not json", timeout=5).json()
     assert answer["Error"]
@@ -57,8 +60,11 @@ def prometheus(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -
 
 def test_prometheus_finds_the_pods_by_their_annotations(prometheus: Prometheus) -> None:
     jobs = sorted((t["labels"]["job"], t["labels"]["pod"]) for t in prometheus.targets())
-    assert jobs == [("gpusched-agent", "gpusched-agent-gpu-a"), ("gpusched-agent", "gpusched-agent-gpu-b"),
-                    ("gpusched-extender", "gpusched-extender-0")]  # fmt: skip
+    assert jobs == [
+        ("gpusched-agent", "gpusched-agent-gpu-a"),
+        ("gpusched-agent", "gpusched-agent-gpu-b"),
+        ("gpusched-extender", "gpusched-extender-0"),
+    ]
 
 
 def test_what_was_placed_shows_in_the_metrics(prometheus: Prometheus) -> None:
@@ -67,7 +73,7 @@ def test_what_was_placed_shows_in_the_metrics(prometheus: Prometheus) -> None:
     assert prometheus.finite('sum(gpusched_filter_rejections_total{plugin="cuda"})')[0] >= 4
     assert prometheus.finite('sum(gpusched_extender_requests_total{outcome="bad_request"})') == [2.0]
     assert prometheus.finite("min(gpusched_informer_synced)") == [1.0]
-    assert sorted(prometheus.finite('count by (node) (gpusched_agent_gpu_healthy == 1)')) == [8.0, 8.0]
+    assert sorted(prometheus.finite("count by (node) (gpusched_agent_gpu_healthy == 1)")) == [8.0, 8.0]
 
 
 def test_every_dashboard_panel_returns_data(prometheus: Prometheus) -> None:

@@ -54,8 +54,9 @@ def test_where_a_manifest_would_land_and_what_a_drain_does(
     manifest.write_text(yaml.safe_dump(DEPLOYMENT))
     kubeconfig = str(gpusched.cluster.kubeconfig_path)
 
-    body = run(["whatif", "--kubeconfig", kubeconfig, "--manifest", str(manifest), "--policy", "gpusched",
-                "--json"], capsys)  # fmt: skip
+    body = run(
+        ["whatif", "--kubeconfig", kubeconfig, "--manifest", str(manifest), "--policy", "gpusched", "--json"], capsys
+    )
     placed = {p["name"]: p["node"] for p in body["policies"][0]["pods"]}
     assert set(placed) == {"big-model-0", "big-model-1"}
     assert set(placed.values()) <= {"h100-0", "h100-1"}
@@ -67,8 +68,23 @@ def test_where_a_manifest_would_land_and_what_a_drain_does(
     assert gpusched.get_pod("running")["spec"]["nodeName"] == first
 
     # Adding nodes like l4-0 gives more L4s but still no home for a 60Gi pod if the H100s are drained.
-    body = run(["whatif", "--kubeconfig", kubeconfig, "--drain", "h100-0", "--drain", "h100-1",
-                "--add-nodes", "l4-0=2", "--policy", "gpusched", "--json"], capsys)  # fmt: skip
+    body = run(
+        [
+            "whatif",
+            "--kubeconfig",
+            kubeconfig,
+            "--drain",
+            "h100-0",
+            "--drain",
+            "h100-1",
+            "--add-nodes",
+            "l4-0=2",
+            "--policy",
+            "gpusched",
+            "--json",
+        ],
+        capsys,
+    )
     pods = body["policies"][0]["pods"]
     assert pods[0]["node"] is None and "60.0GiB" in pods[0]["reason"]
     assert body["policies"][0]["gpus"] == 8 + 8 + 4 * 3

@@ -176,9 +176,15 @@ def test_explain_shows_per_plugin_scores_and_reasons(client: httpx.Client) -> No
     body = client.get("/explain/default/pending-big").json()
     assert body["best"] == "h100-0"
     assert set(body["nodes"]["h100-0"]["scores"]) == {
-        "gpu-memory-packing", "nvlink", "locality", "cold-start", "lora", "inference-fit", "freshness",
+        "gpu-memory-packing",
+        "nvlink",
+        "locality",
+        "cold-start",
+        "lora",
+        "inference-fit",
+        "freshness",
         "fragmentation",
-    }  # fmt: skip
+    }
     assert body["nodes"]["l4-0"]["feasible"] is False
     assert client.get("/explain/default/nobody").status_code == 404
 

@@ -34,8 +34,11 @@ def objects() -> list[dict[str, Any]]:
 
 
 def flag(container: dict[str, Any], name: str) -> str:
-    values = [a.split("=", 1)[1] for a in [*container.get("command", []), *container.get("args", [])]
-              if a.startswith(f"{name}=")]  # fmt: skip
+    values = [
+        a.split("=", 1)[1]
+        for a in [*container.get("command", []), *container.get("args", [])]
+        if a.startswith(f"{name}=")
+    ]
     assert len(values) == 1, f"{name} given {len(values)} times"
     return values[0]
 
@@ -99,8 +102,10 @@ def test_extender_deployment_runs_one_replica_hardened(objects: list[dict[str, A
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"] == {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
-    }  # fmt: skip
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     assert pod.get("schedulerName", "default-scheduler") == "default-scheduler"
     annotations = deploy["spec"]["template"]["metadata"]["annotations"]
@@ -116,13 +121,19 @@ def test_extender_deployment_runs_one_replica_hardened(objects: list[dict[str, A
 def test_extender_rbac_is_exactly_what_it_uses(objects: list[dict[str, Any]]) -> None:
     role = install.find(objects, "ClusterRole", "gpusched-extender")
     assert rules(role) == {
-        ("", "nodes", "list", ""), ("", "nodes", "watch", ""),
-        ("", "pods", "get", ""), ("", "pods", "list", ""), ("", "pods", "watch", ""),
+        ("", "nodes", "list", ""),
+        ("", "nodes", "watch", ""),
+        ("", "pods", "get", ""),
+        ("", "pods", "list", ""),
+        ("", "pods", "watch", ""),
         ("", "pods/binding", "create", ""),
-        ("gpusched.io", "gpunodereports", "list", ""), ("gpusched.io", "gpunodereports", "watch", ""),
-        ("", "events", "list", ""), ("", "events", "watch", ""),
-        ("events.k8s.io", "events", "list", ""), ("events.k8s.io", "events", "watch", ""),
-    }  # fmt: skip
+        ("gpusched.io", "gpunodereports", "list", ""),
+        ("gpusched.io", "gpunodereports", "watch", ""),
+        ("", "events", "list", ""),
+        ("", "events", "watch", ""),
+        ("events.k8s.io", "events", "list", ""),
+        ("events.k8s.io", "events", "watch", ""),
+    }
     binding = install.find(objects, "ClusterRoleBinding", "gpusched-extender")
     sa = install.find(objects, "Deployment", "gpusched-extender")["spec"]["template"]["spec"]["serviceAccountName"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
@@ -141,8 +152,11 @@ def test_second_scheduler_profile_calls_the_extender_service(objects: list[dict[
     port = service["spec"]["ports"][0]["port"]
     assert extender["urlPrefix"] == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{port}"
     assert {extender[k] for k in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb")} == {
-        "filter", "prioritize", "bind", "preempt",
-    }  # fmt: skip
+        "filter",
+        "prioritize",
+        "bind",
+        "preempt",
+    }
     assert extender["weight"] == DEFAULT_EXTENDER_WEIGHT == 100
     assert extender["nodeCacheCapable"] is True
     gpu_resource = registry.config_from(
@@ -162,17 +176,21 @@ def test_second_scheduler_profile_calls_the_extender_service(objects: list[dict[
         and {"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE} in o["subjects"]
     }
     assert bound == {
-        "system:kube-scheduler", "system:volume-scheduler", "extension-apiserver-authentication-reader",
+        "system:kube-scheduler",
+        "system:volume-scheduler",
+        "extension-apiserver-authentication-reader",
         "gpusched-scheduler-leader-election",
-    }  # fmt: skip
+    }
 
 
 def test_scrape_config_keeps_the_annotated_pods(objects: list[dict[str, Any]]) -> None:
     config = manifest_config()
     (job,) = config["scrape_configs"]
     assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [NAMESPACE]
-    for kind, name, port_flag in (("Deployment", "gpusched-extender", "--port"),
-                                  ("DaemonSet", "gpusched-agent", "--metrics-port")):  # fmt: skip
+    for kind, name, port_flag in (
+        ("Deployment", "gpusched-extender", "--port"),
+        ("DaemonSet", "gpusched-agent", "--metrics-port"),
+    ):
         workload = install.find(objects, kind, name)
         annotations = workload["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"

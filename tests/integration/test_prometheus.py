@@ -41,8 +41,13 @@ GANG = {"scheduling.x-k8s.io/pod-group": "g"}
 SCENARIO: dict[str, Any] = {
     "nodeTypes": {
         "h100": {"gpus": 8, "gpuModel": "H100-80GB", "gpuMemory": "80Gi", "interconnect": "nvswitch", "cuda": "12.4"},
-        "a100": {"gpus": 8, "gpuModel": "A100-40GB", "gpuMemory": "40Gi", "interconnect": "nvlink-pairs",
-                 "cuda": "12.2"},
+        "a100": {
+            "gpus": 8,
+            "gpuModel": "A100-40GB",
+            "gpuMemory": "40Gi",
+            "interconnect": "nvlink-pairs",
+            "cuda": "12.2",
+        },
         "l4": {"gpus": 4, "gpuModel": "L4", "gpuMemory": "24Gi", "interconnect": "pcie", "cuda": "12.2"},
     },
     "nodes": [
@@ -55,12 +60,26 @@ SCENARIO: dict[str, Any] = {
         {"name": "running-0", "node": "a100-0", "gpus": 3, "gpuIds": [0, 1, 2]},
         *({"name": f"job-{i}", "gpus": 1} for i in range(4)),
         *({"name": f"big-{i}", "gpus": 1, "annotations": {"gpusched.io/gpu-memory": "60Gi"}} for i in range(2)),
-        *({"name": f"infer-{i}", "gpus": 1, "image": IMAGE,
-           "annotations": {"gpusched.io/model": MODEL, "gpusched.io/workload": "inference"}} for i in range(2)),
-        *({"name": f"g-{i}", "gpus": 4, "labels": {**GANG, "batch.kubernetes.io/job-completion-index": str(i)},
-           "annotations": {"gpusched.io/min-member": "2"}} for i in range(2)),
+        *(
+            {
+                "name": f"infer-{i}",
+                "gpus": 1,
+                "image": IMAGE,
+                "annotations": {"gpusched.io/model": MODEL, "gpusched.io/workload": "inference"},
+            }
+            for i in range(2)
+        ),
+        *(
+            {
+                "name": f"g-{i}",
+                "gpus": 4,
+                "labels": {**GANG, "batch.kubernetes.io/job-completion-index": str(i)},
+                "annotations": {"gpusched.io/min-member": "2"},
+            }
+            for i in range(2)
+        ),
     ],
-}  # fmt: skip
+}
 NODES = [n["name"] for n in SCENARIO["nodes"]]
 PODS = {p["name"]: p for p in SCENARIO["pods"]}
 
@@ -108,7 +127,11 @@ def start_extender(workdir: Path, ip: str) -> tuple[subprocess.Popen[bytes], str
     port = next(a.split("=")[1] for a in cmd.argv if a.startswith("--port="))
     log = (workdir / "extender.log").open("ab")
     proc = subprocess.Popen(
-        cmd.argv, env={**os.environ, **cmd.env}, cwd=cmd.cwd, stdout=log, stderr=subprocess.STDOUT,
+        cmd.argv,
+        env={**os.environ, **cmd.env},
+        cwd=cmd.cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://{ip}:{port}"
@@ -177,8 +200,9 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         scheduler.round(0)
         prometheus.wait_scrapes(3)
         scheduler.round(1)
-        prometheus.wait(lambda: prometheus.finite('gpusched_binds_total{result="bound"}') == [10.0], 30,
-                        "the binds to be scraped")  # fmt: skip
+        prometheus.wait(
+            lambda: prometheus.finite('gpusched_binds_total{result="bound"}') == [10.0], 30, "the binds to be scraped"
+        )
         prometheus.wait_scrapes(2)  # a second sample of the series born in round 1
         yield Scraped(url, prometheus)
     finally:
@@ -216,6 +240,10 @@ def test_every_panel_the_extender_feeds_returns_data(scraped: Scraped) -> None:
             empty.append(f"{board}: {title}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
     boards = {board for board, _ in checked}
-    assert boards == {"gpusched-cluster.json", "gpusched-scheduler.json", "gpusched-gangs.json",
-                      "gpusched-cold-starts.json"}  # fmt: skip
+    assert boards == {
+        "gpusched-cluster.json",
+        "gpusched-scheduler.json",
+        "gpusched-gangs.json",
+        "gpusched-cold-starts.json",
+    }
     assert len(checked) >= 25

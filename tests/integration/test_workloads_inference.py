@@ -28,8 +28,14 @@ from workloads.inference.service import InferenceService, ServerSettings
 from workloads.tools.make_model import write_adapter, write_model
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = GPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, max_position_embeddings=32)
+TINY = GPTConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=32,
+)
 REF = ModelRef.parse("acme/tiny-gpt@main")
 PROMPT = [3, 1, 4, 1, 5]
 
@@ -42,8 +48,14 @@ def hub(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def adapter_dir(tmp_path: Path) -> Path:
-    return write_adapter(tmp_path / "adapters" / "support", TINY, targets=("q_proj", "v_proj", "down_proj"),
-                         seed=5, std=0.3, base_model=REF.repo_id)
+    return write_adapter(
+        tmp_path / "adapters" / "support",
+        TINY,
+        targets=("q_proj", "v_proj", "down_proj"),
+        seed=5,
+        std=0.3,
+        base_model=REF.repo_id,
+    )
 
 
 @pytest.fixture
@@ -109,8 +121,10 @@ def test_bad_requests_get_clear_answers(client: TestClient, tmp_path: Path) -> N
         assert response.status_code == code, (body, response.text)
     assert client.post("/adapters", json={"name": "x", "source": str(tmp_path / "none")}).status_code == 400
     assert client.post("/adapters", json={"name": "../x", "source": str(tmp_path)}).status_code == 422
-    assert "no adapter_config.json" in client.post(
-        "/adapters", json={"name": "x", "source": str(tmp_path)}).json()["detail"]
+    assert (
+        "no adapter_config.json"
+        in client.post("/adapters", json={"name": "x", "source": str(tmp_path)}).json()["detail"]
+    )
 
 
 def test_metrics_expose_load_time_and_requests(client: TestClient) -> None:
@@ -118,8 +132,11 @@ def test_metrics_expose_load_time_and_requests(client: TestClient) -> None:
     client.post("/generate", json={"token_ids": []})
     client.get("/no/such/path")
     text = client.get("/metrics").text
-    load_line = next(line for line in text.splitlines()
-                     if line.startswith('gpusched_inference_weights_load_seconds{model="acme/tiny-gpt@main"}'))
+    load_line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith('gpusched_inference_weights_load_seconds{model="acme/tiny-gpt@main"}')
+    )
     assert float(load_line.split()[-1]) > 0
     assert 'gpusched_inference_requests_total{code="200",endpoint="/generate"} 1.0' in text
     assert 'gpusched_inference_requests_total{code="422",endpoint="/generate"} 1.0' in text
@@ -151,11 +168,30 @@ def free_port() -> int:
 
 def test_server_process(hub: Path, adapter_dir: Path) -> None:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "workloads.inference.server", "--model", str(REF), "--hf-cache", str(hub),
-           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-           "--adapter", f"support={adapter_dir}"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "HF_HUB_OFFLINE": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "workloads.inference.server",
+        "--model",
+        str(REF),
+        "--hf-cache",
+        str(hub),
+        "--device",
+        "cpu",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--adapter",
+        f"support={adapter_dir}",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base_url = f"http://127.0.0.1:{port}"

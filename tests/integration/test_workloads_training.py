@@ -49,10 +49,26 @@ def test_two_nodes_train_to_identical_parameters(tmp_path: Path) -> None:
             "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
-        cmd = [sys.executable, "-m", "workloads.training.launch", "--annotations", str(annotations), "--",
-               "--zero-stage", "2", "--steps", "4", "--output-dir", str(out)]
-        procs.append((index, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                              stderr=subprocess.STDOUT, text=True)))
+        cmd = [
+            sys.executable,
+            "-m",
+            "workloads.training.launch",
+            "--annotations",
+            str(annotations),
+            "--",
+            "--zero-stage",
+            "2",
+            "--steps",
+            "4",
+            "--output-dir",
+            str(out),
+        ]
+        procs.append(
+            (
+                index,
+                subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+            )
+        )
     logs: dict[int, str] = {}
     try:
         for index, proc in procs:

@@ -49,8 +49,7 @@ class ModelRef:
         return "models--" + self.repo_id.replace("/", "--")
 
 
-def hub_cache_dir(explicit: str | os.PathLike[str] | None = None,
-                  env: Mapping[str, str] | None = None) -> Path:
+def hub_cache_dir(explicit: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Path:
     """The hub cache folder: explicit, else HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
     env = os.environ if env is None else env
     if explicit:
@@ -68,15 +67,15 @@ def resolve_snapshot(ref: ModelRef, cache_dir: Path) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        path = snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=str(cache_dir),
-                                 local_files_only=True)
+        path = snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=str(cache_dir), local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError) as exc:
         raise ModelNotCached(f"{ref} is not in the cache at {cache_dir}") from exc
     return Path(path)
 
 
-def write_snapshot(cache_dir: Path, ref: ModelRef, files: Mapping[str, bytes | Path],
-                   commit: str | None = None) -> Path:
+def write_snapshot(
+    cache_dir: Path, ref: ModelRef, files: Mapping[str, bytes | Path], commit: str | None = None
+) -> Path:
     """Store `files` (name -> content or a file to move in) as one snapshot; returns its folder.
 
     A branch or tag revision gets `refs/<revision>` pointing at the commit (derived from the

@@ -105,6 +105,11 @@ def load_model(snapshot: Path, device: torch.device | str = "cpu", dtype: torch.
     _synchronize(device)
     seconds = time.perf_counter() - start
     stored = {str(t.dtype).removeprefix("torch.") for t in state.values()}
-    stats = LoadStats(seconds=seconds, bytes=sum(p.stat().st_size for p in files), files=len(files),
-                      device=str(device), dtype=",".join(sorted(stored)))
+    stats = LoadStats(
+        seconds=seconds,
+        bytes=sum(p.stat().st_size for p in files),
+        files=len(files),
+        device=str(device),
+        dtype=",".join(sorted(stored)),
+    )
     return LoadedModel(model=model, config=config, snapshot=snapshot, stats=stats)

@@ -18,24 +18,40 @@ class InferenceMetrics:
         self.weights_load_seconds = Gauge(
             "gpusched_inference_weights_load_seconds",
             "Seconds the last load of the model's weights took, from the node's cache to the device.",
-            ["model"], registry=r)
+            ["model"],
+            registry=r,
+        )
         self.weights_bytes = Gauge(
-            "gpusched_inference_weights_bytes", "Bytes of safetensors weights loaded.", ["model"], registry=r)
-        self.ready = Gauge("gpusched_inference_ready", "1 once the weights are loaded and requests are served.",
-                           registry=r)
+            "gpusched_inference_weights_bytes", "Bytes of safetensors weights loaded.", ["model"], registry=r
+        )
+        self.ready = Gauge(
+            "gpusched_inference_ready", "1 once the weights are loaded and requests are served.", registry=r
+        )
         self.requests = Counter(
-            "gpusched_inference_requests_total", "HTTP requests by endpoint and status code.",
-            ["endpoint", "code"], registry=r)
+            "gpusched_inference_requests_total",
+            "HTTP requests by endpoint and status code.",
+            ["endpoint", "code"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
-            "gpusched_inference_request_duration_seconds", "HTTP request latency by endpoint.", ["endpoint"],
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0), registry=r)
+            "gpusched_inference_request_duration_seconds",
+            "HTTP request latency by endpoint.",
+            ["endpoint"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0),
+            registry=r,
+        )
         self.generated_tokens = Counter(
-            "gpusched_inference_generated_tokens_total", "Tokens produced by /generate.", registry=r)
+            "gpusched_inference_generated_tokens_total", "Tokens produced by /generate.", registry=r
+        )
         self.adapter_loads = Counter(
-            "gpusched_inference_adapter_loads_total", "LoRA adapter loads by result (ok or error).", ["result"],
-            registry=r)
-        self.adapters_loaded = Gauge("gpusched_inference_adapters_loaded", "LoRA adapters currently loaded.",
-                                     registry=r)
+            "gpusched_inference_adapter_loads_total",
+            "LoRA adapter loads by result (ok or error).",
+            ["result"],
+            registry=r,
+        )
+        self.adapters_loaded = Gauge(
+            "gpusched_inference_adapters_loaded", "LoRA adapters currently loaded.", registry=r
+        )
         self.ready.set(0)
         for result in ("ok", "error"):
             self.adapter_loads.labels(result)

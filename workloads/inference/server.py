@@ -136,15 +136,21 @@ def _adapter_arg(text: str) -> tuple[str, str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m workloads.inference.server",
-                                 description=(__doc__ or "").split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m workloads.inference.server", description=(__doc__ or "").split("\n")[0]
+    )
     ap.add_argument("--model", required=True, type=ModelRef.parse, help="org/name@revision in the node's cache")
     ap.add_argument("--hf-cache", help="hub cache folder (default: HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/...)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     ap.add_argument("--max-new-tokens", type=int, default=256, help="upper bound a request may ask for")
-    ap.add_argument("--adapter", action="append", type=_adapter_arg, default=[],
-                    help="NAME=FOLDER or NAME=org/name@rev, loaded at start (repeatable)")
+    ap.add_argument(
+        "--adapter",
+        action="append",
+        type=_adapter_arg,
+        default=[],
+        help="NAME=FOLDER or NAME=org/name@rev, loaded at start (repeatable)",
+    )
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--log-level", default="info")
@@ -154,8 +160,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = ServerSettings(model=args.model, hf_cache=hub_cache_dir(args.hf_cache), device=args.device,
-                              dtype=args.dtype, max_new_tokens=args.max_new_tokens, adapters=tuple(args.adapter))
+    settings = ServerSettings(
+        model=args.model,
+        hf_cache=hub_cache_dir(args.hf_cache),
+        device=args.device,
+        dtype=args.dtype,
+        max_new_tokens=args.max_new_tokens,
+        adapters=tuple(args.adapter),
+    )
     import uvicorn
 
     uvicorn.run(create_app(InferenceService(settings)), host=args.host, port=args.port, log_level=args.log_level)

@@ -84,8 +84,14 @@ class InferenceService:
             raise
         self.metrics.weights_load_seconds.labels(str(ref)).set(loaded.stats.seconds)
         self.metrics.weights_bytes.labels(str(ref)).set(loaded.stats.bytes)
-        log.info("loaded %s: %d bytes in %.3f s (%.2f GB/s) on %s", ref, loaded.stats.bytes, loaded.stats.seconds,
-                 loaded.stats.gbytes_per_second, loaded.stats.device)
+        log.info(
+            "loaded %s: %d bytes in %.3f s (%.2f GB/s) on %s",
+            ref,
+            loaded.stats.bytes,
+            loaded.stats.seconds,
+            loaded.stats.gbytes_per_second,
+            loaded.stats.device,
+        )
         self.loaded = loaded
         try:
             for name, source in self.settings.adapters:
@@ -160,9 +166,16 @@ class InferenceService:
         except AdapterError:
             self.metrics.adapter_loads.labels("error").inc()
             raise
-        info = AdapterInfo(name=name, rank=adapter.rank, alpha=adapter.alpha, scale=adapter.scale,
-                           modules=adapter.modules, bytes=adapter.nbytes, source=adapter.source,
-                           load_seconds=time.perf_counter() - start)
+        info = AdapterInfo(
+            name=name,
+            rank=adapter.rank,
+            alpha=adapter.alpha,
+            scale=adapter.scale,
+            modules=adapter.modules,
+            bytes=adapter.nbytes,
+            source=adapter.source,
+            load_seconds=time.perf_counter() - start,
+        )
         self._adapters[name] = info
         self.metrics.adapter_loads.labels("ok").inc()
         self.metrics.adapters_loaded.set(len(self._adapters))

@@ -69,17 +69,44 @@ def run_training(work: Path, cpu: bool, steps: int, timeout: float) -> dict[str,
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     annotations = out_dir / "annotations"
-    annotations.write_text('gpusched.io/rank="0"\ngpusched.io/topology-path="gpu-check/local"\n'
-                           'gpusched.io/min-member="1"\n')
-    env = {**os.environ, "NNODES": "1", "JOB_COMPLETION_INDEX": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port()), "NPROC_PER_NODE": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    annotations.write_text(
+        'gpusched.io/rank="0"\ngpusched.io/topology-path="gpu-check/local"\ngpusched.io/min-member="1"\n'
+    )
+    env = {
+        **os.environ,
+        "NNODES": "1",
+        "JOB_COMPLETION_INDEX": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "NPROC_PER_NODE": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    }
     if cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    cmd = [sys.executable, "-m", "workloads.training.launch", "--annotations", str(annotations), "--",
-           "--steps", str(steps), "--zero-stage", "2", "--precision", "fp32" if cpu else "bf16",
-           "--hidden-size", "256", "--layers", "4", "--heads", "8", "--seq-len", "128",
-           "--output-dir", str(out_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workloads.training.launch",
+        "--annotations",
+        str(annotations),
+        "--",
+        "--steps",
+        str(steps),
+        "--zero-stage",
+        "2",
+        "--precision",
+        "fp32" if cpu else "bf16",
+        "--hidden-size",
+        "256",
+        "--layers",
+        "4",
+        "--heads",
+        "8",
+        "--seq-len",
+        "128",
+        "--output-dir",
+        str(out_dir),
+    ]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
@@ -90,8 +117,14 @@ def run_training(work: Path, cpu: bool, steps: int, timeout: float) -> dict[str,
     result_file = out_dir / "rank-0.json"
     result = json.loads(result_file.read_text()) if result_file.exists() else None
     ok = proc.returncode == 0 and result is not None and result["loss_finite"] and result["replicas_consistent"]
-    return {"ok": ok, "returncode": proc.returncode, "wall_seconds": round(wall, 2), "command": cmd,
-            "result": result, "log_tail": _tail(proc.stdout + proc.stderr)}
+    return {
+        "ok": ok,
+        "returncode": proc.returncode,
+        "wall_seconds": round(wall, 2),
+        "command": cmd,
+        "result": result,
+        "log_tail": _tail(proc.stdout + proc.stderr),
+    }
 
 
 def _libc() -> ctypes.CDLL:
@@ -165,8 +198,11 @@ def filesystem_of(path: Path) -> str:
         resolved = str(path.resolve())
         for line in Path("/proc/mounts").read_text().splitlines():
             parts = line.split()
-            if len(parts) >= 3 and (resolved == parts[1] or resolved.startswith(parts[1].rstrip("/") + "/")) \
-                    and len(parts[1]) >= len(best):
+            if (
+                len(parts) >= 3
+                and (resolved == parts[1] or resolved.startswith(parts[1].rstrip("/") + "/"))
+                and len(parts[1]) >= len(best)
+            ):
                 best, fstype = parts[1], parts[2]
     except OSError:
         pass
@@ -197,18 +233,24 @@ def _free(device: torch.device) -> None:
 def _timed_load(settings: ServerSettings, device: torch.device) -> dict[str, Any]:
     service = InferenceService(settings)
     loaded = service.load()
-    gauge = service.metrics.registry.get_sample_value("gpusched_inference_weights_load_seconds",
-                                                      {"model": str(settings.model)})
+    gauge = service.metrics.registry.get_sample_value(
+        "gpusched_inference_weights_load_seconds", {"model": str(settings.model)}
+    )
     stats = loaded.stats
-    figure = {"seconds": round(stats.seconds, 4), "gbytes_per_second": round(stats.gbytes_per_second, 3),
-              "metric_seconds": gauge, "dtype": stats.dtype}
+    figure = {
+        "seconds": round(stats.seconds, 4),
+        "gbytes_per_second": round(stats.gbytes_per_second, 3),
+        "metric_seconds": gauge,
+        "dtype": stats.dtype,
+    }
     del loaded, service
     _free(device)
     return figure
 
 
-def measure_weights_load(work: Path, device: torch.device, size_bytes: int, cpu: bool,
-                         allow_drop_caches: bool) -> dict[str, Any]:
+def measure_weights_load(
+    work: Path, device: torch.device, size_bytes: int, cpu: bool, allow_drop_caches: bool
+) -> dict[str, Any]:
     dtype = torch.bfloat16
     config = config_for_bytes(size_bytes, dtype, hidden_size=512 if cpu else 4096, vocab_size=4096 if cpu else 32000)
     cache = work / "hub"
@@ -226,14 +268,29 @@ def measure_weights_load(work: Path, device: torch.device, size_bytes: int, cpu:
     method, notes = evict(files, allow_drop_caches)
     after = resident_fraction(files)
     cold = _timed_load(settings, device)
-    cold.update({"eviction": method, "resident_fraction_before_evict": before,
-                 "resident_fraction_at_load": after, "eviction_notes": notes})
+    cold.update(
+        {
+            "eviction": method,
+            "resident_fraction_before_evict": before,
+            "resident_fraction_at_load": after,
+            "eviction_notes": notes,
+        }
+    )
     warm_first = _timed_load(settings, device)
     warm = _timed_load(settings, device)
     warm.update({"first_warm_seconds": warm_first["seconds"], "resident_fraction_at_load": resident_fraction(files)})
-    return {"model": str(ref), "bytes": total, "files": len(files), "config": config.to_dict(),
-            "work_dir": str(work), "filesystem": filesystem_of(work), "write_seconds": round(write_seconds, 2),
-            "device": str(device), "cold": cold, "warm": warm}
+    return {
+        "model": str(ref),
+        "bytes": total,
+        "files": len(files),
+        "config": config.to_dict(),
+        "work_dir": str(work),
+        "filesystem": filesystem_of(work),
+        "write_seconds": round(write_seconds, 2),
+        "device": str(device),
+        "cold": cold,
+        "warm": warm,
+    }
 
 
 async def _server_calls(app: Any, adapter_dir: Path) -> dict[str, Any]:
@@ -244,12 +301,15 @@ async def _server_calls(app: Any, adapter_dir: Path) -> dict[str, Any]:
         ready = await client.get("/readyz")
         base = await client.post("/generate", json={"token_ids": [1, 2, 3], "max_new_tokens": 8})
         added = await client.post("/adapters", json={"name": "check", "source": str(adapter_dir)})
-        tuned = await client.post("/generate",
-                                  json={"token_ids": [1, 2, 3], "max_new_tokens": 8, "adapter": "check"})
+        tuned = await client.post("/generate", json={"token_ids": [1, 2, 3], "max_new_tokens": 8, "adapter": "check"})
         metrics = await client.get("/metrics")
-    return {"readyz": ready.status_code, "generate": base.json(), "adapter_status": added.status_code,
-            "generate_with_adapter": tuned.json(),
-            "metrics_has_load_time": "gpusched_inference_weights_load_seconds{" in metrics.text}
+    return {
+        "readyz": ready.status_code,
+        "generate": base.json(),
+        "adapter_status": added.status_code,
+        "generate_with_adapter": tuned.json(),
+        "metrics_has_load_time": "gpusched_inference_weights_load_seconds{" in metrics.text,
+    }
 
 
 def check_server(work: Path, device: torch.device) -> dict[str, Any]:
@@ -266,17 +326,27 @@ def check_server(work: Path, device: torch.device) -> dict[str, Any]:
     service = InferenceService(ServerSettings(model=ref, hf_cache=cache, device=str(device)))
     service.load()
     calls = asyncio.run(_server_calls(create_app(service, load_on_startup=False), adapter_dir))
-    calls["ok"] = (calls["readyz"] == 200 and calls["adapter_status"] == 200 and calls["metrics_has_load_time"]
-                   and calls["generate"]["token_ids"] != calls["generate_with_adapter"]["token_ids"])
+    calls["ok"] = (
+        calls["readyz"] == 200
+        and calls["adapter_status"] == 200
+        and calls["metrics_has_load_time"]
+        and calls["generate"]["token_ids"] != calls["generate_with_adapter"]["token_ids"]
+    )
     return calls
 
 
 def environment() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "cuda_available": torch.cuda.is_available()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
-        info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
-                    gpu_memory_bytes=torch.cuda.get_device_properties(0).total_memory)
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            cuda=torch.version.cuda,
+            gpu_memory_bytes=torch.cuda.get_device_properties(0).total_memory,
+        )
     for package in ("deepspeed", "pydantic", "fastapi", "safetensors", "huggingface_hub"):
         try:
             info[package] = importlib.metadata.version(package)
@@ -286,8 +356,7 @@ def environment() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.tools.gpu_check",
-                                 description=(__doc__ or "").split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m workloads.tools.gpu_check", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu_check_out"))
     ap.add_argument("--cpu", action="store_true", help="dry run on the CPU: gloo, small model, no drop_caches")
     ap.add_argument("--size-gb", type=float, help="weights to generate (default 3 on a GPU, 0.05 with --cpu)")
@@ -304,8 +373,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     work, notes = choose_work_dir(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     size_gb = args.size_gb if args.size_gb is not None else (0.05 if args.cpu else 3.0)
-    report: dict[str, Any] = {"mode": "cpu" if args.cpu else "gpu", "environment": environment(),
-                              "work_dir_notes": notes}
+    report: dict[str, Any] = {
+        "mode": "cpu" if args.cpu else "gpu",
+        "environment": environment(),
+        "work_dir_notes": notes,
+    }
 
     def section(name: str, fn: Any, *fn_args: Any) -> None:
         if name in args.skip:
@@ -339,18 +411,24 @@ def summary(report: dict[str, Any]) -> str:
     tr = report.get("training")
     if tr:
         res = tr.get("result") or {}
-        lines.append(f"training: ok={tr.get('ok')} backend={res.get('backend')} zero={res.get('zero_stage')} "
-                     f"precision={res.get('precision')} losses={res.get('losses')} wall={tr.get('wall_seconds')} s "
-                     f"{tr.get('error', '')}")
+        lines.append(
+            f"training: ok={tr.get('ok')} backend={res.get('backend')} zero={res.get('zero_stage')} "
+            f"precision={res.get('precision')} losses={res.get('losses')} wall={tr.get('wall_seconds')} s "
+            f"{tr.get('error', '')}"
+        )
     wl = report.get("weights_load")
     if wl and "cold" in wl:
         gb = wl["bytes"] / 1e9
         lines.append(f"weights load ({gb:.2f} GB, {wl['files']} files, {wl['filesystem']}, to {wl['device']}):")
-        lines.append(f"  cold {wl['cold']['seconds']:.3f} s ({wl['cold']['gbytes_per_second']:.2f} GB/s) "
-                     f"eviction={wl['cold']['eviction']} resident {wl['cold']['resident_fraction_before_evict']} "
-                     f"-> {wl['cold']['resident_fraction_at_load']}")
-        lines.append(f"  warm {wl['warm']['seconds']:.3f} s ({wl['warm']['gbytes_per_second']:.2f} GB/s), "
-                     f"first warm {wl['warm']['first_warm_seconds']:.3f} s")
+        lines.append(
+            f"  cold {wl['cold']['seconds']:.3f} s ({wl['cold']['gbytes_per_second']:.2f} GB/s) "
+            f"eviction={wl['cold']['eviction']} resident {wl['cold']['resident_fraction_before_evict']} "
+            f"-> {wl['cold']['resident_fraction_at_load']}"
+        )
+        lines.append(
+            f"  warm {wl['warm']['seconds']:.3f} s ({wl['warm']['gbytes_per_second']:.2f} GB/s), "
+            f"first warm {wl['warm']['first_warm_seconds']:.3f} s"
+        )
     elif wl:
         lines.append(f"weights load: {wl.get('error')}")
     sv = report.get("server")

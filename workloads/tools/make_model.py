@@ -31,8 +31,9 @@ def parameter_shapes(config: GPTConfig) -> list[tuple[str, torch.Size]]:
     return sorted((name, p.shape) for name, p in model.named_parameters())
 
 
-def random_tensors(config: GPTConfig, dtype: torch.dtype, seed: int,
-                   device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+def random_tensors(
+    config: GPTConfig, dtype: torch.dtype, seed: int, device: str = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, CPU tensor) for every parameter, GPT-2 style initialised; generated on `device` (a GPU
     makes multi-GB models quick), one tensor at a time so memory stays at one tensor."""
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -48,8 +49,15 @@ def random_tensors(config: GPTConfig, dtype: torch.dtype, seed: int,
         yield name, value.to(dtype).cpu()
 
 
-def write_model(cache_dir: Path, ref: ModelRef, config: GPTConfig, dtype: torch.dtype = torch.float32,
-                seed: int = 0, shard_bytes: int = 1 << 30, device: str = "cpu") -> Path:
+def write_model(
+    cache_dir: Path,
+    ref: ModelRef,
+    config: GPTConfig,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    shard_bytes: int = 1 << 30,
+    device: str = "cpu",
+) -> Path:
     """Store a random model as one snapshot of `ref` in the hub cache at `cache_dir`; returns its folder."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir))
@@ -89,9 +97,17 @@ def write_model(cache_dir: Path, ref: ModelRef, config: GPTConfig, dtype: torch.
     return snapshot
 
 
-def write_adapter(folder: Path, config: GPTConfig, targets: Sequence[str] = ("q_proj", "v_proj"), rank: int = 4,
-                  alpha: float = 8.0, seed: int = 0, std: float = 0.02, layers: Sequence[int] | None = None,
-                  base_model: str = "") -> Path:
+def write_adapter(
+    folder: Path,
+    config: GPTConfig,
+    targets: Sequence[str] = ("q_proj", "v_proj"),
+    rank: int = 4,
+    alpha: float = 8.0,
+    seed: int = 0,
+    std: float = 0.02,
+    layers: Sequence[int] | None = None,
+    base_model: str = "",
+) -> Path:
     """A PEFT LoRA folder with random lora_A and lora_B for the `targets` of `layers` (default all)."""
     folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
@@ -111,18 +127,31 @@ def write_adapter(folder: Path, config: GPTConfig, targets: Sequence[str] = ("q_
     if not tensors:
         raise ValueError(f"targets {list(targets)} match no Linear layer of the model")
     save_file(tensors, str(folder / WEIGHTS_FILE))
-    adapter_config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": list(targets),
-                      "base_model_name_or_path": base_model, "bias": "none", "fan_in_fan_out": False}
+    adapter_config = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": alpha,
+        "target_modules": list(targets),
+        "base_model_name_or_path": base_model,
+        "bias": "none",
+        "fan_in_fan_out": False,
+    }
     (folder / CONFIG_FILE).write_text(json.dumps(adapter_config, indent=2) + "\n")
     return folder
 
 
-def config_for_bytes(target_bytes: int, dtype: torch.dtype, hidden_size: int = 4096, vocab_size: int = 32000,
-                     max_layers: int = 64) -> GPTConfig:
+def config_for_bytes(
+    target_bytes: int, dtype: torch.dtype, hidden_size: int = 4096, vocab_size: int = 32000, max_layers: int = 64
+) -> GPTConfig:
     """A Llama-7B-like shape with as many layers as fit `target_bytes` (at least one)."""
-    base = GPTConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=1,
-                     num_attention_heads=max(hidden_size // 128, 1), intermediate_size=hidden_size * 8 // 3,
-                     max_position_embeddings=2048)
+    base = GPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=max(hidden_size // 128, 1),
+        intermediate_size=hidden_size * 8 // 3,
+        max_position_embeddings=2048,
+    )
     itemsize = torch.empty((), dtype=dtype).element_size()
     one = base.num_parameters() * itemsize
     per_layer = (replace(base, num_hidden_layers=2).num_parameters() - base.num_parameters()) * itemsize
@@ -131,8 +160,9 @@ def config_for_bytes(target_bytes: int, dtype: torch.dtype, hidden_size: int = 4
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m workloads.tools.make_model",
-                                 description=(__doc__ or "").split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m workloads.tools.make_model", description=(__doc__ or "").split("\n")[0]
+    )
     ap.add_argument("--hf-cache", help="hub cache folder (default as the server resolves it)")
     ap.add_argument("--model", required=True, type=ModelRef.parse)
     ap.add_argument("--vocab-size", type=int, default=256)
@@ -144,9 +174,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--adapter-dir", type=Path, help="also write a LoRA adapter (q_proj, v_proj) here")
     args = ap.parse_args(argv)
-    config = GPTConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                       num_attention_heads=args.heads, intermediate_size=4 * args.hidden_size,
-                       max_position_embeddings=args.max_positions)
+    config = GPTConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden_size,
+        max_position_embeddings=args.max_positions,
+    )
     snapshot = write_model(hub_cache_dir(args.hf_cache), args.model, config, DTYPES[args.dtype], args.seed)
     print(snapshot)
     if args.adapter_dir is not None:

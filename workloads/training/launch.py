@@ -61,14 +61,14 @@ def _unquote_go(text: str) -> str:
             out.append(_SIMPLE_ESCAPES[esc])
             i += 2
         elif esc == "x":
-            out.append(int(text[i + 2:i + 4], 16))
+            out.append(int(text[i + 2 : i + 4], 16))
             i += 4
         elif esc in "uU":
             width = 4 if esc == "u" else 8
-            out += chr(int(text[i + 2:i + 2 + width], 16)).encode()
+            out += chr(int(text[i + 2 : i + 2 + width], 16)).encode()
             i += 2 + width
         elif esc in "01234567":
-            out.append(int(text[i + 1:i + 4], 8))
+            out.append(int(text[i + 1 : i + 4], 8))
             i += 4
         else:
             raise ValueError(f"unknown escape \\{esc}")
@@ -173,8 +173,9 @@ def plan_launch(env: Mapping[str, str], annotations: Mapping[str, str], gpus_vis
     elif nnodes == 1:
         node_rank, rank_source = 0, "single node"
     else:
-        raise LaunchError(f"{nnodes} nodes but no rank: set JOB_COMPLETION_INDEX (an Indexed Job does) "
-                          f"or the {ANN_RANK} annotation")
+        raise LaunchError(
+            f"{nnodes} nodes but no rank: set JOB_COMPLETION_INDEX (an Indexed Job does) or the {ANN_RANK} annotation"
+        )
     if node_rank >= nnodes:
         raise LaunchError(f"node rank {node_rank} ({rank_source}) is not below the node count {nnodes}")
 
@@ -183,8 +184,9 @@ def plan_launch(env: Mapping[str, str], annotations: Mapping[str, str], gpus_vis
         if nnodes > 1:
             raise LaunchError(f"{nnodes} nodes need MASTER_ADDR (rank 0's name behind the headless Service)")
         master_addr = "127.0.0.1"
-    master_port = _int(env["MASTER_PORT"], "MASTER_PORT", 1) if env.get("MASTER_PORT", "").strip() \
-        else DEFAULT_MASTER_PORT
+    master_port = (
+        _int(env["MASTER_PORT"], "MASTER_PORT", 1) if env.get("MASTER_PORT", "").strip() else DEFAULT_MASTER_PORT
+    )
 
     raw_nproc = env.get("NPROC_PER_NODE", "").strip()
     nproc = _int(raw_nproc, "NPROC_PER_NODE", 1) if raw_nproc and raw_nproc != "auto" else max(gpus_visible, 1)
@@ -194,9 +196,15 @@ def plan_launch(env: Mapping[str, str], annotations: Mapping[str, str], gpus_vis
     if planned_node and node_name and planned_node != node_name:
         warnings.append(f"planned for node {planned_node} but running on {node_name}")
     return LaunchPlan(
-        nnodes=nnodes, node_rank=node_rank, nproc_per_node=nproc, master_addr=master_addr,
-        master_port=master_port, rank_source=rank_source, planned_node=planned_node,
-        topology_path=annotations.get(ANN_TOPOLOGY_PATH, ""), warnings=tuple(warnings),
+        nnodes=nnodes,
+        node_rank=node_rank,
+        nproc_per_node=nproc,
+        master_addr=master_addr,
+        master_port=master_port,
+        rank_source=rank_source,
+        planned_node=planned_node,
+        topology_path=annotations.get(ANN_TOPOLOGY_PATH, ""),
+        warnings=tuple(warnings),
     )
 
 
@@ -221,12 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_args: list[str] = []
     if "--" in args_in:
         cut = args_in.index("--")
-        args_in, train_args = args_in[:cut], args_in[cut + 1:]
-    ap = argparse.ArgumentParser(prog="python -m workloads.training.launch",
-                                 description="exec torchrun for this pod's place in the gang; "
-                                             "arguments after -- go to the trainer")
-    ap.add_argument("--annotations", type=Path,
-                    default=Path(os.environ.get("GPUSCHED_PODINFO_ANNOTATIONS", ANNOTATIONS_FILE)))
+        args_in, train_args = args_in[:cut], args_in[cut + 1 :]
+    ap = argparse.ArgumentParser(
+        prog="python -m workloads.training.launch",
+        description="exec torchrun for this pod's place in the gang; arguments after -- go to the trainer",
+    )
+    ap.add_argument(
+        "--annotations", type=Path, default=Path(os.environ.get("GPUSCHED_PODINFO_ANNOTATIONS", ANNOTATIONS_FILE))
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the plan and command as JSON, start nothing")
     args = ap.parse_args(args_in)
 
@@ -242,8 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(json.dumps({"plan": asdict(plan), "command": command, "env": plan.extra_env()}, indent=2))
         return 0
-    print(f"launch: node {plan.node_rank}/{plan.nnodes} ({plan.rank_source}) x {plan.nproc_per_node} "
-          f"via {plan.master_addr}:{plan.master_port}", file=sys.stderr, flush=True)
+    print(
+        f"launch: node {plan.node_rank}/{plan.nnodes} ({plan.rank_source}) x {plan.nproc_per_node} "
+        f"via {plan.master_addr}:{plan.master_port}",
+        file=sys.stderr,
+        flush=True,
+    )
     os.execvpe(command[0], command, {**env, **plan.extra_env()})
     return 0  # os.execvpe does not return
 

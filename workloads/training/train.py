@@ -44,8 +44,9 @@ def shipped_config(stage: int) -> Path:
     return CONFIG_DIR / f"zero{stage}.json"
 
 
-def load_ds_config(path: Path, precision: str = "config", lr: float | None = None,
-                   micro_batch: int | None = None) -> dict[str, Any]:
+def load_ds_config(
+    path: Path, precision: str = "config", lr: float | None = None, micro_batch: int | None = None
+) -> dict[str, Any]:
     """The DeepSpeed config with command-line overrides applied; never mutates the file."""
     cfg: dict[str, Any] = json.loads(path.read_text())
     if precision == "bf16":
@@ -95,12 +96,16 @@ def _skip_cpu_shm_kernel() -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m workloads.training.train",
-                                 description=(__doc__ or "").split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m workloads.training.train", description=(__doc__ or "").split("\n")[0])
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--deepspeed-config", type=Path, help="DeepSpeed JSON config")
-    src.add_argument("--zero-stage", type=int, choices=ZERO_STAGES, default=2,
-                     help="use the shipped config for this ZeRO stage (default 2)")
+    src.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=ZERO_STAGES,
+        default=2,
+        help="use the shipped config for this ZeRO stage (default 2)",
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--precision", choices=("config", "fp32", "bf16"), default="config")
@@ -113,8 +118,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
     ap.add_argument("--log-every", type=int, default=1)
-    ap.add_argument("--cpu-shm-allreduce", action="store_true",
-                    help="on CPU, let DeepSpeed build its shared-memory all-reduce kernel (a C++ JIT build)")
+    ap.add_argument(
+        "--cpu-shm-allreduce",
+        action="store_true",
+        help="on CPU, let DeepSpeed build its shared-memory all-reduce kernel (a C++ JIT build)",
+    )
     ap.add_argument("--output-dir", type=Path, help="write rank-<N>.json here")
     args = ap.parse_args(argv)
     if args.steps < 1:
@@ -128,8 +136,13 @@ def _log(rank: int, msg: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+    for key, value in (
+        ("RANK", "0"),
+        ("LOCAL_RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29500"),
+    ):
         os.environ.setdefault(key, value)
     backend = default_backend() if args.backend == "auto" else args.backend
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -148,17 +161,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ds_path = args.deepspeed_config or shipped_config(args.zero_stage)
     ds_config = load_ds_config(ds_path, args.precision, args.lr, args.micro_batch)
-    model_cfg = GPTConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size,
-                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                          intermediate_size=4 * args.hidden_size, max_position_embeddings=args.seq_len)
+    model_cfg = GPTConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden_size,
+        max_position_embeddings=args.seq_len,
+    )
     model = GPT(model_cfg)
     init_weights(model, args.seed)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     stage = engine.zero_optimization_stage()
     micro = engine.train_micro_batch_size_per_gpu()
-    _log(rank, f"world={world} backend={backend} device={engine.device} zero_stage={stage} "
-               f"micro_batch={micro} params={sum(p.numel() for p in model.parameters())} "
-               f"init_s={time.perf_counter() - t0:.2f} topology={os.environ.get('GPUSCHED_TOPOLOGY_PATH', '-')}")
+    _log(
+        rank,
+        f"world={world} backend={backend} device={engine.device} zero_stage={stage} "
+        f"micro_batch={micro} params={sum(p.numel() for p in model.parameters())} "
+        f"init_s={time.perf_counter() - t0:.2f} topology={os.environ.get('GPUSCHED_TOPOLOGY_PATH', '-')}",
+    )
 
     losses: list[float] = []
     t1 = time.perf_counter()
@@ -184,13 +205,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     consistent = all(c == checksum for c in gathered)
     finite = all(math.isfinite(v) for v in losses)
     result = {
-        "rank": rank, "world_size": world, "backend": backend, "device": str(engine.device),
-        "zero_stage": stage, "precision": "bf16" if engine.bfloat16_enabled() else "fp32",
-        "steps": args.steps, "losses": losses, "final_loss": losses[-1], "loss_finite": finite,
-        "checksum": checksum, "param_sum": param_sum, "replicas_consistent": consistent,
-        "train_seconds": train_s, "node_rank": os.environ.get("GROUP_RANK"),
+        "rank": rank,
+        "world_size": world,
+        "backend": backend,
+        "device": str(engine.device),
+        "zero_stage": stage,
+        "precision": "bf16" if engine.bfloat16_enabled() else "fp32",
+        "steps": args.steps,
+        "losses": losses,
+        "final_loss": losses[-1],
+        "loss_finite": finite,
+        "checksum": checksum,
+        "param_sum": param_sum,
+        "replicas_consistent": consistent,
+        "train_seconds": train_s,
+        "node_rank": os.environ.get("GROUP_RANK"),
         "topology_path": os.environ.get("GPUSCHED_TOPOLOGY_PATH"),
-        "deepspeed": deepspeed.__version__, "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "torch": torch.__version__,
     }
     if args.output_dir is not None:
         args.output_dir.mkdir(parents=True, exist_ok=True)

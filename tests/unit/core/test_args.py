@@ -36,25 +36,49 @@ class BadArgs:
 
 # Shared with test_config_cli.py, which feeds each of these to gpusched-extender as a config file.
 BAD = [
-    BadArgs("unknown-argument", "gpu-memory-packing", {"countWeigth": 0.5}, "countWeigth",
-            "unknown argument (known: countWeight)"),
+    BadArgs(
+        "unknown-argument",
+        "gpu-memory-packing",
+        {"countWeigth": 0.5},
+        "countWeigth",
+        "unknown argument (known: countWeight)",
+    ),
     BadArgs("wrong-type", "gpu-memory-packing", {"countWeight": "lots"}, "countWeight", "expected float, got str"),
-    BadArgs("string-for-a-boolean", "freshness", {"requireReport": "false"}, "requireReport",
-            "expected bool, got str"),
+    BadArgs("string-for-a-boolean", "freshness", {"requireReport": "false"}, "requireReport", "expected bool, got str"),
     BadArgs("out-of-range", "gpu-memory-packing", {"countWeight": 1.5}, "countWeight", "expected float <= 1"),
     BadArgs("out-of-range-below", "freshness", {"scoreMissing": -1}, "scoreMissing", "expected float >= 0"),
     BadArgs("nan", "cold-start", {"pullBytesPerSecond": NAN}, "pullBytesPerSecond", "nan is not a finite number"),
     BadArgs("nan-in-a-bounded-field", "gpu-memory-packing", {"countWeight": NAN}, "countWeight", "expected float"),
     BadArgs("infinite", "fragmentation", {"packDelta": INF}, "packDelta", "inf is not a finite number"),
-    BadArgs("nested-wrong-type", "fragmentation", {"typicalPods": [{"gpus": 1}, {"gpus": "two"}]},
-            "typicalPods[1].gpus", "expected int, got str"),
-    BadArgs("nested-unknown", "fragmentation", {"typicalPods": [{"gpus": 1, "gpuMili": 500}]},
-            "typicalPods[0].gpuMili", "unknown argument"),
-    BadArgs("nested-out-of-range", "fragmentation", {"typicalPods": [{"gpus": 1, "gpuMilli": 1001}]},
-            "typicalPods[0].gpuMilli", "expected int <= 1000"),
-    BadArgs("nested-cross-field-rule", "fragmentation", {"typicalPods": [{"gpus": 2, "gpuMilli": 500}]},
-            "typicalPods[0]", "a share of a GPU (gpuMilli below 1000) is for one GPU only"),
-]  # fmt: skip
+    BadArgs(
+        "nested-wrong-type",
+        "fragmentation",
+        {"typicalPods": [{"gpus": 1}, {"gpus": "two"}]},
+        "typicalPods[1].gpus",
+        "expected int, got str",
+    ),
+    BadArgs(
+        "nested-unknown",
+        "fragmentation",
+        {"typicalPods": [{"gpus": 1, "gpuMili": 500}]},
+        "typicalPods[0].gpuMili",
+        "unknown argument",
+    ),
+    BadArgs(
+        "nested-out-of-range",
+        "fragmentation",
+        {"typicalPods": [{"gpus": 1, "gpuMilli": 1001}]},
+        "typicalPods[0].gpuMilli",
+        "expected int <= 1000",
+    ),
+    BadArgs(
+        "nested-cross-field-rule",
+        "fragmentation",
+        {"typicalPods": [{"gpus": 2, "gpuMilli": 500}]},
+        "typicalPods[0]",
+        "a share of a GPU (gpuMilli below 1000) is for one GPU only",
+    ),
+]
 
 
 def expected_start(case: BadArgs) -> str:

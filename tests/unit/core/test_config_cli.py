@@ -32,8 +32,21 @@ def free_port() -> int:
 
 def command(config: Path, port: int) -> list[str]:
     # Loopback and a free port: should a bad config be accepted, the server it starts stays private.
-    return [sys.executable, "-m", "scheduler.extender.cli", "--cluster-file", str(SCENARIO), "--config", str(config),
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "scheduler.extender.cli",
+        "--cluster-file",
+        str(SCENARIO),
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
 
 
 def environment() -> dict[str, str]:

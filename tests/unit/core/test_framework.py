@@ -194,8 +194,14 @@ def test_rounding_within_the_slack_is_clipped_silently(
 def test_every_kind_of_bad_score_at_once_and_only_from_the_plugin_that_gave_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    scores = {"nan": float("nan"), "inf": float("inf"), "neg": -5.0, "big": 150.0, "slack": 100.0000000001,
-              "good": 90.0}  # fmt: skip
+    scores = {
+        "nan": float("nan"),
+        "inf": float("inf"),
+        "neg": -5.0,
+        "big": 150.0,
+        "slack": 100.0000000001,
+        "good": 90.0,
+    }
     buggy = Scripted(scores, name="buggy")
     sane = Scripted(dict.fromkeys(scores, 50.0), name="sane")
     fw = Framework(SchedulerConfig(), (), [], [(buggy, 3.0), (sane, 1.0)])

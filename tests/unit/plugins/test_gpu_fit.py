@@ -27,15 +27,26 @@ def req(
     gpu_ids: tuple[int, ...] = (),
 ) -> PodRequest:
     return PodRequest(
-        "default", name, gpu_count=gpus, gpu_milli=milli, gpu_memory=memory_gib * GiB, gpu_models=models,
-        node_name=node, gpu_ids=gpu_ids,
-    )  # fmt: skip
+        "default",
+        name,
+        gpu_count=gpus,
+        gpu_milli=milli,
+        gpu_memory=memory_gib * GiB,
+        gpu_models=models,
+        node_name=node,
+        gpu_ids=gpu_ids,
+    )
 
 
 def holding(node: str, *gpu_ids: int, milli: int = 0) -> PodRequest:
     """A pod bound to `node` that holds the given GPUs (a `milli` share of each one, else whole)."""
-    return req(0 if milli else len(gpu_ids), milli, name=f"held-{node}-{'-'.join(map(str, gpu_ids))}", node=node,
-               gpu_ids=gpu_ids)  # fmt: skip
+    return req(
+        0 if milli else len(gpu_ids),
+        milli,
+        name=f"held-{node}-{'-'.join(map(str, gpu_ids))}",
+        node=node,
+        gpu_ids=gpu_ids,
+    )
 
 
 def mixed(name: str = "mixed") -> NodeState:
@@ -196,8 +207,11 @@ def test_filter_and_reasons(
 
 def test_pod_annotations_reach_the_filter() -> None:
     p = parse_pod(pod("p", 2, {"gpusched.io/gpu-models": "A100-40GB", "gpusched.io/gpu-memory": "30Gi"}))
-    nodes = [gpu_node("h100"), gpu_node("a100", model="A100-40GB", memory_gib=40), gpu_node("a100-2", 2, "A100-40GB",
-                                                                                            20)]  # fmt: skip
+    nodes = [
+        gpu_node("h100"),
+        gpu_node("a100", model="A100-40GB", memory_gib=40),
+        gpu_node("a100-2", 2, "A100-40GB", 20),
+    ]
     ok, reasons = run(nodes, p)
     assert ok == [False, True, False]
     assert reasons == {

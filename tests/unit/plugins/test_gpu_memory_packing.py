@@ -183,8 +183,13 @@ def test_bad_args_are_caught_by_the_config_too() -> None:
 @settings(max_examples=80, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from([1, 2, 4, 8]), st.sampled_from([24, 40, 80]), st.sets(st.integers(0, 7)),
-                  st.integers(0, 999), st.booleans()),
+        st.tuples(
+            st.sampled_from([1, 2, 4, 8]),
+            st.sampled_from([24, 40, 80]),
+            st.sets(st.integers(0, 7)),
+            st.integers(0, 999),
+            st.booleans(),
+        ),
         min_size=1,
         max_size=5,
     ),
@@ -192,7 +197,7 @@ def test_bad_args_are_caught_by_the_config_too() -> None:
     st.sampled_from([0, 0, 300]),
     st.sampled_from([0, 20, 40, 100]),
     st.floats(0, 1),
-)  # fmt: skip
+)
 def test_scores_stay_within_0_and_100(
     rows: list[tuple[int, int, set[int], int, bool]], gpus: int, milli: int, memory_gib: int, c: float
 ) -> None:

@@ -49,8 +49,10 @@ def pod(name: str, n: int, m: int) -> TracePod:
 def test_loaders_read_nodes_and_pods(trace: tuple[Path, Path]) -> None:
     nodes = traces.load_nodes(trace[0])
     assert [(n.name, n.gpu_count, n.gpus[0].model) for n in nodes][15:18] == [
-        ("node-15", 8, "G2"), ("node-16", 2, "T4"), ("node-17", 4, "V100")
-    ]  # fmt: skip
+        ("node-15", 8, "G2"),
+        ("node-16", 2, "T4"),
+        ("node-17", 4, "V100"),
+    ]
     pods = traces.load_pods(trace[1])
     assert len(pods) == 16
     share = pods[2].request()
@@ -140,9 +142,7 @@ def test_allocation_curve_means_alloc_per_integer_arrived_pct() -> None:
     assert np.isnan(fgd.unallocated_at({50: 40.0}))
 
 
-@pytest.mark.parametrize(
-    ("text", "seeds"), [("42-51", list(range(42, 52))), ("7", [7]), ("1,3, 5-6", [1, 3, 5, 6])]
-)
+@pytest.mark.parametrize(("text", "seeds"), [("42-51", list(range(42, 52))), ("7", [7]), ("1,3, 5-6", [1, 3, 5, 6])])
 def test_parse_seeds(text: str, seeds: list[int]) -> None:
     assert fgd.parse_seeds(text) == seeds
 
@@ -156,8 +156,13 @@ def test_parse_seeds_rejects(text: str) -> None:
 # ---------------------------------------------------------------- policies
 def test_policy_names_and_aliases() -> None:
     assert [policies.canonical(n) for n in ("FGD", "BestFit", "best-fit", "DotProd", "kube", "GPUSCHED")] == [
-        "fgd", "bestfit", "bestfit", "dotprod", "kube-default", "gpusched"
-    ]  # fmt: skip
+        "fgd",
+        "bestfit",
+        "bestfit",
+        "dotprod",
+        "kube-default",
+        "gpusched",
+    ]
     with pytest.raises(ConfigError, match="unknown policy"):
         policies.canonical("first-fit")
 
@@ -182,8 +187,22 @@ def test_replay_places_what_fits_and_never_over_commits(trace: tuple[Path, Path]
 
 
 def test_fgd_cli_json(trace: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["fgd", "--nodes", str(trace[0]), "--pods", str(trace[1]), "--policy", "BestFit", "--seeds", "1-3",
-                 "--jobs", "1", "--json"])  # fmt: skip
+    code = main(
+        [
+            "fgd",
+            "--nodes",
+            str(trace[0]),
+            "--pods",
+            str(trace[1]),
+            "--policy",
+            "BestFit",
+            "--seeds",
+            "1-3",
+            "--jobs",
+            "1",
+            "--json",
+        ]
+    )
     assert code == 0
     body = json.loads(capsys.readouterr().out)
     values = [s["unallocated_gpu_pct"] for s in body["per_seed"]]

@@ -10,8 +10,14 @@ from workloads.gpt import GPTConfig
 from workloads.inference.cache import ModelRef
 from workloads.tools.make_model import write_model
 
-TINY = GPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, max_position_embeddings=32)
+TINY = GPTConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=32,
+)
 REF = ModelRef.parse("acme/tiny-gpt@main")
 
 

@@ -36,15 +36,17 @@ def test_filesystem_and_work_dir(tmp_path: Path) -> None:
 
 def test_cpu_dry_run_of_weights_and_server(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code = gpu_check.main(["--cpu", "--skip", "training", "--size-gb", "0.02", "--out", str(out),
-                           "--work-dir", str(tmp_path / "work")])
+    code = gpu_check.main(
+        ["--cpu", "--skip", "training", "--size-gb", "0.02", "--out", str(out), "--work-dir", str(tmp_path / "work")]
+    )
     report = json.loads((out / "gpu_check.json").read_text())
     assert code == 0, report
     load = report["weights_load"]
     assert load["device"] == "cpu" and 0.01e9 < load["bytes"] <= 0.03e9
     for phase in ("cold", "warm"):
-        assert load[phase]["seconds"] > 0 and load[phase]["metric_seconds"] == pytest.approx(load[phase]["seconds"],
-                                                                                               abs=1e-3)
+        assert load[phase]["seconds"] > 0 and load[phase]["metric_seconds"] == pytest.approx(
+            load[phase]["seconds"], abs=1e-3
+        )
     assert load["cold"]["eviction"] == "fadvise_dontneed"
     assert report["server"]["ok"] is True and report["server"]["metrics_has_load_time"]
     assert "training" not in report
@@ -59,7 +61,14 @@ def test_gpu_mode_needs_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_script_is_valid_bash_and_documents_the_wheels() -> None:
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
     header = SCRIPT.read_text()
-    for wheel in ("deepspeed==", "hjson==", "pydantic==", "pydantic-core==", "fastapi==", "starlette==",
-                  "opentelemetry-api=="):
+    for wheel in (
+        "deepspeed==",
+        "hjson==",
+        "pydantic==",
+        "pydantic-core==",
+        "fastapi==",
+        "starlette==",
+        "opentelemetry-api==",
+    ):
         assert wheel in header
     assert "--target" in header and "gpu_check" in header

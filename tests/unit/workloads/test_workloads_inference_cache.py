@@ -14,8 +14,11 @@ from workloads.tools.make_model import write_model
 
 @pytest.mark.parametrize(
     ("text", "repo", "rev"),
-    [("org/name", "org/name", "main"), ("org/name@v1.0", "org/name", "v1.0"),
-     ("meta-llama/Llama-3.1-8B@" + "a" * 40, "meta-llama/Llama-3.1-8B", "a" * 40)],
+    [
+        ("org/name", "org/name", "main"),
+        ("org/name@v1.0", "org/name", "v1.0"),
+        ("meta-llama/Llama-3.1-8B@" + "a" * 40, "meta-llama/Llama-3.1-8B", "a" * 40),
+    ],
 )
 def test_model_ref_parse(text: str, repo: str, rev: str) -> None:
     ref = ModelRef.parse(text)

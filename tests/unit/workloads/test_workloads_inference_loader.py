@@ -43,8 +43,10 @@ def test_sharded_snapshot_loads_every_shard(hub: Path, tiny_config: GPTConfig) -
     loaded = load_model(snap)
     assert loaded.stats.files == len(weight_files(snap)) > 1
     single = write_model(hub, ModelRef.parse("acme/single"), tiny_config, seed=3)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
-                                                   load_model(single).model.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.model.state_dict().values(), load_model(single).model.state_dict().values(), strict=True)
+    )
 
 
 def test_dtype_conversion(tiny_snapshot: Path) -> None:

@@ -56,23 +56,32 @@ def test_generate_validates_and_counts(tiny_snapshot: Path, hub: Path, tiny_ref:
     out = service.generate([1, 2, 3], 5)
     assert len(out) == 5 and out == service.generate([1, 2, 3], 5)
     assert sample(service, "gpusched_inference_generated_tokens_total") == 10
-    for ids, n, message in (([], 1, "empty"), ([64], 1, "outside the vocabulary"), ([1], 0, "from 1 to 8"),
-                            ([1], 9, "from 1 to 8")):
+    for ids, n, message in (
+        ([], 1, "empty"),
+        ([64], 1, "outside the vocabulary"),
+        ([1], 0, "from 1 to 8"),
+        ([1], 9, "from 1 to 8"),
+    ):
         with pytest.raises(ValueError, match=message):
             service.generate(ids, n)
     with pytest.raises(UnknownAdapter):
         service.generate([1], 1, adapter="nope")
 
 
-def test_hot_load_replace_and_refuse(tiny_snapshot: Path, hub: Path, tiny_ref: ModelRef, tiny_config: GPTConfig,
-                                     tmp_path: Path) -> None:
+def test_hot_load_replace_and_refuse(
+    tiny_snapshot: Path, hub: Path, tiny_ref: ModelRef, tiny_config: GPTConfig, tmp_path: Path
+) -> None:
     service = InferenceService(ServerSettings(model=tiny_ref, hf_cache=hub))
     service.load()
     base = service.generate([5, 6, 7], 8)
     strong = write_adapter(tmp_path / "strong", tiny_config, seed=3, std=0.4)
     info = service.add_adapter("s", str(strong))
-    assert info.modules == ("layers.0.attn.q_proj", "layers.0.attn.v_proj", "layers.1.attn.q_proj",
-                            "layers.1.attn.v_proj")
+    assert info.modules == (
+        "layers.0.attn.q_proj",
+        "layers.0.attn.v_proj",
+        "layers.1.attn.q_proj",
+        "layers.1.attn.v_proj",
+    )
     tuned = service.generate([5, 6, 7], 8, adapter="s")
     assert tuned != base and service.generate([5, 6, 7], 8) == base
     # replacing "s" with a do-nothing adapter (B = 0) gives back the base outputs
@@ -95,8 +104,9 @@ def test_hot_load_replace_and_refuse(tiny_snapshot: Path, hub: Path, tiny_ref: M
         service.add_adapter("x", "acme/missing-adapter@main")
 
 
-def test_adapters_from_the_cache_at_start(tiny_snapshot: Path, hub: Path, tiny_ref: ModelRef,
-                                          tiny_config: GPTConfig, tmp_path: Path) -> None:
+def test_adapters_from_the_cache_at_start(
+    tiny_snapshot: Path, hub: Path, tiny_ref: ModelRef, tiny_config: GPTConfig, tmp_path: Path
+) -> None:
     folder = write_adapter(tmp_path / "src", tiny_config, seed=8, std=0.3)
     write_snapshot(hub, ModelRef.parse("acme/tiny-adapter"), {p.name: p.read_bytes() for p in folder.iterdir()})
     settings = ServerSettings(model=tiny_ref, hf_cache=hub, adapters=(("cached", "acme/tiny-adapter@main"),))
@@ -118,9 +128,24 @@ def test_metrics_registry_is_per_instance() -> None:
 
 
 def test_write_model_cli_round_trip(tmp_path: Path) -> None:
-    make_model.main(["--hf-cache", str(tmp_path / "hub"), "--model", "acme/cli@main", "--hidden-size", "16",
-                     "--heads", "2", "--adapter-dir", str(tmp_path / "adapter")])
-    service = InferenceService(ServerSettings(model=ModelRef.parse("acme/cli"), hf_cache=tmp_path / "hub",
-                                              adapters=(("a", str(tmp_path / "adapter")),)))
+    make_model.main(
+        [
+            "--hf-cache",
+            str(tmp_path / "hub"),
+            "--model",
+            "acme/cli@main",
+            "--hidden-size",
+            "16",
+            "--heads",
+            "2",
+            "--adapter-dir",
+            str(tmp_path / "adapter"),
+        ]
+    )
+    service = InferenceService(
+        ServerSettings(
+            model=ModelRef.parse("acme/cli"), hf_cache=tmp_path / "hub", adapters=(("a", str(tmp_path / "adapter")),)
+        )
+    )
     service.load()
     assert service.loaded is not None and service.loaded.config.hidden_size == 16

@@ -15,16 +15,18 @@ BASE_ENV = {"NNODES": "4", "MASTER_ADDR": "gpt-train-0.gpt-train", "MASTER_PORT"
 
 
 def test_parse_downward_file_decodes_go_quoting() -> None:
-    text = "\n".join([
-        'gpusched.io/rank="2"',
-        'gpusched.io/topology-path="zone-a/block-1/rack-3/node-7"',
-        'kubectl.kubernetes.io/last-applied-configuration="{\\"a\\":\\"b\\\\c\\"}\\n"',
-        'note="caf\\u00e9 \\x41\\t\\101"',
-        "bare=value",
-        "no equals sign here",
-        'broken="\\q"',
-        "",
-    ])
+    text = "\n".join(
+        [
+            'gpusched.io/rank="2"',
+            'gpusched.io/topology-path="zone-a/block-1/rack-3/node-7"',
+            'kubectl.kubernetes.io/last-applied-configuration="{\\"a\\":\\"b\\\\c\\"}\\n"',
+            'note="caf\\u00e9 \\x41\\t\\101"',
+            "bare=value",
+            "no equals sign here",
+            'broken="\\q"',
+            "",
+        ]
+    )
     parsed = parse_downward_file(text)
     assert parsed["gpusched.io/rank"] == "2"
     assert parsed["gpusched.io/topology-path"] == "zone-a/block-1/rack-3/node-7"
@@ -46,12 +48,17 @@ def test_read_annotations_missing_file_is_empty(tmp_path: Path) -> None:
         ({"JOB_COMPLETION_INDEX": "3"}, {"gpusched.io/rank": "1"}, 1, "gpusched.io/rank"),
         ({}, {"gpusched.io/rank": "2"}, 2, "gpusched.io/rank"),
         ({}, {"batch.kubernetes.io/job-completion-index": "0"}, 0, "batch.kubernetes.io/job-completion-index"),
-        ({"JOB_COMPLETION_INDEX": " "}, {"batch.kubernetes.io/job-completion-index": "2"}, 2,
-         "batch.kubernetes.io/job-completion-index"),
+        (
+            {"JOB_COMPLETION_INDEX": " "},
+            {"batch.kubernetes.io/job-completion-index": "2"},
+            2,
+            "batch.kubernetes.io/job-completion-index",
+        ),
     ],
 )
-def test_node_rank_prefers_the_planned_rank(env: dict[str, str], annotations: dict[str, str], rank: int,
-                                            source: str) -> None:
+def test_node_rank_prefers_the_planned_rank(
+    env: dict[str, str], annotations: dict[str, str], rank: int, source: str
+) -> None:
     plan = plan_launch({**BASE_ENV, **env}, annotations, gpus_visible=8)
     assert (plan.node_rank, plan.rank_source) == (rank, source)
     assert plan.nnodes == 4 and plan.nproc_per_node == 8
@@ -94,28 +101,42 @@ def test_processes_per_node(env: dict[str, str], gpus: int, nproc: int) -> None:
         ({"JOB_COMPLETION_INDEX": "0"}, {"gpusched.io/rank": "one"}, "gpusched.io/rank"),
     ],
 )
-def test_invalid_placements_raise_clear_errors(env: dict[str, str], annotations: dict[str, str],
-                                               message: str) -> None:
+def test_invalid_placements_raise_clear_errors(env: dict[str, str], annotations: dict[str, str], message: str) -> None:
     with pytest.raises(LaunchError, match=message):
         plan_launch({**BASE_ENV, **env}, annotations, 1)
 
 
 def test_planned_node_mismatch_is_a_warning_not_an_error() -> None:
-    annotations = {"gpusched.io/rank": "0", "gpusched.io/planned-node": "node-a",
-                   "gpusched.io/topology-path": "z/b/r/node-a"}
+    annotations = {
+        "gpusched.io/rank": "0",
+        "gpusched.io/planned-node": "node-a",
+        "gpusched.io/topology-path": "z/b/r/node-a",
+    }
     plan = plan_launch({**BASE_ENV, "NODE_NAME": "node-b"}, annotations, 1)
     assert plan.warnings == ("planned for node node-a but running on node-b",)
-    assert plan.extra_env() == {"GPUSCHED_NODE_RANK": "0", "GPUSCHED_PLANNED_NODE": "node-a",
-                                "GPUSCHED_TOPOLOGY_PATH": "z/b/r/node-a"}
+    assert plan.extra_env() == {
+        "GPUSCHED_NODE_RANK": "0",
+        "GPUSCHED_PLANNED_NODE": "node-a",
+        "GPUSCHED_TOPOLOGY_PATH": "z/b/r/node-a",
+    }
 
 
 def test_torchrun_command() -> None:
-    plan = LaunchPlan(nnodes=2, node_rank=1, nproc_per_node=8, master_addr="m.svc", master_port=1234,
-                      rank_source="x")
+    plan = LaunchPlan(nnodes=2, node_rank=1, nproc_per_node=8, master_addr="m.svc", master_port=1234, rank_source="x")
     assert launch.build_command(plan, ["--steps", "3"], python="py") == [
-        "py", "-m", "torch.distributed.run", "--nnodes=2", "--node-rank=1", "--nproc-per-node=8",
-        "--master-addr=m.svc", "--master-port=1234", "--max-restarts=0",
-        "-m", "workloads.training.train", "--steps", "3",
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--node-rank=1",
+        "--nproc-per-node=8",
+        "--master-addr=m.svc",
+        "--master-port=1234",
+        "--max-restarts=0",
+        "-m",
+        "workloads.training.train",
+        "--steps",
+        "3",
     ]
 
 
@@ -124,8 +145,9 @@ def test_visible_gpus_from_cuda_visible_devices(value: str, count: int) -> None:
     assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": value}) == count
 
 
-def test_main_dry_run_prints_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_dry_run_prints_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     ann = tmp_path / "annotations"
     ann.write_text('gpusched.io/rank="1"\ngpusched.io/min-member="2"\n')
     for key in ("NNODES", "NPROC_PER_NODE", "JOB_COMPLETION_INDEX", "MASTER_PORT", "NODE_NAME"):
@@ -139,8 +161,9 @@ def test_main_dry_run_prints_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert out["command"][-3:] == ["workloads.training.train", "--zero-stage", "1"]
 
 
-def test_main_reports_launch_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_reports_launch_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("NNODES", "2")
     monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
     assert launch.main(["--annotations", str(tmp_path / "none"), "--dry-run"]) == 2

@@ -39,8 +39,7 @@ def merged_copy(model: GPT, folder: Path) -> GPT:
 
 
 def test_read_adapter(tmp_path: Path, tiny_config: GPTConfig) -> None:
-    folder = write_adapter(tmp_path / "a", tiny_config, targets=("q_proj", "down_proj"), rank=2, alpha=6,
-                           layers=[1])
+    folder = write_adapter(tmp_path / "a", tiny_config, targets=("q_proj", "down_proj"), rank=2, alpha=6, layers=[1])
     adapter = read_adapter(folder, "a")
     assert adapter.modules == ("layers.1.attn.q_proj", "layers.1.mlp.down_proj")
     assert (adapter.rank, adapter.alpha, adapter.scale) == (2, 6.0, 3.0)
@@ -78,28 +77,35 @@ B = torch.zeros(32, 2)
         ({"r": 2}, None, "no adapter_model.safetensors"),
         ({"r": 2}, {"layers.0.attn.q_proj.weight": A}, "unexpected tensor"),
         ({"r": 2}, {"layers.0.attn.q_proj.lora_A.weight": A}, "not both"),
-        ({"r": 3}, {"layers.0.attn.q_proj.lora_A.weight": A, "layers.0.attn.q_proj.lora_B.weight": B},
-         "do not match r=3"),
+        (
+            {"r": 3},
+            {"layers.0.attn.q_proj.lora_A.weight": A, "layers.0.attn.q_proj.lora_B.weight": B},
+            "do not match r=3",
+        ),
     ],
 )
-def test_malformed_adapters_are_rejected(tmp_path: Path, config: dict[str, object] | str | None,
-                                         tensors: dict[str, torch.Tensor] | None, message: str) -> None:
+def test_malformed_adapters_are_rejected(
+    tmp_path: Path, config: dict[str, object] | str | None, tensors: dict[str, torch.Tensor] | None, message: str
+) -> None:
     with pytest.raises(AdapterError, match=message):
         read_adapter(_folder(tmp_path, config, tensors), "bad")
 
 
 def test_peft_key_variants_are_accepted(tmp_path: Path) -> None:
-    folder = _folder(tmp_path, {"r": 2}, {
-        "base_model.model.layers.0.attn.q_proj.lora_A.default.weight": A,
-        "base_model.model.layers.0.attn.q_proj.lora_B.default.weight": B,
-        "layers.1.attn.v_proj.lora_A.weight": A.clone(),
-        "layers.1.attn.v_proj.lora_B.weight": B.clone(),
-    })
+    folder = _folder(
+        tmp_path,
+        {"r": 2},
+        {
+            "base_model.model.layers.0.attn.q_proj.lora_A.default.weight": A,
+            "base_model.model.layers.0.attn.q_proj.lora_B.default.weight": B,
+            "layers.1.attn.v_proj.lora_A.weight": A.clone(),
+            "layers.1.attn.v_proj.lora_B.weight": B.clone(),
+        },
+    )
     assert read_adapter(folder, "x").modules == ("layers.0.attn.q_proj", "layers.1.attn.v_proj")
 
 
-def test_adapter_output_equals_the_merged_model(tiny_snapshot: Path, tiny_config: GPTConfig,
-                                                tmp_path: Path) -> None:
+def test_adapter_output_equals_the_merged_model(tiny_snapshot: Path, tiny_config: GPTConfig, tmp_path: Path) -> None:
     model = load_model(tiny_snapshot).model
     base = copy.deepcopy(model)
     folder = write_adapter(tmp_path / "a", tiny_config, targets=("q_proj", "v_proj", "lm_head"), seed=4, std=0.3)

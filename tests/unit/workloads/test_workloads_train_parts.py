@@ -69,8 +69,9 @@ def test_batches_follow_one_learnable_rule() -> None:
 
 
 def test_checksum_is_stable_and_sensitive() -> None:
-    model = GPT(GPTConfig(vocab_size=16, hidden_size=8, num_attention_heads=2, intermediate_size=16,
-                          max_position_embeddings=8))
+    model = GPT(
+        GPTConfig(vocab_size=16, hidden_size=8, num_attention_heads=2, intermediate_size=16, max_position_embeddings=8)
+    )
     init_weights(model, 1)
     digest, total = train.param_checksum(model)
     assert train.param_checksum(model) == (digest, total)
@@ -95,15 +96,22 @@ def test_gpt_config_validation_and_size() -> None:
         GPTConfig(hidden_size=10, num_attention_heads=4)
     with pytest.raises(ValueError, match="positive"):
         GPTConfig(num_hidden_layers=0)
-    cfg = GPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                    intermediate_size=64, max_position_embeddings=20)
+    cfg = GPTConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=20,
+    )
     assert cfg.num_parameters() == sum(p.numel() for p in GPT(cfg).parameters())
     assert GPTConfig.from_dict({**cfg.to_dict(), "torch_dtype": "bfloat16"}) == cfg
 
 
 def test_model_is_causal_and_rejects_long_inputs() -> None:
-    cfg = GPTConfig(vocab_size=32, hidden_size=16, num_attention_heads=2, intermediate_size=32,
-                    max_position_embeddings=8)
+    cfg = GPTConfig(
+        vocab_size=32, hidden_size=16, num_attention_heads=2, intermediate_size=32, max_position_embeddings=8
+    )
     model = GPT(cfg).eval()
     init_weights(model, 0)
     ids = torch.tensor([[1, 2, 3, 4, 5]])

@@ -106,9 +106,13 @@ def test_best_fit_chooses_gpus(free: list[int], pod: PodRequest, expected: tuple
 
 @pytest.mark.parametrize(
     ("args", "key"),
-    [({"maxCpu": 0}, "maxCpu"), ({"cpuWeight": -1}, "cpuWeight"), ({"gpuWeight": "x"}, "gpuWeight"),
-     ({"weights": 1}, "weights")],
-)  # fmt: skip
+    [
+        ({"maxCpu": 0}, "maxCpu"),
+        ({"cpuWeight": -1}, "cpuWeight"),
+        ({"gpuWeight": "x"}, "gpuWeight"),
+        ({"weights": 1}, "weights"),
+    ],
+)
 def test_best_fit_rejects_bad_args(args: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=rf"pluginArgs best-fit\.{key}:"):
         single("best-fit", **args)

@@ -78,8 +78,9 @@ def test_gpu_clustering_scores(pod: PodRequest, args: dict[str, Any], expected: 
     assert scores(single("gpu-clustering", **args), classes_cluster(), pod) == expected
 
 
-@pytest.mark.parametrize(("args", "key"), [({"maxGpu": 0}, "maxGpu"), ({"maxGpu": 0.5}, "maxGpu"),
-                                           ({"maxCpu": 1}, "maxCpu")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "key"), [({"maxGpu": 0}, "maxGpu"), ({"maxGpu": 0.5}, "maxGpu"), ({"maxCpu": 1}, "maxCpu")]
+)
 def test_gpu_clustering_rejects_bad_args(args: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=rf"pluginArgs gpu-clustering\.{key}:"):
         single("gpu-clustering", **args)

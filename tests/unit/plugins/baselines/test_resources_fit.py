@@ -22,12 +22,14 @@ def test_resources_fit_filters_cpu_and_memory_with_reasons() -> None:
 def cluster() -> ClusterSnapshot:
     """small: 2 CPUs, 1 GiB; big: 8 CPUs, 64 GiB; unknown: no allocatable CPU or memory (0);
     busy: 8 CPUs and 64 GiB of which a pod holds 7.8 CPUs and 60 GiB."""
-    snap = ClusterSnapshot([
-        trace_node("small", cpu=2000, memory=GiB),
-        trace_node("big", cpu=8000, memory=64 * GiB),
-        trace_node("unknown", cpu=0, memory=0),
-        trace_node("busy", cpu=8000, memory=64 * GiB),
-    ])  # fmt: skip
+    snap = ClusterSnapshot(
+        [
+            trace_node("small", cpu=2000, memory=GiB),
+            trace_node("big", cpu=8000, memory=64 * GiB),
+            trace_node("unknown", cpu=0, memory=0),
+            trace_node("busy", cpu=8000, memory=64 * GiB),
+        ]
+    )
     snap.place(req("held", cpu=7800, memory=60 * GiB), 3)
     return snap
 

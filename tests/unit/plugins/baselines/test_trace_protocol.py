@@ -34,15 +34,18 @@ def test_every_policy_scores_within_0_and_100(frees: list[list[int]], pod: PodRe
 
 
 @settings(max_examples=15, deadline=None)
-@given(sizes=st.lists(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=5),
-       pods=st.lists(pod_st, min_size=1, max_size=40))  # fmt: skip
+@given(
+    sizes=st.lists(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=5),
+    pods=st.lists(pod_st, min_size=1, max_size=40),
+)
 def test_a_replay_never_over_commits(sizes: list[int], pods: list[PodRequest]) -> None:
     for name in policies.TRACE_POLICIES:
         snap = ClusterSnapshot([trace_node(f"n{i}", g, 32_000) for i, g in enumerate(sizes)])
         fw = registry.build(registry.config_from(policies.policy_config(name, seed=3)))
         for i, pod in enumerate(pods):
-            pod = PodRequest(pod.namespace, f"p{i}", gpu_count=pod.gpu_count, gpu_milli=pod.gpu_milli,
-                             cpu_milli=pod.cpu_milli)  # fmt: skip
+            pod = PodRequest(
+                pod.namespace, f"p{i}", gpu_count=pod.gpu_count, gpu_milli=pod.gpu_milli, cpu_milli=pod.cpu_milli
+            )
             best = fw.decide(snap, pod, explain=False).best()
             if best is not None:
                 gpus = fw.choose_gpus(snap, pod, best)
