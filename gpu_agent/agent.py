@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from gpu_agent.inventory import CacheScan, DiskProbe, scan_caches
+from gpu_agent.inventory import CacheScan, DiskProbe, FsUsage, filesystem_usage, scan_caches
 from gpu_agent.nvml_reader import WARNING, NvmlReader, NvmlReadError, NvmlSample
 from gpu_agent.publisher import Publisher
 from gpu_agent.report import Bandwidth, Images, build_report
@@ -40,6 +40,7 @@ class AgentConfig:
     disk_probe_bytes: int = 256 * 1024 * 1024
     pull_bytes_per_second: float | None = None
     download_bytes_per_second: float | None = None
+    host_root: Path = Path("/")  # where the host's filesystem is visible, for the runtime's image mount point
 
 
 class PodSource(Protocol):
@@ -49,6 +50,7 @@ class PodSource(Protocol):
 
 class ImageSource(Protocol):
     def list_images(self) -> Sequence[Any]: ...
+    def image_fs_info(self) -> Sequence[Any]: ...
 
 
 @dataclass
@@ -91,6 +93,8 @@ class Agent:
         self.state = AgentState(node_name=config.node_name)
         self._caches: CacheScan | None = None
         self._images: Images | None = None
+        self._image_fs: FsUsage | None = None
+        self._model_fs: FsUsage | None = None
         self._inventory_at: float | None = None
         self._source_errors: dict[str, int] = {}
         self._down: set[str] = set()
@@ -162,7 +166,26 @@ class Agent:
 
                 self._error("cri", RuntimeError(describe_error(exc)))
                 self._images = None
+            self._image_fs = self._image_filesystem()
+        hf_cache = self.config.hf_cache
+        self._model_fs = filesystem_usage(hf_cache) if hf_cache is not None and hf_cache.is_dir() else None
         self._caches = scan_caches(self.config.hf_cache, self.config.lora_dirs)
+
+    def _image_filesystem(self) -> FsUsage | None:
+        """statvfs of the first image filesystem the runtime names, seen under ``host_root``."""
+        assert self.images is not None
+        try:
+            filesystems = list(self.images.image_fs_info())
+        except Exception as exc:  # grpc.RpcError: unreachable, or a runtime without ImageFsInfo
+            from gpu_agent.podresources.client import describe_error
+
+            log.debug("ImageFsInfo: %s", describe_error(exc))
+            return None
+        for fs in filesystems:
+            usage = filesystem_usage(self.config.host_root / str(fs.mountpoint).lstrip("/"))
+            if usage is not None:
+                return usage
+        return None
 
     # ------------------------------------------------------------------ one cycle
 
@@ -197,6 +220,8 @@ class Agent:
             images=self._images,
             caches=self._caches,
             bandwidth=bandwidth,
+            image_filesystem=self._image_fs,
+            model_cache=self._model_fs,
         )
         cache_bytes: dict[str, int] = {}
         if self._images is not None:

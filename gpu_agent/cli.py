@@ -71,6 +71,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-dir", type=Path, action="append", default=[], help="folder of LoRA adapters (repeatable)")
     p.add_argument("--cri-socket", help="CRI runtime socket for the image list, e.g. /run/containerd/containerd.sock")
     p.add_argument(
+        "--host-root",
+        type=Path,
+        default=Path("/"),
+        help="where the host's filesystem is mounted, to measure the runtime's image filesystem (default: /)",
+    )
+    p.add_argument(
         "--podresources-socket",
         default="/var/lib/kubelet/pod-resources/kubelet.sock",
         help="kubelet PodResources socket (default: %(default)s); pods are left out when it is missing",
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         disk_probe_bytes=max(args.disk_probe_bytes, 0),
         pull_bytes_per_second=args.pull_bytes_per_second,
         download_bytes_per_second=args.download_bytes_per_second,
+        host_root=args.host_root,
     )
     publisher = None
     sink = None

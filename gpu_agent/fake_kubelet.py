@@ -144,14 +144,40 @@ class FakeKubelet(_Server, pr_grpc.PodResourcesListerServicer):
 
 
 class FakeImageService(_Server, cri_grpc.ImageServiceServicer):
-    """runtime.v1.ImageService with ListImages answering from :attr:`images`."""
+    """runtime.v1.ImageService: ListImages answering from :attr:`images`, ImageFsInfo from
+    :attr:`image_filesystems` (mount point and the bytes images use there, as containerd answers)."""
 
-    def __init__(self, socket_path: Path, images: Iterable[Mapping[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        images: Iterable[Mapping[str, Any]] = (),
+        image_filesystems: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
         super().__init__(socket_path, lambda server: cri_grpc.add_ImageServiceServicer_to_server(self, server))
         self.images: list[dict[str, Any]] = [dict(i) for i in images]
+        self.image_filesystems: list[dict[str, Any]] = [dict(f) for f in image_filesystems]
+        self.fail_with: grpc.StatusCode | None = None
+
+    def ImageFsInfo(self, request: Any, context: grpc.ServicerContext) -> cri_pb2.ImageFsInfoResponse:
+        self._count("ImageFsInfo")
+        if self.fail_with is not None:
+            context.abort(self.fail_with, "fake runtime told to fail")
+        return cri_pb2.ImageFsInfoResponse(
+            image_filesystems=[
+                cri_pb2.FilesystemUsage(
+                    timestamp=1,
+                    fs_id=cri_pb2.FilesystemIdentifier(mountpoint=str(f["mountpoint"])),
+                    used_bytes=cri_pb2.UInt64Value(value=int(f.get("usedBytes", 0))),
+                    inodes_used=cri_pb2.UInt64Value(value=int(f.get("inodesUsed", 0))),
+                )
+                for f in self.image_filesystems
+            ]
+        )
 
     def ListImages(self, request: Any, context: grpc.ServicerContext) -> cri_pb2.ListImagesResponse:
         self._count("ListImages")
+        if self.fail_with is not None:
+            context.abort(self.fail_with, "fake runtime told to fail")
         return cri_pb2.ListImagesResponse(
             images=[
                 cri_pb2.Image(

@@ -14,6 +14,10 @@
   memory's; the cost is that those pages must be read again by whoever next needs them, which
   is why the read is bounded and rare.
 
+- **Filesystems**: free and total bytes (``statvfs``: blocks available to unprivileged users,
+  and all blocks, times the fragment size) of the model cache's filesystem and of the container
+  runtime's image filesystem (whose mount point the CRI's ImageFsInfo names).
+
 Anything that cannot be read (no cache folder, no huggingface_hub, an unreadable config) is left
 out of the report (None) rather than reported as empty.
 """
@@ -57,6 +61,23 @@ class CacheScan:
     lora_adapters: tuple[LoraEntry, ...] | None
     model_bytes: int = 0  # every blob of every cached model repo, each counted once
     lora_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    free_bytes: int
+    total_bytes: int
+
+
+def filesystem_usage(path: Path) -> FsUsage | None:
+    """Free (available to unprivileged writers) and total bytes of the filesystem holding ``path``;
+    None when ``path`` cannot be reached."""
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:
+        log.debug("statvfs %s: %s", path, exc)
+        return None
+    return FsUsage(free_bytes=int(st.f_bavail) * int(st.f_frsize), total_bytes=int(st.f_blocks) * int(st.f_frsize))
 
 
 def default_hf_cache() -> Path:

@@ -11,8 +11,12 @@ or the PCIe level (PIX, PXB, PHB, NODE, SYS) per pair, ``""`` on the diagonal an
 could not tell.
 
 :func:`material` is the part of a report whose change is worth an immediate write: everything
-except the report time, utilisation, used memory and measured bandwidth, which ride on the
-heartbeat.
+except the report time, utilisation, used memory, measured bandwidth and free disk space, which
+are refreshed on a slower period.
+
+``disk.imageFilesystem`` is the container runtime's image filesystem (named by the CRI's
+ImageFsInfo, measured with statvfs), ``disk.modelCache`` the model cache's filesystem; each
+holds ``freeBytes`` and ``totalBytes`` and is absent when unknown.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpu_agent import __version__
-from gpu_agent.inventory import CacheScan
+from gpu_agent.inventory import CacheScan, FsUsage
 from gpu_agent.nvml_reader import GpuSample, NvmlSample
 
 GROUP = "gpusched.io"
@@ -108,6 +112,8 @@ def build_report(
     images: Images | None = None,
     caches: CacheScan | None = None,
     bandwidth: Bandwidth | None = None,
+    image_filesystem: FsUsage | None = None,
+    model_cache: FsUsage | None = None,
     agent_version: str = __version__,
 ) -> dict[str, Any]:
     """The whole GPUNodeReport object, ready for server-side apply."""
@@ -146,6 +152,13 @@ def build_report(
         }
         if measured:
             spec["bandwidth"] = measured
+    disk = {
+        key: {"freeBytes": usage.free_bytes, "totalBytes": usage.total_bytes}
+        for key, usage in (("imageFilesystem", image_filesystem), ("modelCache", model_cache))
+        if usage is not None
+    }
+    if disk:
+        spec["disk"] = disk
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": node_name}, "spec": spec}
 
 
@@ -154,6 +167,7 @@ def material(report: Mapping[str, Any]) -> str:
     spec = dict(report.get("spec") or {})
     spec.pop("reportTime", None)
     spec.pop("bandwidth", None)
+    spec.pop("disk", None)
     spec["gpus"] = [{k: v for k, v in gpu.items() if k not in VOLATILE_GPU_FIELDS} for gpu in spec.get("gpus") or ()]
     text = json.dumps({"metadata": report.get("metadata"), "spec": spec}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

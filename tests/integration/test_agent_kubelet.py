@@ -160,10 +160,10 @@ def test_images_from_the_cri_image_service(sockets: Path, reader: NvmlReader) ->
         report = agent.collect()
         clock[0] = 30
         agent.collect()
-        assert runtime.calls == {"ListImages": 1}  # rescanned only every inventory_interval
+        assert runtime.calls == {"ListImages": 1, "ImageFsInfo": 1}  # rescanned only every inventory_interval
         clock[0] = 61
         agent.collect()
-        assert runtime.calls == {"ListImages": 2}
+        assert runtime.calls == {"ListImages": 2, "ImageFsInfo": 2}
     assert report["spec"]["images"] == [
         {"name": "registry.example/vllm:0.6", "digest": "sha256:d1", "bytes": 9_000_000_000},
         {"name": "registry.example/vllm:latest", "digest": "sha256:d1", "bytes": 9_000_000_000},
@@ -171,6 +171,56 @@ def test_images_from_the_cri_image_service(sockets: Path, reader: NvmlReader) ->
         {"name": "registry.k8s.io/pause:3.10", "digest": "sha256:bbb", "bytes": 300_000},
     ]
     assert agent.state.cache_bytes["image"] == 9_000_300_000  # each image once, not once per name
+
+
+def test_disk_figures_from_image_fs_info_and_the_model_cache(sockets: Path, reader: NvmlReader) -> None:
+    """imageFilesystem: the mount point the runtime's ImageFsInfo names, measured with statvfs
+    under --host-root; modelCache: statvfs of the model cache folder."""
+    import os
+
+    host = sockets / "host"
+    (host / "var/lib/containerd").mkdir(parents=True)
+    hf = sockets / "hub"
+    hf.mkdir()
+    filesystems = [{"mountpoint": "/var/lib/containerd", "usedBytes": 12345}]
+    with (
+        FakeImageService(sockets / "containerd.sock", [], image_filesystems=filesystems) as runtime,
+        ImageClient(str(sockets / "containerd.sock")) as client,
+    ):
+        assert [(f.mountpoint, f.used_bytes) for f in client.image_fs_info()] == [("/var/lib/containerd", 12345)]
+        agent = Agent(
+            AgentConfig(node_name="n", disk_probe_bytes=0, hf_cache=hf, host_root=host), reader, images=client
+        )
+        disk = agent.collect()["spec"]["disk"]
+        assert runtime.calls["ImageFsInfo"] == 2
+    for part, path in (("imageFilesystem", host / "var/lib/containerd"), ("modelCache", hf)):
+        st = os.statvfs(path)
+        assert disk[part]["totalBytes"] == st.f_blocks * st.f_frsize
+        # free space moves while the test runs; within 64 MiB of a fresh look
+        assert abs(disk[part]["freeBytes"] - st.f_bavail * st.f_frsize) < 64 * 2**20
+        assert 0 < disk[part]["freeBytes"] <= disk[part]["totalBytes"]
+
+
+@pytest.mark.parametrize(
+    ("filesystems", "fail"),
+    [
+        ([{"mountpoint": "/no/such/place"}], False),  # named but not visible under --host-root
+        ([], False),  # the runtime names none
+        ([{"mountpoint": "/"}], True),  # the runtime fails the call
+    ],
+)
+def test_unknown_image_filesystem_is_left_out(
+    sockets: Path, reader: NvmlReader, filesystems: list[dict[str, str]], fail: bool
+) -> None:
+    with (
+        FakeImageService(sockets / "containerd.sock", [], image_filesystems=filesystems) as runtime,
+        ImageClient(str(sockets / "containerd.sock")) as client,
+    ):
+        if fail:
+            runtime.fail_with = grpc.StatusCode.UNIMPLEMENTED
+        agent = Agent(AgentConfig(node_name="n", disk_probe_bytes=0, hf_cache=None), reader, images=client)
+        spec = agent.collect()["spec"]
+    assert "disk" not in spec
 
 
 def test_unreachable_runtime_leaves_images_out(sockets: Path, reader: NvmlReader) -> None:

@@ -13,7 +13,7 @@ import yaml
 
 from gpu_agent import fake_nvml
 from gpu_agent.cri.client import ImageEntry
-from gpu_agent.inventory import CacheScan, LoraEntry, ModelEntry
+from gpu_agent.inventory import CacheScan, FsUsage, LoraEntry, ModelEntry
 from gpu_agent.nvml_reader import NvmlReader, NvmlSample
 from gpu_agent.report import Bandwidth, Images, build_report, dumps, material
 from scheduler.core.objects import node_from_object, with_report
@@ -46,6 +46,8 @@ def full_report(sample: NvmlSample, node: str = "gpu-node-1") -> dict:
             lora_bytes=10**8,
         ),
         bandwidth=Bandwidth(disk_read_bytes_per_second=2.5e9, pull_bytes_per_second=None),
+        image_filesystem=FsUsage(free_bytes=300 * 10**9, total_bytes=500 * 10**9),
+        model_cache=FsUsage(free_bytes=2 * 10**12, total_bytes=7 * 10**12),
     )
 
 
@@ -172,12 +174,43 @@ def test_material_ignores_time_utilisation_used_memory_and_bandwidth(machine: Ma
     b["spec"]["gpus"][0]["utilizationPercent"] = 99
     b["spec"]["gpus"][0]["memoryUsedBytes"] = 1
     b["spec"]["bandwidth"] = {"diskReadBytesPerSecond": 1.0}
+    b["spec"]["disk"]["modelCache"]["freeBytes"] -= 4096
     assert material(a) == material(b)
     b["spec"]["gpus"][3]["pods"] = ["ns/new"]
     assert material(a) != material(b)
     c = json.loads(json.dumps(a))
     c["spec"]["gpus"][2]["healthy"] = False
     assert material(a) != material(c)
+
+
+@pytest.mark.parametrize(
+    ("image_fs", "model_fs", "expected"),
+    [
+        (None, None, None),  # neither known: no disk section at all
+        (FsUsage(1, 2), None, {"imageFilesystem": {"freeBytes": 1, "totalBytes": 2}}),
+        (None, FsUsage(3, 4), {"modelCache": {"freeBytes": 3, "totalBytes": 4}}),
+        (
+            FsUsage(1, 2),
+            FsUsage(3, 4),
+            {"imageFilesystem": {"freeBytes": 1, "totalBytes": 2}, "modelCache": {"freeBytes": 3, "totalBytes": 4}},
+        ),
+    ],
+)
+def test_disk_figures(
+    machine: Machine, image_fs: FsUsage | None, model_fs: FsUsage | None, expected: dict | None
+) -> None:
+    spec = build_report(
+        "n", sample_of(machine, "l4x4"), report_time=WHEN, image_filesystem=image_fs, model_cache=model_fs
+    )["spec"]
+    assert spec.get("disk") == expected
+    assert undeclared(spec, crd_schema()) == []
+    disk_schema = crd_schema()["properties"]["disk"]["properties"]
+    for part in ("imageFilesystem", "modelCache"):
+        assert disk_schema[part]["required"] == ["freeBytes", "totalBytes"]
+        assert {k: v["type"] for k, v in disk_schema[part]["properties"].items()} == {
+            "freeBytes": "integer",
+            "totalBytes": "integer",
+        }
 
 
 def test_dumps_without_orjson(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
