@@ -33,7 +33,7 @@ class ConfigError(ValueError):
     """A configuration that gpusched refuses to start with."""
 
 
-DEFAULT_FILTERS = ("gpu-fit", "cuda", "freshness", "inference-fit")
+DEFAULT_FILTERS = ("gpu-fit", "cuda", "freshness", "inference-fit", "disk-fit")
 DEFAULT_SCORES: tuple[tuple[str, float], ...] = (
     ("gpu-memory-packing", 2.0),
     ("nvlink", 3.0),

@@ -70,6 +70,18 @@ def _entries(spec: Mapping[str, Any], key: str) -> dict[str, int]:
     return out
 
 
+def _disk(spec: Mapping[str, Any], part: str) -> tuple[int, int]:
+    """(free, total) bytes of `spec.disk[part]`; (-1, -1) when absent or not 0 <= free <= total."""
+    disk = spec.get("disk")
+    entry = disk.get(part) if isinstance(disk, Mapping) else None
+    if not isinstance(entry, Mapping):
+        return -1, -1
+    free, total = entry.get("freeBytes"), entry.get("totalBytes")
+    if not isinstance(free, int) or not isinstance(total, int) or isinstance(free, bool) or isinstance(total, bool):
+        return -1, -1
+    return (free, total) if 0 <= free <= total else (-1, -1)
+
+
 def with_report(node: NodeState, report: Mapping[str, Any] | None, now: float) -> NodeState:
     """The node with its report's GPUs, links, versions and caches merged in."""
     if not report:
@@ -100,6 +112,7 @@ def with_report(node: NodeState, report: Mapping[str, Any] | None, now: float) -
     bandwidth = spec.get("bandwidth") or {}
     images = dict(node.images)
     images.update(_entries(spec, "images"))
+    image_fs, model_cache = _disk(spec, "imageFilesystem"), _disk(spec, "modelCache")
     return NodeState(
         name=node.name,
         labels=node.labels,
@@ -118,6 +131,10 @@ def with_report(node: NodeState, report: Mapping[str, Any] | None, now: float) -
         pull_bytes_per_s=float(bandwidth.get("pullBytesPerSecond") or 0.0),
         download_bytes_per_s=float(bandwidth.get("downloadBytesPerSecond") or 0.0),
         disk_bytes_per_s=float(bandwidth.get("diskReadBytesPerSecond") or 0.0),
+        image_fs_free=image_fs[0],
+        image_fs_total=image_fs[1],
+        model_cache_free=model_cache[0],
+        model_cache_total=model_cache[1],
         # A report with no readable time counts as infinitely old: stale, never trusted as fresh.
         report_age_s=max(now - reported_at, 0.0) if reported_at is not None else float("inf"),
     )

@@ -12,6 +12,13 @@ NodeStates and Pod objects out; reading the file is the caller's business).
     pods:                                               # pods already running
       - {name: train-0, node: h100-r1-0, gpus: 8, gpuIds: [0,1,2,3,4,5,6,7], annotations: {}, labels: {}}
 
+A node type or entry may state its disks as the agent reports them (absent: not reported):
+
+    disk: {imageFilesystem: {total: 100Gi, free: 40Gi}, modelCache: {total: 500Gi}}
+
+`free` defaults to `total` less the bytes of the images (image filesystem) or models (model cache)
+the node lists.
+
 `interconnect` is nvswitch (every pair NVLink), nvlink-pairs (GPUs 0-1, 2-3, ... NVLink; otherwise
 the same socket half PHB-connected and the other half SYS), pcie (PXB within a socket half, SYS
 across), or an explicit `links` matrix of "nvlink" / "PIX" / "PXB" / "PHB" / "NODE" / "SYS".
@@ -61,6 +68,26 @@ def _sizes(entry: Mapping[str, Any], key: str, where: str) -> dict[str, int]:
         raise ScenarioError(f"{where}: {key}: {exc}") from exc
 
 
+def _disk(spec: Mapping[str, Any], part: str, cached: dict[str, int], where: str) -> tuple[int, int]:
+    """(free, total) bytes of `disk.<part>`, (-1, -1) when not stated; free defaults to total - cached."""
+    disk = spec.get("disk") or {}
+    if not isinstance(disk, Mapping) or set(disk) - {"imageFilesystem", "modelCache"}:
+        raise ScenarioError(f"{where}: disk takes imageFilesystem and modelCache")
+    entry = disk.get(part)
+    if entry is None:
+        return -1, -1
+    if not isinstance(entry, Mapping) or "total" not in entry or set(entry) - {"total", "free"}:
+        raise ScenarioError(f"{where}: disk.{part} takes total and (optionally) free")
+    try:
+        total = parse_quantity(entry["total"])
+        free = parse_quantity(entry["free"]) if entry.get("free") is not None else max(total - sum(cached.values()), 0)
+    except QuantityError as exc:
+        raise ScenarioError(f"{where}: disk.{part}: {exc}") from exc
+    if not 0 <= free <= total:
+        raise ScenarioError(f"{where}: disk.{part}: free must be between 0 and total")
+    return free, total
+
+
 def _node(name: str, spec: Mapping[str, Any], labels: dict[str, str], where: str) -> NodeState:
     try:
         gpus = int(spec.get("gpus", 0))
@@ -72,6 +99,10 @@ def _node(name: str, spec: Mapping[str, Any], labels: dict[str, str], where: str
         age = spec.get("reportAgeSeconds", 0)
         report = age is not None
         gpu_list = tuple(GpuInfo(index=i, model=model, memory=memory) for i in range(gpus)) if report else ()
+        images = _sizes(spec, "images", where)
+        models = _sizes(spec, "models", where) if report else {}
+        image_fs = _disk(spec, "imageFilesystem", images, where) if report else (-1, -1)
+        model_cache = _disk(spec, "modelCache", models, where) if report else (-1, -1)
         return NodeState(
             name=name,
             labels={"kubernetes.io/hostname": name, **labels},
@@ -83,12 +114,16 @@ def _node(name: str, spec: Mapping[str, Any], labels: dict[str, str], where: str
             links=tuple(tuple(str(x) for x in row) for row in links) if report else (),
             cuda=parse_version(str(spec["cuda"])) if report and spec.get("cuda") else (),
             driver=str(spec.get("driver", "")),
-            images=_sizes(spec, "images", where),
-            models=_sizes(spec, "models", where) if report else {},
+            images=images,
+            models=models,
             lora_adapters=_sizes(spec, "loraAdapters", where) if report else {},
             pull_bytes_per_s=float(parse_quantity(spec.get("pullBandwidth", 0))),
             download_bytes_per_s=float(parse_quantity(spec.get("downloadBandwidth", 0))),
             disk_bytes_per_s=float(parse_quantity(spec.get("diskBandwidth", 0))),
+            image_fs_free=image_fs[0],
+            image_fs_total=image_fs[1],
+            model_cache_free=model_cache[0],
+            model_cache_total=model_cache[1],
             report_age_s=float(age) if report else None,
         )
     except (QuantityError, TypeError, ValueError) as exc:

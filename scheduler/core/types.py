@@ -95,6 +95,11 @@ class NodeState:
     pull_bytes_per_s: float = 0.0  # learned or measured; 0 when unknown
     download_bytes_per_s: float = 0.0
     disk_bytes_per_s: float = 0.0
+    # Disk space from the report's `disk` (bytes); -1 when the report does not say.
+    image_fs_free: int = -1  # the container runtime's image filesystem
+    image_fs_total: int = -1
+    model_cache_free: int = -1  # the volume that holds model weights
+    model_cache_total: int = -1
     report_age_s: float | None = None  # None when the node has no report
 
     @property

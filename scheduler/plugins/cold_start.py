@@ -24,7 +24,8 @@ rate under 1 byte/s counts as not measured.
 
 The predicted seconds of every scored node go into `cycle.notes["cold_start_seconds"]` (node name ->
 seconds, one decimal) for /explain, when the pod needs anything at all. `predicted_seconds` is the
-same computation for the simulator.
+same computation for the simulator; `missing_bytes` (the bytes a node lacks) is shared with the
+disk-fit filter.
 
 Args: `pullBytesPerSecond`, `downloadBytesPerSecond`, `diskBytesPerSecond` (numbers or quantities
 such as 100M), `unknownImageBytes` (default 0), `halfScoreSeconds` (default 120). Range 0..100.
@@ -97,10 +98,13 @@ def needed_bytes(snapshot: ClusterSnapshot, pod: PodRequest, priors: Priors | No
     return image_bytes, weights
 
 
-def predicted_seconds(
+def missing_bytes(
     snapshot: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray, priors: Priors | None = None
-) -> np.ndarray:
-    """Seconds until the pod's images are pulled and its weights fetched and loaded, per node in `nodes`."""
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(image bytes to pull, weights bytes to download) per node in `nodes`, and the weights' size.
+
+    What the node does not hold already; the disk-fit filter checks the same bytes against free space.
+    """
     priors = priors or DEFAULT_PRIORS
     nodes = np.asarray(nodes, dtype=np.intp)
     n = len(snapshot)
@@ -119,12 +123,22 @@ def predicted_seconds(
         holders = snapshot.models.get(pod.model, {})
         weights = pod.model_bytes or _largest(holders)
         cached = _held(holders, n, weights)
+    return missing_images[nodes], weights - cached[nodes], float(weights)
+
+
+def predicted_seconds(
+    snapshot: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray, priors: Priors | None = None
+) -> np.ndarray:
+    """Seconds until the pod's images are pulled and its weights fetched and loaded, per node in `nodes`."""
+    priors = priors or DEFAULT_PRIORS
+    nodes = np.asarray(nodes, dtype=np.intp)
+    images, weights_missing, weights = missing_bytes(snapshot, pod, nodes, priors)
     pull = _measured(snapshot.pull_bw[nodes], priors.pull)
     download = _measured(snapshot.download_bw[nodes], priors.download)
     disk = _measured(snapshot.disk_bw[nodes], priors.disk)
-    seconds: np.ndarray = missing_images[nodes] / pull
+    seconds: np.ndarray = images / pull
     if weights:
-        seconds = seconds + (weights - cached[nodes]) / download + weights / disk
+        seconds = seconds + weights_missing / download + weights / disk
     return seconds
 
 

@@ -23,6 +23,7 @@ from scheduler.plugins.baselines.random_pick import RandomPick
 from scheduler.plugins.baselines.resources_fit import ResourcesFit
 from scheduler.plugins.cold_start import ColdStart
 from scheduler.plugins.cuda import CudaDriver
+from scheduler.plugins.disk_fit import DiskFit
 from scheduler.plugins.fragmentation import Fragmentation
 from scheduler.plugins.freshness import Freshness
 from scheduler.plugins.gpu_fit import GpuFit
@@ -38,6 +39,7 @@ PLUGINS: dict[str, type[Plugin]] = {
         # gpusched's own signals: its default policy is made of these.
         GpuFit,
         CudaDriver,
+        DiskFit,
         Freshness,
         GpuMemoryPacking,
         NvLink,

@@ -17,7 +17,7 @@ def test_readme_config_example_loads() -> None:
     config = registry.config_from(yaml.safe_load(block.group(1)))
     assert config.gang_max_span == "gpusched.io/rack"
     assert dict(config.scores)["cold-start"] == 3.0
-    assert config.filters == ("gpu-fit", "cuda", "freshness", "inference-fit")
+    assert config.filters == ("gpu-fit", "cuda", "freshness", "inference-fit", "disk-fit")
 
 
 def test_shipped_config_is_the_default_policy() -> None:
