@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gpu_agent.inventory import CacheScan, DiskProbe, FsUsage, filesystem_usage, scan_caches
-from gpu_agent.nvml_reader import WARNING, NvmlReader, NvmlReadError, NvmlSample
+from gpu_agent.nvml_reader import NvmlReader, NvmlReadError, NvmlSample
 from gpu_agent.publisher import Publisher
 from gpu_agent.report import Bandwidth, Images, build_report
 
 log = logging.getLogger(__name__)
 
-NOT_OFFERED = WARNING + "the kubelet does not offer this GPU (its device plugin reports it unhealthy or excludes it)"
+NOT_OFFERED = "the kubelet does not offer this GPU (its device plugin reports it unhealthy or excludes it)"
+"""A GPU the device plugin withdrew cannot be given to a pod: it is unhealthy for placement."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class Agent:
                 gpus=tuple(
                     g
                     if g.index in offered or g.mig_enabled or not g.healthy
-                    else replace(g, health_reasons=(*g.health_reasons, NOT_OFFERED))
+                    else replace(g, healthy=False, health_reasons=(*g.health_reasons, NOT_OFFERED))
                     for g in sample.gpus
                 ),
             )

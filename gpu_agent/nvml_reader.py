@@ -6,12 +6,26 @@ Every NVML outcome is defined:
   CLI prints it and exits non-zero.
 - ``NotSupported``, ``FunctionNotFound`` (an older driver), ``NotFound``, ``InvalidArgument`` for
   an optional query -> that field is absent from the sample, nothing else changes.
-- ``GpuIsLost`` / ``ResetRequired`` on any query of a GPU -> the GPU is reported unhealthy with
-  the reason, and its other fields are read where they still answer.
-- any other error of a per-GPU query -> that field is absent and the error is counted in
-  :attr:`NvmlReader.errors` (by kind) for the ``gpusched_agent_nvml_errors_total`` metric.
+- any other error of a query of one GPU (``GpuIsLost``, ``ResetRequired``, ``Unknown`` (999),
+  ``Timeout``, ...) -> the GPU is reported unhealthy with the reason (the call and the error),
+  that field is absent, its other fields are read where they still answer, and the error is
+  counted in :attr:`NvmlReader.errors` (by kind) for ``gpusched_agent_nvml_errors_total``. A GPU
+  without a UUID is unhealthy too: its pods cannot be matched to it.
+- pairwise queries (P2P status, common ancestor) are not asked of a GPU whose own queries
+  failed; when one fails anyway, each GPU of the pair is asked for its PCI info and only the one
+  that fails is marked, never the other.
+- Xid errors: the reader registers every GPU for NVML's critical-Xid events when it opens and
+  drains them on each read. An Xid other than the application errors (13, 31, 43, 45, 68, 109,
+  as NVIDIA's device plugin treats them) marks the GPU unhealthy, naming the Xid, until NVML is
+  opened again (a driver reload or GPU reset; :meth:`NvmlReader.reopen`).
 - an error of a system-wide query (device count) while reading -> :class:`NvmlReadError`; the
-  agent makes no report that cycle (the last one ages) and tries again on the next.
+  agent makes no report that cycle (the last one ages) and tries again on the next. Errors that
+  mean the driver went away (``Uninitialized``, ``DriverNotLoaded``, ``LibRmVersionMismatch``,
+  ``Unknown``) make the next read shut NVML down and initialise it again first, so a reloaded
+  driver is picked up without restarting the agent.
+
+``memoryTotalBytes`` is what processes can allocate: the v2 memory query's total less the memory
+the driver reserves; the v1 query (older drivers) cannot tell them apart.
 
 Topology: per active NVLink link, its remote end (PCI bus id, or the remote device type when the
 far end is an NVSwitch). Links whose remote bus id is another local GPU count towards that pair;
@@ -27,6 +41,7 @@ Only the standard library and pynvml are imported here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid as _uuid
 from collections import Counter
@@ -41,8 +56,28 @@ counts as PIX, the closest PCIe relation there is."""
 
 # Errors that mean "this driver or GPU does not have it": the field is left out, not counted.
 ABSENT = ("NotSupported", "FunctionNotFound", "NotFound", "InvalidArgument", "ArgumentVersionMismatch")
-# Errors that mean the GPU itself is gone or wedged.
+# Errors with a reason of their own; any other failing query reads "NVML <call> failed: <kind>".
 FATAL_GPU = {"GpuIsLost": "GPU is lost (fell off the bus)", "ResetRequired": "GPU requires a reset"}
+QUERY_FAILED = "NVML "
+# Errors of a system-wide query that mean the driver went away (unloaded, reloaded, upgraded).
+DRIVER_GONE = ("Uninitialized", "DriverNotLoaded", "LibRmVersionMismatch", "Unknown")
+NO_UUID = "NVML gave no UUID for this GPU (its pods cannot be matched to it)"
+
+XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
+APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+"""Xids caused by the application, not the GPU: NVIDIA's device plugin skips these too."""
+XID_TEXT = {
+    48: "double-bit ECC error",
+    63: "ECC page retirement or row remapping event",
+    64: "ECC page retirement or row remapper recording failure",
+    74: "NVLink error",
+    79: "GPU has fallen off the bus",
+    92: "high single-bit ECC error rate",
+    94: "contained ECC error",
+    95: "uncontained ECC error",
+    119: "GSP RPC timeout",
+    120: "GSP error",
+}
 
 WARNING = "warning: "
 """Health reasons that start with this do not make the GPU unhealthy (a reset is due, say)."""
@@ -132,6 +167,11 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def _query_failed(reasons: list[str]) -> bool:
+    """Whether a query of this GPU failed (it is lost, wedged or not answering)."""
+    return any(r in FATAL_GPU.values() or r.startswith(QUERY_FAILED) for r in reasons)
+
+
 def _mig_profile(name: str) -> str:
     """ "NVIDIA H100 NVL MIG 3g.47gb" -> "3g.47gb"."""
     head, sep, tail = name.rpartition(" MIG ")
@@ -147,6 +187,11 @@ class NvmlReader:
         self.nvml = pynvml
         self.errors: Counter[str] = Counter()
         self._open = False
+        self._reopen_due = False
+        self._event_set: Any = None
+        self._xids: dict[int, list[int]] = {}  # GPU index -> critical Xids seen since NVML was opened
+        self._pair_failed = False
+        self.opened = 0  # successful initialisations, for the metric and the tests
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -167,14 +212,85 @@ class NvmlReader:
                 raise NvmlUnavailable("no permission to use NVML (the NVIDIA device files are not accessible)") from exc
             raise NvmlUnavailable(f"NVML initialisation failed: {kind}: {exc}") from exc
         self._open = True
+        self._reopen_due = False
+        self.opened += 1
+        self._xids = {}
+        self._watch_xids()
 
     def close(self) -> None:
+        """Release NVML (and the event set): the driver can then be unloaded."""
         if self._open:
             self._open = False
+            if self._event_set is not None:
+                try:
+                    self.nvml.nvmlEventSetFree(self._event_set)
+                except self.nvml.NVMLError as exc:
+                    log.debug("nvmlEventSetFree: %s", exc)
+                self._event_set = None
             try:
                 self.nvml.nvmlShutdown()
             except self.nvml.NVMLError as exc:
                 log.debug("nvmlShutdown: %s", exc)
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def reopen(self) -> None:
+        """Shut NVML down and initialise it again (a reloaded driver; Xid marks start over)."""
+        self.close()
+        self.open()
+
+    def _watch_xids(self) -> None:
+        nvml = self.nvml
+        if not hasattr(nvml, "nvmlEventSetCreate"):
+            return
+        try:
+            event_set = nvml.nvmlEventSetCreate()
+            count = nvml.nvmlDeviceGetCount()
+        except nvml.NVMLError as exc:
+            log.info("no Xid events: %s", error_kind(exc))
+            return
+        registered = 0
+        for index in range(count):
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                nvml.nvmlDeviceRegisterEvents(handle, XID_EVENT, event_set)
+                registered += 1
+            except nvml.NVMLError as exc:
+                log.info("GPU %d: no Xid events: %s", index, error_kind(exc))
+        if registered:
+            self._event_set = event_set
+        else:
+            with contextlib.suppress(nvml.NVMLError):
+                nvml.nvmlEventSetFree(event_set)
+
+    def _drain_xids(self, limit: int = 1000) -> None:
+        nvml = self.nvml
+        if self._event_set is None:
+            return
+        for _ in range(limit):
+            try:
+                data = nvml.nvmlEventSetWait_v2(self._event_set, 0)
+            except nvml.NVMLError as exc:
+                if error_kind(exc) != "Timeout":
+                    self.errors[error_kind(exc)] += 1
+                return
+            if not int(data.eventType) & XID_EVENT:
+                continue
+            xid = int(data.eventData)
+            try:
+                index = int(nvml.nvmlDeviceGetIndex(data.device))
+            except nvml.NVMLError as exc:
+                log.warning("Xid %d on a GPU NVML cannot name: %s", xid, error_kind(exc))
+                continue
+            if xid in APPLICATION_XIDS:
+                log.info("GPU %d: Xid %d (an application error, the GPU stays healthy)", index, xid)
+                continue
+            seen = self._xids.setdefault(index, [])
+            if xid not in seen:
+                seen.append(xid)
+                log.warning("GPU %d: Xid %d (%s): marked unhealthy", index, xid, XID_TEXT.get(xid, "critical"))
 
     def __enter__(self) -> NvmlReader:
         self.open()
@@ -201,8 +317,10 @@ class NvmlReader:
         kind = error_kind(exc)
         if kind in ABSENT:
             return
-        if kind in FATAL_GPU and reasons is not None and FATAL_GPU[kind] not in reasons:
-            reasons.append(FATAL_GPU[kind])
+        if reasons is not None:
+            reason = FATAL_GPU.get(kind) or f"{QUERY_FAILED}{what} failed: {kind}"
+            if reason not in reasons:
+                reasons.append(reason)
         self.errors[kind] += 1
         log.debug("%s: %s", what, kind)
 
@@ -210,13 +328,25 @@ class NvmlReader:
 
     def read(self) -> NvmlSample:
         nvml = self.nvml
+        if self._reopen_due:
+            self.close()
+            try:
+                self.open()
+            except NvmlUnavailable as exc:
+                self._reopen_due = True
+                raise NvmlReadError(f"NVML cannot be opened again: {exc}") from exc
+            log.info("NVML opened again")
         if not self._open:
             raise NvmlReadError("NVML is not open")
         try:
             count = nvml.nvmlDeviceGetCount()
         except nvml.NVMLError as exc:
-            self.errors[error_kind(exc)] += 1
-            raise NvmlReadError(f"nvmlDeviceGetCount failed: {error_kind(exc)}") from exc
+            kind = error_kind(exc)
+            self.errors[kind] += 1
+            if kind in DRIVER_GONE:
+                self._reopen_due = True
+            raise NvmlReadError(f"nvmlDeviceGetCount failed: {kind}") from exc
+        self._drain_xids()
 
         driver = self._call("nvmlSystemGetDriverVersion")
         cuda = self._call("nvmlSystemGetCudaDriverVersion_v2")
@@ -237,6 +367,10 @@ class NvmlReader:
                 gpus.append(GpuSample(index=index, healthy=False))
                 continue
             gpus.append(self._gpu(index, handle, reasons))
+            if not gpus[-1].uuid and NO_UUID not in reasons:
+                reasons.append(NO_UUID)
+            for xid in self._xids.get(index, ()):
+                reasons.append(f"Xid {xid}: {XID_TEXT.get(xid, 'critical error')} (until the GPU is reset)")
 
         topology = self._topology(handles, gpus, reasons_by_gpu)
         # Topology and fabric queries may have added reasons (a GPU lost mid-read, fabric state).
@@ -264,7 +398,9 @@ class NvmlReader:
         if info is None:
             return None, None
         total = int(info.total)
-        return total, max(total - int(info.free), 0)
+        used = max(total - int(info.free), 0)
+        reserved = int(getattr(info, "reserved", 0) or 0)
+        return max(total - reserved, 0), max(used - reserved, 0) if reserved else used
 
     def _gpu(self, index: int, handle: Any, reasons: list[str]) -> GpuSample:
         call = self._call
@@ -425,6 +561,31 @@ class NvmlReader:
             return ""
         return f"{_uuid.UUID(bytes=raw[:16])}.{int(info.cliqueId)}"
 
+    def _pair(self, name: str, *args: Any) -> Any:
+        """A query of two GPUs: its failure is not recorded against either yet (see :meth:`_blame`)."""
+        fn = getattr(self.nvml, name, None)
+        self._pair_failed = False
+        if fn is None:
+            return None
+        try:
+            return fn(*args)
+        except self.nvml.NVMLError as exc:
+            kind = error_kind(exc)
+            if kind not in ABSENT:
+                self.errors[kind] += 1
+                self._pair_failed = True
+                log.debug("%s: %s", name, kind)
+            return None
+
+    def _blame(self, handles: list[Any], reasons: list[list[str]], failed: list[bool], a: int, b: int) -> None:
+        """After a failed pairwise query: ask each GPU of the pair alone, and mark the one that fails."""
+        if not self._pair_failed:
+            return
+        self._pair_failed = False
+        for i in (a, b):
+            self._call("nvmlDeviceGetPciInfo", handles[i], reasons=reasons[i])
+            failed[i] = failed[i] or _query_failed(reasons[i])
+
     def _topology(self, handles: list[Any], gpus: list[GpuSample], reasons: list[list[str]]) -> Topology:
         nvml = self.nvml
         n = len(handles)
@@ -438,16 +599,16 @@ class NvmlReader:
                 gpus[i] = replace(gpus[i], nvlink_links=active)
         counts = [[0] * n for _ in range(n)]
         matrix = [[""] * n for _ in range(n)]
+        failed = [_query_failed(r) for r in reasons]
         for a in range(n):
             for b in range(a + 1, n):
                 ha, hb = handles[a], handles[b]
-                if ha is None or hb is None:
+                if ha is None or hb is None or failed[a] or failed[b]:
                     continue
                 count = max(links[a][1][b], links[b][1][a])
                 if not count and links[a][2] and links[b][2]:
-                    status = self._call(
-                        "nvmlDeviceGetP2PStatus", ha, hb, nvml.NVML_P2P_CAPS_INDEX_NVLINK, reasons=reasons[a]
-                    )
+                    status = self._pair("nvmlDeviceGetP2PStatus", ha, hb, nvml.NVML_P2P_CAPS_INDEX_NVLINK)
+                    self._blame(handles, reasons, failed, a, b)
                     if status is not None:
                         reachable = int(status) == nvml.NVML_P2P_STATUS_OK
                     elif links[a][3] and links[b][3]:
@@ -460,7 +621,8 @@ class NvmlReader:
                 if count:
                     kind = "nvlink"
                 else:
-                    level = self._call("nvmlDeviceGetTopologyCommonAncestor", ha, hb, reasons=reasons[a])
+                    level = self._pair("nvmlDeviceGetTopologyCommonAncestor", ha, hb)
+                    self._blame(handles, reasons, failed, a, b)
                     kind = TOPOLOGY_LEVELS.get(int(level), "") if level is not None else ""
                 matrix[a][b] = matrix[b][a] = kind
         cliques: Counter[str] = Counter()

@@ -33,6 +33,7 @@ enum {
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
+    NVML_ERROR_TIMEOUT = 10,
     NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
     NVML_ERROR_UNKNOWN = 999,
 };
@@ -598,9 +599,13 @@ static nvmlReturn_t machine_load(void) {
     return NVML_SUCCESS;
 }
 
-/* The code an "errors" table assigns to this entry point, or NVML_SUCCESS. */
+/* The code an "errors" table assigns to this entry point (else to "*", every entry point), or
+ * NVML_SUCCESS. */
 static nvmlReturn_t injected(const jval *spec, const char *function) {
-    return (nvmlReturn_t)jint(jget(spec, "errors"), function, NVML_SUCCESS);
+    const jval *errors = jget(spec, "errors");
+    long long code = jint(errors, function, -1);
+    if (code < 0) code = jint(errors, "*", NVML_SUCCESS);
+    return (nvmlReturn_t)code;
 }
 
 #define REQUIRE_INIT()                                      \
@@ -772,7 +777,9 @@ EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *deviceCount) { return nvmlD
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
     SYSTEM_ENTRY();
     if (!device || index >= (unsigned int)g_ndevices) return NVML_ERROR_INVALID_ARGUMENT;
-    nvmlReturn_t err = injected(g_devices[index].spec, "nvmlDeviceGetHandleByIndex_v2");
+    /* Handles are given out even for a GPU whose queries all fail (a "*" error): as the real
+     * library does for a GPU that fell off the bus; only an explicit entry refuses the handle. */
+    nvmlReturn_t err = (nvmlReturn_t)jint(jget(g_devices[index].spec, "errors"), "nvmlDeviceGetHandleByIndex_v2", 0);
     if (err) return err;
     *device = &g_devices[index];
     return NVML_SUCCESS;
@@ -1173,4 +1180,102 @@ EXPORT nvmlReturn_t nvmlDeviceGetAttributes_v2(nvmlDevice_t device, nvmlDeviceAt
 
 EXPORT nvmlReturn_t nvmlDeviceGetAttributes(nvmlDevice_t device, nvmlDeviceAttributes_t *attributes) {
     return nvmlDeviceGetAttributes_v2(device, attributes);
+}
+
+/* ------------------------------------------------------------------ events (Xid) */
+
+#define NVML_EVENT_TYPE_SINGLE_BIT_ECC 0x1ULL
+#define NVML_EVENT_TYPE_DOUBLE_BIT_ECC 0x2ULL
+#define NVML_EVENT_TYPE_XID_CRITICAL 0x8ULL
+#define EVENT_SET_MAGIC 0x45564e54u /* "EVNT" */
+#define EVENT_SET_MAX 64
+
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlEventData_t;
+
+/* A set delivers each GPU's fixture "xids" once, in order, to whoever waits on it: the Xid
+ * errors the driver raised after the set was registered. */
+typedef struct {
+    unsigned int magic;
+    int n;
+    fake_device *devices[EVENT_SET_MAX];
+    unsigned long long masks[EVENT_SET_MAX];
+    size_t delivered[EVENT_SET_MAX];
+} fake_event_set;
+
+typedef fake_event_set *nvmlEventSet_t;
+
+EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    SYSTEM_ENTRY();
+    if (!set) return NVML_ERROR_INVALID_ARGUMENT;
+    fake_event_set *created = calloc(1, sizeof(fake_event_set));
+    if (!created) return NVML_ERROR_UNKNOWN;
+    created->magic = EVENT_SET_MAGIC;
+    *set = created;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *eventTypes) {
+    DEVICE_ENTRY(device);
+    GPU_ONLY(device);
+    if (!eventTypes) return NVML_ERROR_INVALID_ARGUMENT;
+    *eventTypes = NVML_EVENT_TYPE_XID_CRITICAL | NVML_EVENT_TYPE_DOUBLE_BIT_ECC | NVML_EVENT_TYPE_SINGLE_BIT_ECC;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long eventTypes, nvmlEventSet_t set) {
+    DEVICE_ENTRY(device);
+    GPU_ONLY(device);
+    if (!set || set->magic != EVENT_SET_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!(eventTypes & (NVML_EVENT_TYPE_XID_CRITICAL | NVML_EVENT_TYPE_DOUBLE_BIT_ECC | NVML_EVENT_TYPE_SINGLE_BIT_ECC)))
+        return NVML_ERROR_NOT_SUPPORTED;
+    for (int i = 0; i < set->n; i++) {
+        if (set->devices[i] == device) {
+            set->masks[i] |= eventTypes;
+            return NVML_SUCCESS;
+        }
+    }
+    if (set->n >= EVENT_SET_MAX) return NVML_ERROR_INSUFFICIENT_SIZE;
+    set->devices[set->n] = device;
+    set->masks[set->n] = eventTypes;
+    set->delivered[set->n] = 0;
+    set->n++;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    (void)timeoutms; /* nothing arrives later in a fixture: waiting would only slow the tests */
+    SYSTEM_ENTRY();
+    if (!set || set->magic != EVENT_SET_MAGIC || !data) return NVML_ERROR_INVALID_ARGUMENT;
+    for (int i = 0; i < set->n; i++) {
+        fake_device *dev = set->devices[i];
+        if (!valid_device(dev) || !(set->masks[i] & NVML_EVENT_TYPE_XID_CRITICAL)) continue;
+        const jval *xids = jget(dev->spec, "xids");
+        if (!xids || xids->type != J_ARR || set->delivered[i] >= xids->n) continue;
+        const jval *xid = xids->items[set->delivered[i]++];
+        memset(data, 0, sizeof(*data));
+        data->device = dev;
+        data->eventType = NVML_EVENT_TYPE_XID_CRITICAL;
+        data->eventData = xid->type == J_NUM ? (unsigned long long)xid->inum : 0ULL;
+        data->gpuInstanceId = 0xFFFFFFFFu;
+        data->computeInstanceId = 0xFFFFFFFFu;
+        return NVML_SUCCESS;
+    }
+    return NVML_ERROR_TIMEOUT;
+}
+
+EXPORT nvmlReturn_t nvmlEventSetWait(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    return nvmlEventSetWait_v2(set, data, timeoutms);
+}
+
+EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    if (!set || set->magic != EVENT_SET_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    set->magic = 0;
+    free(set);
+    return NVML_SUCCESS;
 }

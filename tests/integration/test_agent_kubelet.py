@@ -74,7 +74,9 @@ def test_pods_per_gpu_in_the_report(sockets: Path, reader: NvmlReader) -> None:
             report = agent.collect()
     gpus = report["spec"]["gpus"]
     assert [g["pods"] for g in gpus] == [["team-a/train-0"]] * 4 + [[], ["team-b/infer"], [], []]
-    assert NOT_OFFERED in gpus[7]["healthReasons"] and gpus[7]["healthy"] is True
+    # Finding 3: a GPU the device plugin withdrew is unhealthy, not only warned about.
+    assert NOT_OFFERED in gpus[7]["healthReasons"] and gpus[7]["healthy"] is False
+    assert all(g["healthy"] for g in gpus[:7])
     node = node_from_object({"metadata": {"name": "dgx-01"}, "status": {"allocatable": {"nvidia.com/gpu": "8"}}})
     state = with_report(node, report, now=NOW.timestamp())
     assert state.gpus[5].holders == ("team-b/infer",) and state.gpus[4].holders == ()

@@ -60,8 +60,9 @@ def test_dgx_h100_reports_nvswitch_links_and_memory(machine: Machine) -> None:
     assert all(g.nvlink_links == 18 for g in sample.gpus)
     assert all(c == 18 for row in sample.topology.nvlink_counts for c in row if c)
     gpu = sample.gpus[4]
-    assert gpu.memory_total == 81559 * 2**20
-    assert gpu.memory_used == 71 * 2**30 + 530 * 2**20  # total - free: includes the reserved part
+    # 81559 MiB less the 530 MiB the driver reserves; used excludes the reserved part as well
+    assert gpu.memory_total == (81559 - 530) * 2**20
+    assert gpu.memory_used == 71 * 2**30
     assert gpu.utilization == 97
     assert gpu.mig_enabled is False and gpu.mig_instances == ()
     assert sample.driver_version == "550.54.15"
@@ -99,8 +100,8 @@ def test_degraded_gpus_get_health_reasons(machine: Machine) -> None:
     assert lost.uuid  # what still answers is still reported
     assert not fabric.healthy and fabric.health_reasons == ("NVLink fabric registration not complete (state 2)",)
     assert reader.errors["GpuIsLost"] > 0 and reader.errors["Unknown"] == 1
-    # The lost GPU has no NVLink answer, so its pairs fall back to the PCIe level.
-    assert sample.topology.matrix[2][0] == "PIX" and sample.topology.matrix[0][1] == "nvlink"
+    # The lost GPU is not asked about pairs: its relation to the others is unknown ("").
+    assert sample.topology.matrix[2][0] == "" and sample.topology.matrix[0][1] == "nvlink"
 
 
 def test_warnings_alone_keep_a_gpu_healthy(machine: Machine, tmp_path: Path) -> None:
@@ -217,3 +218,72 @@ def test_cuda_version_text(value: int, text: str) -> None:
 )
 def test_normalize_bus_id(text: str | bytes, parsed: tuple[int, int, int, int] | None) -> None:
     assert normalize_bus_id(text) == parsed
+
+
+# ---------------------------------------------------------------------- health attribution (issue findings 1-3)
+
+HEALTH_CASES = {
+    # fixture: (healthy per GPU, {GPU: a reason it must carry})
+    # Finding 1: the last GPU is lost; pairwise calls with it must not mark the other seven.
+    "lost-last": ([True] * 7 + [False], {7: "GPU is lost (fell off the bus)"}),
+    # Finding 2: 999 on every query of GPU 1; a timeout on GPU 2's UUID (its pods cannot be matched).
+    "unanswering": (
+        [True, False, False, True],
+        {
+            1: "NVML nvmlDeviceGetUUID failed: Unknown",
+            2: "NVML gave no UUID for this GPU (its pods cannot be matched to it)",
+        },
+    ),
+    # Finding 3: Xid 79, 94 and 119 mark their GPU; Xid 13 is the application's fault.
+    "xid": (
+        [False, False, False, True],
+        {
+            0: "Xid 79: GPU has fallen off the bus (until the GPU is reset)",
+            1: "Xid 94: contained ECC error (until the GPU is reset)",
+            2: "Xid 119: GSP RPC timeout (until the GPU is reset)",
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEALTH_CASES))
+def test_health_is_attributed_to_the_gpu_that_fails(machine: Machine, name: str) -> None:
+    healthy, reasons = HEALTH_CASES[name]
+    sample, _ = read(machine, name)
+    assert [g.healthy for g in sample.gpus] == healthy, [g.health_reasons for g in sample.gpus]
+    for index, reason in reasons.items():
+        assert reason in sample.gpus[index].health_reasons
+    for gpu in sample.gpus:
+        if gpu.healthy:
+            assert all(r.startswith("warning: ") for r in gpu.health_reasons), gpu
+
+
+def test_timeout_reason_names_the_call(machine: Machine) -> None:
+    sample, reader = read(machine, "unanswering")
+    assert "NVML nvmlDeviceGetUtilizationRates failed: Timeout" in sample.gpus[2].health_reasons
+    assert reader.errors["Timeout"] >= 2 and reader.errors["Unknown"] > 0
+
+
+def test_lost_gpu_keeps_the_others_topology(machine: Machine) -> None:
+    sample, _ = read(machine, "lost-last")
+    matrix = sample.topology.matrix
+    assert all(matrix[a][b] == "nvlink" for a in range(7) for b in range(7) if a != b)
+    assert all(matrix[7][b] == "" for b in range(8))
+
+
+def test_xid_marks_last_until_nvml_is_opened_again(machine: Machine, tmp_path: Path) -> None:
+    import json
+
+    fixture = machine("xid")
+    cleared = tmp_path / "cleared.json"
+    spec = json.loads(fixture.read_text())
+    for gpu in spec["gpus"]:
+        gpu.pop("xids", None)
+    cleared.write_text(json.dumps(spec))
+    with NvmlReader() as reader:
+        assert [g.healthy for g in reader.read().gpus] == [False, False, False, True]
+        # events are delivered once; the mark stays on later reads
+        assert [g.healthy for g in reader.read().gpus] == [False, False, False, True]
+        machine(str(cleared))  # the GPUs were reset: the driver raises nothing new
+        reader.reopen()
+        assert all(g.healthy for g in reader.read().gpus)
