@@ -36,7 +36,7 @@ from scheduler.core.framework import Cycle, FilterPlugin
 from scheduler.plugins.cold_start import Priors, Rate, missing_bytes
 
 GiB = 2**30
-UNCHECKED = "no disk figures in the node's report: not checked"
+UNCHECKED = "no disk figures in the node's report: {} not checked"
 
 
 def _gib(value: float) -> str:
@@ -89,10 +89,10 @@ class DiskFit(FilterPlugin):
         if unknown.any():
             names = cycle.snapshot.names
             parts = np.where(unknown[0] & unknown[1], 0, np.where(unknown[0], 1, 2))
-            what = ("", " (image filesystem)", " (model cache)")
+            what = ("image filesystem and model cache", "image filesystem", "model cache")
             notes = cycle.notes.setdefault("disk_fit", {})
             for i in np.flatnonzero(unknown.any(axis=0)).tolist():
-                notes[names[int(nodes[i])]] = UNCHECKED + what[int(parts[i])]
+                notes[names[int(nodes[i])]] = UNCHECKED.format(what[int(parts[i])])
         return np.asarray(ok.all(axis=0))
 
     def reason(self, cycle: Cycle, node: int) -> str:
