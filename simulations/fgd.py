@@ -34,7 +34,7 @@ from scheduler.core.fragmentation import TypicalPod, shape_of, typical_pods
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState
 from scheduler.plugins import registry
-from simulations import policies, traces
+from simulations import mixes, policies, traces
 from simulations.traces import TracePod
 
 INFLATION = 1.3
@@ -222,21 +222,29 @@ def summarize(results: Sequence[SeedResult]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ parallel runs
-_LOADED: dict[tuple[str, str], tuple[list[NodeState], list[TracePod], tuple[TypicalPod, ...]]] = {}
+_LOADED: dict[tuple[str, str, str], tuple[list[NodeState], list[TracePod], tuple[TypicalPod, ...]]] = {}
 
 
-def _load(nodes_csv: str, pods_csv: str) -> tuple[list[NodeState], list[TracePod], tuple[TypicalPod, ...]]:
-    key = (nodes_csv, pods_csv)
+def _load(
+    nodes_csv: str, pods_csv: str, label: str = ""
+) -> tuple[list[NodeState], list[TracePod], tuple[TypicalPod, ...]]:
+    """The nodes, the pods and their typical pods; a mix's label (simulations/mixes.py) resamples
+    the pods read from `pods_csv` (the default trace)."""
+    mix = label if mixes.is_mix(label) else ""
+    key = (nodes_csv, pods_csv, mix)
     if key not in _LOADED:
         pods = traces.load_pods(pods_csv)
+        if mix:
+            pods = mixes.load_mix(mix, pods)
         _LOADED[key] = (traces.load_nodes(nodes_csv), pods, typical_of(pods))
     return _LOADED[key]
 
 
 def run_task(task: tuple[str, str, str, str, int]) -> SeedResult:
-    """(trace label, nodes csv, pods csv, policy, seed) -> result; the unit of work of a process."""
+    """(trace label, nodes csv, pods csv, policy, seed) -> result; the unit of work of a process.
+    A mix's label (simulations/mixes.py) resamples the pods csv."""
     label, nodes_csv, pods_csv, policy, seed = task
-    nodes, pods, typical = _load(nodes_csv, pods_csv)
+    nodes, pods, typical = _load(nodes_csv, pods_csv, label)
     return replay(nodes, pods, policy, seed, typical=typical, trace=label)
 
 
@@ -270,7 +278,7 @@ def trace_tasks(
 ) -> list[tuple[str, str, str, str, int]]:
     nodes_csv = str(traces.node_file())
     return [
-        (trace, nodes_csv, str(traces.pod_file(trace)), policy, seed)
+        (trace, nodes_csv, str(traces.pod_file(mixes.BASE_TRACE if mixes.is_mix(trace) else trace)), policy, seed)
         for trace in trace_names
         for policy in policy_names
         for seed in seeds

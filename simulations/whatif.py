@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from scheduler.core.fragmentation import TypicalPod, shape_of, typical_pods
-from scheduler.core.framework import Decision, Framework
+from scheduler.core.framework import Cycle, Decision, Framework
 from scheduler.core.gang import GangPlan, plan_gang, tier_name
 from scheduler.core.images import normalize_image
 from scheduler.core.podspec import parse_pod
@@ -45,6 +45,7 @@ from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState, PodRequest
 from scheduler.plugins import registry
 from scheduler.plugins.cold_start import predicted_seconds
+from scheduler.plugins.disk_fit import DiskFit
 from simulations import policies
 
 RACK_LABEL = "gpusched.io/rack"
@@ -66,12 +67,15 @@ class PodOutcome:
     name: str
     job: str
     kind: str
+    arrived_at: float = 0.0
     node: str | None = None
     gpus: int = 0
     placed_at: float | None = None
     cold_start_s: float | None = None
     scores: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    kept_off: dict[str, str] = field(default_factory=dict)  # node -> why disk-fit turned it away
+    disk_short: str = ""  # placed where what it must fetch does not fit the disk (policies without disk-fit)
 
 
 @dataclass
@@ -86,33 +90,87 @@ class GangOutcome:
 
 
 @dataclass
+class JobOutcome:
+    """A job's arrival, start (its last pod placed) and end (start + duration); None when it never did."""
+
+    name: str
+    kind: str  # "training" (a gang), "batch" (a pod with a duration) or "service" (runs to the end)
+    arrive: float
+    pods: int
+    start: float | None = None
+    end: float | None = None
+
+    @property
+    def completion_s(self) -> float | None:
+        """Job completion time: from arrival to the end of its run."""
+        return None if self.end is None else self.end - self.arrive
+
+
+def _stat(values: Sequence[float], what: str) -> float | None:
+    if not values:
+        return None
+    return round(float(np.mean(values) if what == "mean" else np.percentile(values, 95)), 1)
+
+
+@dataclass
 class PolicyResult:
     policy: str
     total_gpus: int
-    timeline: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, allocated, stranded, pending
+    # t, GPUs allocated, stranded, pods pending, GPUs held by pods whose job has not started (a gang's
+    # members placed while the rest wait): allocated, but running nothing.
+    timeline: list[tuple[float, int, int, int, int]] = field(default_factory=list)
     pods: list[PodOutcome] = field(default_factory=list)
     gangs: list[GangOutcome] = field(default_factory=list)
+    jobs: list[JobOutcome] = field(default_factory=list)
 
     def end(self) -> float:
+        """When the replay's last event happened: the last finite job's end, or the last arrival."""
         return self.timeline[-1][0] if self.timeline else 0.0
+
+    def _weights(self, horizon: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """(times, seconds each timeline row holds) up to `horizon`; the last row holds to it."""
+        times = np.array([t for t, *_ in self.timeline] or [0.0])
+        return times, np.diff(times, append=max(times[-1], horizon or 0.0))
+
+    def idle_gpu_hours_while_waiting(self, horizon: float | None = None) -> float:
+        """GPU-hours that no pod held while some pod waited: sum over time of (GPUs - allocated)
+        during the spans in which at least one pod was pending, up to `horizon`."""
+        _, span = self._weights(horizon)
+        alloc = np.array([row[1] for row in self.timeline] or [0])
+        waiting = np.array([row[3] > 0 for row in self.timeline] or [False])
+        return float(np.sum((self.total_gpus - alloc) * span * waiting) / 3600)
+
+    def pending_seconds(self, horizon: float | None = None) -> list[float]:
+        """Per pod, seconds from its arrival to its placement (to `horizon` or the end if never placed)."""
+        end = max(self.end(), horizon or 0.0)
+        return [max((p.placed_at if p.placed_at is not None else end) - p.arrived_at, 0.0) for p in self.pods]
 
     def summary(self, horizon: float | None = None) -> dict[str, Any]:
         """Totals; time-weighted means run to `horizon` (compare policies over the same span)."""
-        times = np.array([t for t, *_ in self.timeline] or [0.0])
-        alloc = np.array([a for _, a, _, _ in self.timeline] or [0])
-        stranded = np.array([s for _, _, s, _ in self.timeline] or [0])
-        span = np.diff(times, append=max(times[-1], horizon or 0.0))
+        times, span = self._weights(horizon)
+        alloc = np.array([row[1] for row in self.timeline] or [0])
+        stranded = np.array([row[2] for row in self.timeline] or [0])
+        held = np.array([row[4] for row in self.timeline] or [0])
         weight = span if span.sum() > 0 else np.ones_like(span)
         cold = [p.cold_start_s for p in self.pods if p.kind == "inference" and p.cold_start_s is not None]
         pending = [p for p in self.pods if p.node is None]
+        finite = [j for j in self.jobs if j.kind in ("training", "batch")]
+        done = [j.completion_s for j in finite if j.completion_s is not None]
+        pod_waits = self.pending_seconds(horizon)
         return {
             "policy": self.policy,
             "gpus": self.total_gpus,
+            "horizon_s": round(float(max(times[-1], horizon or 0.0)), 1),
             "mean_allocated_pct": round(float(100 * np.average(alloc, weights=weight) / max(self.total_gpus, 1)), 2),
+            "mean_running_pct": round(
+                float(100 * np.average(alloc - held, weights=weight) / max(self.total_gpus, 1)), 2
+            ),
             "mean_stranded_gpus": round(float(np.average(stranded, weights=weight)), 2),
             "peak_stranded_gpus": int(stranded.max()),
             "pods_placed": len(self.pods) - len(pending),
             "pods_pending": len(pending),
+            "pods_kept_off_by_disk_fit": sum(bool(p.kept_off) for p in self.pods),
+            "pods_placed_where_disk_short": sum(bool(p.disk_short) for p in self.pods),
             "pending_reasons": _count(p.reason for p in pending),
             "gangs": len(self.gangs),
             "gangs_whole": sum(g.whole for g in self.gangs),
@@ -124,6 +182,19 @@ class PolicyResult:
             "cold_start_mean_s": round(float(np.mean(cold)), 1) if cold else None,
             "cold_start_p95_s": round(float(np.percentile(cold, 95)), 1) if cold else None,
             "cold_start_total_s": round(float(np.sum(cold)), 1) if cold else None,
+            # Training gangs and batch pods (those with a duration): makespan is when the last ends.
+            "makespan_s": round(max(j.end for j in finite if j.end is not None), 1)
+            if finite and len(done) == len(finite)
+            else None,
+            "jobs_finished": f"{len(done)}/{len(finite)}",
+            "jct_mean_s": _stat(done, "mean"),
+            "jct_p95_s": _stat(done, "p95"),
+            "jct_training_mean_s": _stat(
+                [j.completion_s for j in finite if j.kind == "training" and j.completion_s is not None], "mean"
+            ),
+            "idle_gpu_hours_while_waiting": round(self.idle_gpu_hours_while_waiting(horizon), 1),
+            "pending_mean_s": _stat(pod_waits, "mean"),
+            "pending_p95_s": _stat(pod_waits, "p95"),
         }
 
 
@@ -244,6 +315,10 @@ class Replay:
         self.typical = workload_typical_pods(running, jobs)
         config = registry.config_from(policies.policy_config(self.policy, typical=self.typical, weights=weights))
         self.framework: Framework = registry.build(config)
+        # disk-fit's check with its default arguments, for every policy: which nodes it keeps a pod
+        # off (gpusched's policy filters on it) and which placements would not fit (the others').
+        self.disk = DiskFit.create()
+        self.disk_filtered = "disk-fit" in config.filters
         self.gang_aware = self.policy == "gpusched"
         self.snapshot = ClusterSnapshot(nodes, running, config.tiers)
         self.jobs = list(jobs)
@@ -262,14 +337,14 @@ class Replay:
         return cls(nodes, load_pods(scenario), load_jobs(scenario), policy, weights)
 
     # -- measures
-    def _record(self, t: float, pending: int) -> None:
+    def _record(self, t: float, pending: int, held: int = 0) -> None:
         snap = self.snapshot
         usable = snap.gpu_valid & snap.gpu_healthy
         free = usable & (snap.gpu_milli_free >= 1000)
         allocated = int(usable.sum() - free.sum())
         free_per_node = free.sum(axis=1)
         partly = (free_per_node > 0) & (free_per_node < usable.sum(axis=1)) & snap.ready
-        self.result.timeline.append((t, allocated, int(free_per_node[partly].sum()), pending))
+        self.result.timeline.append((t, allocated, int(free_per_node[partly].sum()), pending, held))
 
     def _warm(self, node: int, pod: PodRequest) -> None:
         """The node pulls the pod's image and weights: later pods there start warm."""
@@ -291,6 +366,11 @@ class Replay:
         snap = self.snapshot
         if pod.workload == "inference":
             outcome.cold_start_s = float(predicted_seconds(snap, pod, np.array([node]))[0])
+        if not self.disk_filtered:
+            where = np.array([node], dtype=np.intp)
+            cycle = Cycle(snap, pod, self.framework.config)
+            if not self.disk.filter(cycle, where)[0]:
+                outcome.disk_short = self.disk.reason(cycle, node)
         self._warm(node, pod)
         outcome.node, outcome.gpus, outcome.placed_at, outcome.reason = snap.names[node], len(gpus), t, ""
         if decision is not None and decision.feasible.size:
@@ -298,6 +378,11 @@ class Replay:
             outcome.scores = {k: round(float(v[pos]), 1) for k, v in decision.scores.items()}
 
     def _try_pod(self, pod: PodRequest, outcome: PodOutcome, t: float) -> bool:
+        if self.disk_filtered:
+            cycle = Cycle(self.snapshot, pod, self.framework.config)
+            every = np.arange(len(self.snapshot), dtype=np.intp)
+            for node in every[~self.disk.filter(cycle, every)].tolist():
+                outcome.kept_off[self.snapshot.names[node]] = self.disk.reason(cycle, node)
         decision, best, gpus = self.framework.place_best(self.snapshot, pod)
         if best is None:  # ask again with a reason worded for every node turned away
             decision = self.framework.decide(self.snapshot, pod)
@@ -325,7 +410,9 @@ class Replay:
         events: list[tuple[float, int, int, str]] = []  # (time, order, job index, what)
         for i, job in enumerate(self.jobs):
             heapq.heappush(events, (job.arrive, 1, i, "arrive"))
-        outcomes = {i: [PodOutcome(p.name, job.name, job.kind) for p in job.pods] for i, job in enumerate(self.jobs)}
+        outcomes = {
+            i: [PodOutcome(p.name, job.name, job.kind, job.arrive) for p in job.pods] for i, job in enumerate(self.jobs)
+        }
         gangs = {i: GangOutcome(job.name, len(job.pods)) for i, job in enumerate(self.jobs) if job.kind == "training"}
         waiting: list[int] = []
         self._record(0.0, 0)
@@ -341,12 +428,21 @@ class Replay:
                         waiting.append(j)
             elif not self._attempt(i, outcomes[i], gangs.get(i), t, events):
                 waiting.append(i)
-            self._record(t, sum(1 for j in waiting for o in outcomes[j] if o.node is None))
+            self._record(
+                t,
+                sum(1 for j in waiting for o in outcomes[j] if o.node is None),
+                sum(o.gpus for j in waiting for o in outcomes[j] if o.node is not None),
+            )
             done += 1
             if progress is not None:
                 progress(done, done + len(events))
         for i, job in enumerate(self.jobs):
             self.result.pods.extend(outcomes[i])
+            times = [o.placed_at for o in outcomes[i] if o.placed_at is not None]
+            start = max(times) if len(times) == len(outcomes[i]) else None
+            kind = "training" if job.kind == "training" else "batch" if job.duration is not None else "service"
+            end = None if start is None or job.duration is None else start + job.duration
+            self.result.jobs.append(JobOutcome(job.name, kind, job.arrive, len(job.pods), start, end))
             if i in gangs:
                 gang = gangs[i]
                 placed = [o for o in outcomes[i] if o.node is not None]

@@ -166,3 +166,74 @@ def test_fragmentation_learns_the_typical_pods_from_the_workload() -> None:
     shapes = {p.shape: p.weight for p in replay.typical}
     assert shapes[(8000, 1, 1000, ())] == 4.0  # the four single-GPU services (8 CPUs each by default)
     assert shapes[(8000, 8, 1000, ())] == 4.0  # two gangs of two 8-GPU members
+
+
+def test_verdicts_makespan_completion_pending_and_idle_gpu_hours() -> None:
+    base, ours = compare(SMALL, ["kube-default", "gpusched"])
+    s = ours.summary()
+    # "gang" arrives at 10, starts at once, ends at 110; "late" arrives at 20, starts at 110, ends at 210.
+    assert s["makespan_s"] == 210.0
+    assert s["jobs_finished"] == "2/2"  # the four services have no duration: not jobs that finish
+    assert s["jct_mean_s"] == pytest.approx((100 + 190) / 2)
+    assert s["jct_p95_s"] == pytest.approx(100 + 0.95 * (190 - 100))  # numpy's linear percentile of two
+    assert s["jct_training_mean_s"] == pytest.approx(145.0)
+    # Pods: four services and two "gang" members wait 0 s, two "late" members 90 s each: 180 / 8.
+    assert s["pending_mean_s"] == pytest.approx(22.5)
+    # From 20 to 110 "late" waits while 4 + 16 of 32 GPUs are allocated: 12 GPUs x 90 s = 0.3 GPU-hours.
+    assert s["idle_gpu_hours_while_waiting"] == pytest.approx(0.3)
+    # kube-default never places a gang whole: no makespan, nothing finished.
+    b = base.summary(horizon=ours.end())
+    assert b["makespan_s"] is None and b["jobs_finished"] == "0/2" and b["jct_mean_s"] is None
+
+
+def test_gpus_held_by_half_placed_gangs_are_allocated_but_not_running() -> None:
+    scenario = {
+        **SMALL,
+        "workload": [
+            {"name": "small", "kind": "inference", "gpus": 1},
+            {"name": "wide", "kind": "training", "members": 4, "gpus": 8, "arrive": 10, "duration": 100},
+        ],
+    }
+    base, ours = compare(scenario, ["kube-default", "gpusched"])
+    # kube-default puts three members on the three whole nodes from t=10 and the fourth never fits:
+    # 24 GPUs held, running nothing. gpusched's planner holds nothing for a gang that cannot fit.
+    assert base.timeline[-1][4] == 24
+    b, o = base.summary(horizon=100.0), ours.summary(horizon=100.0)
+    # Over 100 s: allocated (1 x 100 + 24 x 90) / (32 x 100) = 70.6 %; running 1 GPU: 3.1 %.
+    assert b["mean_allocated_pct"] == pytest.approx(100 * (100 + 24 * 90) / 3200, abs=0.01)
+    assert b["mean_running_pct"] == pytest.approx(100 * 100 / 3200, abs=0.01)
+    assert o["mean_running_pct"] == o["mean_allocated_pct"] == pytest.approx(100 * 100 / 3200, abs=0.01)
+
+
+def test_time_weighted_means_share_one_horizon() -> None:
+    from simulations.report import summarize
+
+    scenario = {
+        **SMALL,
+        "workload": [
+            {"name": "short", "kind": "inference", "gpus": 8, "duration": 100},
+            {"name": "long", "kind": "inference", "gpus": 8, "arrive": 0, "duration": 300},
+        ],
+    }
+    (a,) = compare({**scenario, "workload": scenario["workload"][:1]}, ["gpusched"])
+    (b,) = compare(scenario, ["gpusched"])
+    sa, sb = summarize([a, b])
+    # One horizon, the longer run's 300 s: 8 of 32 GPUs for 100 s is 8.33 % of it, not 25 % of 100 s.
+    assert sa["horizon_s"] == sb["horizon_s"] == 300.0
+    assert sa["mean_allocated_pct"] == pytest.approx(100 * 8 * 100 / (32 * 300), abs=0.01)
+    # 8 GPUs for 300 s and 8 more for the first 100: (8 x 300 + 8 x 100) / (32 x 300) = 33.33 %.
+    assert sb["mean_allocated_pct"] == pytest.approx(100 * (8 * 300 + 8 * 100) / (32 * 300), abs=0.01)
+
+
+def test_demo_keeps_serving_pods_off_the_small_disk_nodes() -> None:
+    scenario = yaml.safe_load(DEMO.read_text())
+    base, ours = compare(scenario, ["kube-default", "gpusched"])
+    kept = [p for p in ours.pods if p.kept_off]
+    assert kept and all(set(p.kept_off) <= {f"l4-edge-{i}" for i in range(4)} for p in kept)
+    # The 15 GiB serving image with 1.6 GiB margin does not fit a 16 GiB image filesystem (10 GiB free
+    # on l4-edge-0, which holds the 6 GiB notebook image).
+    assert "image filesystem: needs 15.0 GiB + 1.6 GiB margin, 10.0 GiB free" in kept[0].kept_off["l4-edge-0"]
+    serving = [p for p in ours.pods if p.job.startswith(("chat-", "support-bot"))]
+    assert not any((p.node or "").startswith("l4-edge") for p in serving)
+    assert ours.summary()["pods_placed_where_disk_short"] == 0
+    assert base.summary()["pods_kept_off_by_disk_fit"] == 0  # kube-default's stand-in has no disk-fit
