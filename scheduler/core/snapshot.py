@@ -87,7 +87,7 @@ class ClusterSnapshot:
         self.max_gpus = g
 
         self.model_names: list[str] = []
-        model_ids: dict[str, int] = {}
+        self._model_ids: dict[str, int] = {}
         self.gpu_valid = np.zeros((n, g), dtype=bool)
         self.gpu_model = np.full((n, g), UNKNOWN_MODEL, dtype=np.int32)
         self.gpu_memory = np.zeros((n, g), dtype=np.int64)
@@ -111,12 +111,13 @@ class ClusterSnapshot:
         self.tier_ids = np.zeros((n, len(self.tier_keys)), dtype=np.int64)
 
         for i, node in enumerate(self.nodes):
-            self._load_node(i, node, model_ids)
+            self._load_node(i, node)
         self._load_tiers()
         # Nodes with the same GPU wiring share an id, so per-wiring work is done once per decision.
-        classes: dict[bytes, int] = {}
+        self._link_classes: dict[bytes, int] = {}
         self.link_class = np.array(
-            [classes.setdefault(self.link_affinity[i].tobytes(), len(classes)) for i in range(n)], dtype=np.int64
+            [self._link_classes.setdefault(self.link_affinity[i].tobytes(), len(self._link_classes)) for i in range(n)],
+            dtype=np.int64,
         )
 
         # Values derived from this snapshot (node tables, fragmentation state, tier domains), built
@@ -130,22 +131,13 @@ class ClusterSnapshot:
         # controller -> node -> its pods there (replica spreading).
         self.serving: dict[str, dict[int, int]] = {}
         self.owner_pods: dict[str, dict[int, int]] = {}
-        self.conflicts: list[str] = []  # pods the API shows on a node that has no room left for them
-        kubelet_holders = self._kubelet_holders()
+        # Pods the API shows on a node that has no room left for them: pod key -> why.
+        self.conflicts: dict[str, str] = {}
         for pod in pods:
-            if pod.node_name in self.index:
-                at = self.index[pod.node_name]
-                try:
-                    self.place(pod, at, kubelet_holders.get(pod.key) or pod.gpu_ids or None)
-                except SnapshotError:
-                    # The GPUs it names are taken (or gone): hold any free ones, else record it.
-                    try:
-                        self.place(pod, at)
-                    except SnapshotError as exc:
-                        self.conflicts.append(str(exc))
+            self.place_bound(pod)
 
     # ----------------------------------------------------------------- loading
-    def _load_node(self, i: int, node: NodeState, model_ids: dict[str, int]) -> None:
+    def _load_node(self, i: int, node: NodeState) -> None:
         self.gpu_alloc[i] = node.gpu_count
         self.cpu_free[i] = node.cpu_milli
         self.memory_free[i] = node.memory
@@ -167,10 +159,10 @@ class ClusterSnapshot:
                 self.gpu_memory[i, j] = gpu.memory
                 self.gpu_milli_free[i, j] = 1000
                 if gpu.model:
-                    if gpu.model not in model_ids:
-                        model_ids[gpu.model] = len(self.model_names)
+                    if gpu.model not in self._model_ids:
+                        self._model_ids[gpu.model] = len(self.model_names)
                         self.model_names.append(gpu.model)
-                    self.gpu_model[i, j] = model_ids[gpu.model]
+                    self.gpu_model[i, j] = self._model_ids[gpu.model]
             for a, row in enumerate(node.links[: self.max_gpus]):
                 for b, kind in enumerate(row[: self.max_gpus]):
                     if a != b:
@@ -192,13 +184,82 @@ class ClusterSnapshot:
     def _load_tiers(self) -> None:
         self.tier_ids[:] = tier_domains(self.nodes, self.tier_keys)
 
-    def _kubelet_holders(self) -> dict[str, tuple[int, ...]]:
-        held: dict[str, list[int]] = {}
-        for node in self.nodes:
-            for gpu in node.gpus:
-                for holder in gpu.holders:
-                    held.setdefault(holder, []).append(gpu.index)
-        return {key: tuple(sorted(v)) for key, v in held.items()}
+    def kubelet_gpus(self, node: int, key: str) -> tuple[int, ...]:
+        """The GPUs the node's report (the kubelet, through PodResources) says the pod holds there."""
+        return tuple(gpu.index for gpu in self.nodes[node].gpus if key in gpu.holders)
+
+    def place_bound(self, pod: PodRequest) -> Placement | None:
+        """Place a pod the API (or the assume-cache) shows on a node: on the GPUs the node's report
+        says it holds, else those gpusched chose, else any free ones; record a conflict when none fit.
+        None when its node is unknown or it does not fit."""
+        at = self.index.get(pod.node_name)
+        if at is None:
+            return None
+        self.conflicts.pop(pod.key, None)
+        try:
+            return self.place(pod, at, self.kubelet_gpus(at, pod.key) or pod.gpu_ids or None)
+        except SnapshotError:
+            # The GPUs it names are taken (or gone): hold any free ones, else record it.
+            try:
+                return self.place(pod, at)
+            except SnapshotError as exc:
+                self.conflicts[pod.key] = str(exc)
+                return None
+
+    def update_node(self, i: int, node: NodeState) -> bool:
+        """Replace what node `i` is (its Node object and report), keeping the pods placed on it.
+
+        The node's rows are reloaded and its pods placed again (the report may say other GPUs are
+        theirs now). Derived values in the memo are dropped when the node's GPUs, allocatable
+        resources or labels changed. False, with nothing changed, when the node has more GPUs than
+        the snapshot has columns: the caller builds a new snapshot.
+        """
+        if max(len(node.gpus), node.gpu_count) > self.max_gpus or any(g.index >= self.max_gpus for g in node.gpus):
+            return False
+        old = self.nodes[i]
+        rows = (self.gpu_valid, self.gpu_healthy, self.gpu_model, self.gpu_memory)
+        before = [a[i].copy() for a in rows]
+        held = [self.pods[k] for k in sorted(self.node_pods[i])]
+        for pod in held:
+            self.remove(pod.key)
+        for table, source in ((self.models, old.models), (self.lora_adapters, old.lora_adapters)):
+            for key in source:
+                self._unindex(table, key, i)
+        for image in old.images:
+            self._unindex(self.images, normalize_image(image), i)
+        self.gpu_valid[i] = False
+        self.gpu_healthy[i] = False
+        self.gpu_model[i] = UNKNOWN_MODEL
+        self.gpu_memory[i] = 0
+        self.gpu_milli_free[i] = 0
+        self.link_affinity[i] = 0.0
+        self.report_age[i] = np.inf
+        self.nodes[i] = node
+        self._load_node(i, node)
+        wiring = self.link_affinity[i].tobytes()
+        self.link_class[i] = self._link_classes.setdefault(wiring, len(self._link_classes))
+        if node.labels != old.labels:
+            self._load_tiers()
+        same_gpus = all(np.array_equal(b, a[i]) for b, a in zip(before, rows, strict=True))
+        same_node = (node.labels, node.cpu_milli, node.memory, node.gpu_count) == (
+            old.labels,
+            old.cpu_milli,
+            old.memory,
+            old.gpu_count,
+        )
+        if not (same_gpus and same_node):
+            self._memo.clear()
+        for pod in held:
+            self.place_bound(pod)
+        return True
+
+    @staticmethod
+    def _unindex(table: dict[str, dict[int, int]], key: str, node: int) -> None:
+        holders = table.get(key)
+        if holders is not None:
+            holders.pop(node, None)
+            if not holders:
+                del table[key]
 
     def memo(self, key: Hashable, build: Callable[[ClusterSnapshot], T]) -> T:
         """The value stored under `key`, built by `build(self)` on first use.

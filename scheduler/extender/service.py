@@ -80,8 +80,7 @@ class ExtenderService:
         config = state.config
         self.gangs = GangManager(framework, config.gang_ttl_s, config.gang_max_span, on_change=state.mark_changed)
         state.reservations = self.gangs.reservations
-        # state.snapshot (not the cached one, which is dropped on every informer event) so that
-        # scrapes of an idle extender still see the cluster, with report ages as of the scrape.
+        # state.snapshot so that scrapes of an idle extender see report ages as of the scrape.
         metrics.watch_cluster(self.state.snapshot)
         metrics.watch_framework(framework)
         metrics.watch_gangs(self.gangs)
@@ -231,10 +230,8 @@ class ExtenderService:
                 self.metrics.binds.labels("no_longer_fits").inc()
                 why = decision.error or decision.reasons.get(node, "no usable GPUs left")
                 return wire.ExtenderBindingResult(error=f"gpusched: {key} no longer fits {args.node}: {why}")
-            for reservation in release:
-                snap.remove(reservation)
             try:
-                self.state.assume(pod, args.node, gpus)
+                self.state.assume(pod, args.node, gpus, replaces=release[0] if release else "")
             except SnapshotError as exc:
                 self.state.mark_changed()
                 self.metrics.binds.labels("no_longer_fits").inc()

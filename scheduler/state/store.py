@@ -1,8 +1,18 @@
 """ClusterState: what the informers saw, plus pods gpusched has bound but the API does not yet show
-bound (the assume-cache), turned into a ClusterSnapshot on demand.
+bound (the assume-cache), kept as one ClusterSnapshot that each event updates in place.
 
-All mutation happens under one lock; the snapshot is rebuilt only after something changed, and
-report ages are refreshed on every read so a report goes stale on time even when nothing changes.
+Like kube-scheduler's cache, an event changes only what it touches (docs/ARCHITECTURE.md, "Where
+state lives"):
+
+- a pod added, bound, changed or deleted: that pod's placement (its node's GPU rows and counters);
+- a GPUNodeReport whose content did not change (the agent's heartbeat): that node's report time;
+- a changed report, Node object or learned pull rate: that node's rows, its pods placed again;
+- a node added or deleted, or a relist: a new snapshot, built from everything held here.
+
+All mutation happens under `lock`, and readers decide under it too, so a decision sees one
+consistent state; an event waits at most one decision (about a millisecond). `generation` moves
+whenever something that can change a decision changed (report ages aside: they are refreshed from
+the report times on every read, so a report goes stale on time even when nothing changes).
 """
 
 from __future__ import annotations
@@ -20,10 +30,15 @@ from scheduler.core.objects import node_from_object, parse_time, with_report
 from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState, PodRequest
-from scheduler.state.pull_throughput import PullThroughput
+from scheduler.state.pull_throughput import PullThroughput, event_node
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+RESERVATION_PREFIX = "gang:"  # names of the virtual pods that hold a gang's reserved GPUs (core/gang.py)
 ASSUME_TTL_S = 60.0
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
 
 
 class ClusterState:
@@ -31,19 +46,29 @@ class ClusterState:
         self.config = config
         self.clock = clock
         self.lock = threading.RLock()
-        self.nodes: dict[str, NodeState] = {}
+        self.nodes: dict[str, NodeState] = {}  # from Node objects alone
         self.reports: dict[str, Mapping[str, Any]] = {}
         self.pods: dict[str, PodRequest] = {}  # GPU pods that are not finished, bound or not
         self.uids: dict[str, str] = {}  # pod uid -> key
         self.assumed: dict[str, tuple[PodRequest, float]] = {}  # key -> (pod with node and GPUs, deadline)
-        self._snapshot: ClusterSnapshot | None = None
-        self._report_times = np.zeros(0)
-        self._built_at = 0.0
-        self._static_report_times: dict[str, float] = {}
-        self.changes = 0  # bumped on every change; for metrics and tests
-        self.pull = PullThroughput()  # learned from kubelet "Pulled" events; overrides reported rates
-        # Pods that hold GPUs without existing (gang reservations), set by whoever owns them.
+        # Pods that hold GPUs without existing (gang reservations), set by whoever owns them, and
+        # the reservations a member has taken over while its bind is under way: reservation key ->
+        # the member's pod key (so the member's GPUs are never counted twice).
         self.reservations: Callable[[], list[PodRequest]] = list
+        self._taken_over: dict[str, str] = {}
+        self._placed_reservations: set[str] = set()
+        self._reservations_dirty = False
+        self._snapshot: ClusterSnapshot | None = None
+        self._merged: dict[str, NodeState] = {}  # node name -> what the snapshot holds for it (age aside)
+        self._report_times = np.zeros(0)  # per snapshot index: when the report was written; inf: none
+        self._static_report_times: dict[str, float] = {}
+        self.generation = 0  # moves on every change that can alter a decision
+        self.rebuilds = 0  # full snapshot builds (relists, nodes added or deleted)
+        self.pull = PullThroughput()  # learned from kubelet "Pulled" events; overrides reported rates
+
+    @property
+    def changes(self) -> int:
+        return self.generation
 
     def load_static(self, nodes: Iterable[NodeState], pods: Iterable[PodRequest]) -> None:
         """Offline mode: a fixed cluster (from a scenario file) instead of informers."""
@@ -57,87 +82,116 @@ class ClusterState:
                 self.pods[pod.key] = pod
                 if pod.uid:
                     self.uids[pod.uid] = pod.key
-            self._changed()
+            self._rebuild_later()
 
     # -------------------------------------------------------------- informer input
-    def _changed(self) -> None:
+    def _rebuild_later(self) -> None:
         self._snapshot = None
-        self.changes += 1
+        self.generation += 1
 
     def replace_nodes(self, items: Iterable[Mapping[str, Any]]) -> None:
         with self.lock:
             self.nodes = {}
             for item in items:
-                self.upsert_node(item)
-            self._changed()
+                node = node_from_object(item, self.config.gpu_resource)
+                if node.name:
+                    self.nodes[node.name] = node
+            self._rebuild_later()
 
     def upsert_node(self, obj: Mapping[str, Any]) -> None:
         node = node_from_object(obj, self.config.gpu_resource)
-        if node.name:
-            with self.lock:
-                self.nodes[node.name] = node
-                self._changed()
+        if not node.name:
+            return
+        with self.lock:
+            known = node.name in self.nodes
+            self.nodes[node.name] = node
+            if known:
+                self._refresh_node(node.name)
+            else:
+                self._rebuild_later()
 
     def delete_node(self, obj: Mapping[str, Any]) -> None:
         with self.lock:
-            self.nodes.pop(str((obj.get("metadata") or {}).get("name", "")), None)
-            self._changed()
+            if self.nodes.pop(_name(obj), None) is not None:
+                self._rebuild_later()
 
     def replace_reports(self, items: Iterable[Mapping[str, Any]]) -> None:
         with self.lock:
             self.reports = {}
             for item in items:
-                self.upsert_report(item)
-            self._changed()
+                if _name(item):
+                    self.reports[_name(item)] = item
+            self._rebuild_later()
 
     def upsert_report(self, obj: Mapping[str, Any]) -> None:
-        name = str((obj.get("metadata") or {}).get("name", ""))
+        name = _name(obj)
         if name:
             with self.lock:
                 self.reports[name] = obj
-                self._changed()
+                self._refresh_node(name)
 
     def delete_report(self, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
         with self.lock:
-            self.reports.pop(str((obj.get("metadata") or {}).get("name", "")), None)
-            self._changed()
+            if self.reports.pop(name, None) is not None:
+                self._refresh_node(name)
 
     def replace_pull_events(self, items: Iterable[Mapping[str, Any]]) -> None:
         for item in items:
             self.observe_pull_event(item)
 
     def observe_pull_event(self, obj: Mapping[str, Any]) -> None:
+        name = event_node(obj)
         sizes = {}
-        node = self.nodes.get(str((obj.get("source") or {}).get("host", "")))
+        node = self.nodes.get(name)
         if node is not None:
             sizes = node.images
         if self.pull.observe_event(obj, sizes):
             with self.lock:
-                self._changed()
+                self._refresh_node(name)
 
     def replace_pods(self, items: Iterable[Mapping[str, Any]]) -> None:
         with self.lock:
             self.pods, self.uids = {}, {}
             for item in items:
-                self.upsert_pod(item)
-            self._changed()
+                pod = self._parse_live_pod(item)
+                if pod is not None:
+                    self.pods[pod.key] = pod
+                    if pod.uid:
+                        self.uids[pod.uid] = pod.key
+            # Assumed pods that no longer exist are gone for good; the rest wait for their bind.
+            for key in [k for k in self.assumed if k not in self.pods]:
+                del self.assumed[key]
+            self._rebuild_later()
 
-    def upsert_pod(self, obj: Mapping[str, Any]) -> None:
+    def _parse_live_pod(self, obj: Mapping[str, Any]) -> PodRequest | None:
+        """The pod as gpusched counts it, or None for a pod that holds no GPU (finished, being
+        deleted before it was bound, or asking for none)."""
         phase = (obj.get("status") or {}).get("phase")
         deleting = bool((obj.get("metadata") or {}).get("deletionTimestamp")) and not (obj.get("spec") or {}).get(
             "nodeName"
         )
         pod = parse_pod(obj, self.config.gpu_resource)
+        if phase in TERMINAL_PHASES or deleting or not pod.wants_gpu:
+            return None
+        return pod
+
+    def upsert_pod(self, obj: Mapping[str, Any]) -> None:
+        pod = self._parse_live_pod(obj)
         with self.lock:
-            if phase in TERMINAL_PHASES or deleting or not pod.wants_gpu:
-                self._forget(pod.key)
+            if pod is None:
+                meta = obj.get("metadata") or {}
+                self._forget(f"{meta.get('namespace', 'default')}/{meta.get('name', '')}")
                 return
+            old = self.pods.get(pod.key)
             self.pods[pod.key] = pod
             if pod.uid:
                 self.uids[pod.uid] = pod.key
             if pod.node_name:
-                self.assumed.pop(pod.key, None)  # the API caught up with our bind
-            self._changed()
+                self.assumed.pop(pod.key, None)  # the API caught up with our bind: its copy takes over
+            if old != pod:
+                self.generation += 1
+            self._sync_pod(pod.key)
 
     def delete_pod(self, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -148,75 +202,144 @@ class ClusterState:
         pod = self.pods.pop(key, None)
         if pod is not None:
             self.uids.pop(pod.uid, None)
-        if self.assumed.pop(key, None) is not None or pod is not None:
-            self._changed()
+            self.generation += 1
+        if self.assumed.pop(key, None) is not None:
+            self.generation += 1
+        self._taken_over = {r: k for r, k in self._taken_over.items() if k != key}
+        self._sync_pod(key)
 
     # ---------------------------------------------------------------- assume-cache
-    def assume(self, pod: PodRequest, node: str, gpus: tuple[int, ...]) -> None:
-        """Hold `gpus` on `node` for `pod` until the API shows it bound (or the TTL passes)."""
+    def assume(self, pod: PodRequest, node: str, gpus: tuple[int, ...], replaces: str = "") -> None:
+        """Hold `gpus` on `node` for `pod` until the API shows it bound (or the TTL passes).
+
+        `replaces` names a gang reservation whose GPUs the pod takes over: it is not counted
+        again while the bind is under way, nor after the API shows the pod bound.
+        """
         with self.lock:
             placed = replace(pod, node_name=node, gpu_ids=gpus)
             self.assumed[pod.key] = (placed, self.clock() + ASSUME_TTL_S)
-            if self._snapshot is not None and node in self._snapshot.index:
-                self._snapshot.place(placed, self._snapshot.index[node], gpus)
-                self.changes += 1
-            else:
-                self._changed()
+            if replaces:
+                self._taken_over[replaces] = pod.key
+            self.generation += 1
+            if self._snapshot is not None:
+                if replaces:
+                    self._snapshot.remove(replaces)
+                self._sync_pod(pod.key)
 
     def mark_changed(self) -> None:
+        """Something outside the informers changed (gang plans): reservations are synced on the next read."""
         with self.lock:
-            self._changed()
+            self._reservations_dirty = True
+            self.generation += 1
 
     def forget_assumed(self, key: str) -> None:
         with self.lock:
+            self._taken_over = {r: k for r, k in self._taken_over.items() if k != key}
             if self.assumed.pop(key, None) is not None:
-                self._changed()
+                self.generation += 1
+                self._sync_pod(key)
 
-    # -------------------------------------------------------------------- snapshot
+    # ------------------------------------------------------------ snapshot upkeep
+    def _holding(self, key: str) -> PodRequest | None:
+        """The pod as it holds resources now: the API's bound copy, else the assumed one."""
+        pod = self.pods.get(key)
+        if pod is not None and pod.node_name:
+            return pod
+        entry = self.assumed.get(key)
+        return entry[0] if entry is not None else None
+
+    def _sync_pod(self, key: str) -> None:
+        """Make the snapshot's placement of `key` what the API and the assume-cache say."""
+        snap = self._snapshot
+        if snap is None:
+            return
+        want = self._holding(key)
+        have = snap.pods.get(key) if key in snap.placements else None
+        if want is not None and have is not None and want == have:
+            return
+        if have is not None:
+            snap.remove(key)
+        snap.conflicts.pop(key, None)
+        if want is not None:
+            snap.place_bound(want)
+
+    def _merge(self, name: str, now: float) -> NodeState:
+        """The node as the snapshot holds it: Node object, report and learned pull rate, age 0."""
+        node = self.pull.apply(with_report(self.nodes[name], self.reports.get(name), now))
+        return replace(node, report_age_s=0.0 if node.has_report else None)
+
+    def _report_time(self, name: str, node: NodeState) -> float:
+        report = self.reports.get(name)
+        if report:
+            stamp = parse_time((report.get("spec") or {}).get("reportTime"))
+            # A report that exists but has no readable time is as good as infinitely old.
+            return stamp if stamp is not None else -np.inf
+        stamp = self._static_report_times.get(name)
+        return stamp if stamp is not None else (-np.inf if node.has_report else np.inf)
+
+    def _refresh_node(self, name: str) -> None:
+        """A node's Node object, report or pull rate changed: update its rows if its content did."""
+        snap = self._snapshot
+        if snap is None or name not in self.nodes:
+            return
+        i = snap.index.get(name)
+        if i is None:
+            self._rebuild_later()
+            return
+        merged = self._merge(name, self.clock())
+        self._report_times[i] = self._report_time(name, merged)
+        if merged == self._merged.get(name):
+            return  # a heartbeat: only the report time moved
+        self._merged[name] = merged
+        self.generation += 1
+        if not snap.update_node(i, merged):
+            self._rebuild_later()
+
+    def _sync_reservations(self, snap: ClusterSnapshot) -> None:
+        """Place the gang reservations that are still wanted, drop the others."""
+        live = {r: k for r, k in self._taken_over.items() if k in self.assumed or k in self.pods}
+        self._taken_over = live
+        wanted = {r.key: r for r in self.reservations() if r.key not in live}
+        stale = self._placed_reservations - wanted.keys()
+        if self._reservations_dirty:
+            # The gang manager may have placed or dropped reservations in this snapshot itself.
+            stale |= {k for k in snap.placements if k.split("/", 1)[-1].startswith(RESERVATION_PREFIX)} - wanted.keys()
+            self._reservations_dirty = False
+        for key in stale:
+            snap.remove(key)
+        for key, reservation in wanted.items():
+            if key not in snap.placements or snap.pods.get(key) != reservation:
+                snap.remove(key)
+                snap.place_bound(reservation)
+        self._placed_reservations = set(wanted)
+
     def snapshot(self) -> ClusterSnapshot:
-        """The current snapshot (rebuilt if anything changed), with report ages as of now."""
+        """The current snapshot, with report ages as of now."""
         with self.lock:
             now = self.clock()
-            expired = [k for k, (_, deadline) in self.assumed.items() if deadline < now]
-            for key in expired:
+            for key in [k for k, (_, deadline) in self.assumed.items() if deadline < now]:
                 del self.assumed[key]
-            if expired:
-                self._changed()
+                self.generation += 1
+                self._sync_pod(key)
             if self._snapshot is None:
                 self._snapshot = self._build(now)
             snap = self._snapshot
+            self._sync_reservations(snap)
             # A report stamped ahead of this clock (node clock skew) is as new as can be: age 0.
-            snap.report_age[:] = np.where(
-                np.isfinite(self._report_times), np.maximum(now - self._report_times, 0.0), np.inf
-            )
+            times = self._report_times
+            snap.report_age[:] = np.where(np.isfinite(times), np.maximum(now - times, 0.0), np.inf)
             return snap
 
     def _build(self, now: float) -> ClusterSnapshot:
-        nodes = [
-            self.pull.apply(with_report(node, self.reports.get(name), now)) for name, node in sorted(self.nodes.items())
-        ]
-        times = []
-        for node in nodes:
-            report = self.reports.get(node.name)
-            if report:
-                stamp = parse_time((report.get("spec") or {}).get("reportTime"))
-            else:
-                stamp = self._static_report_times.get(node.name)
-            times.append(stamp if stamp is not None else np.inf)
-        # A report that exists but has no readable time is as good as infinitely old.
-        self._report_times = np.array(
-            [(-np.inf if (t == np.inf and n.has_report) else t) for t, n in zip(times, nodes, strict=True)]
-            if nodes
-            else [],
-            dtype=np.float64,
-        )
-        bound = [p for p in self.pods.values() if p.node_name]
-        # An assumed pod counts until the informer shows it bound (then it is in `bound`).
-        assumed = [p for k, (p, _) in self.assumed.items() if not (k in self.pods and self.pods[k].node_name)]
-        self._built_at = now
-        held = {p.key for p in bound} | {p.key for p in assumed}
-        reserved = [r for r in self.reservations() if r.key not in held]
-        return ClusterSnapshot(nodes, bound + assumed + reserved, self.config.tiers)
+        self.rebuilds += 1
+        self._placed_reservations = set()
+        names = sorted(self.nodes)
+        self._merged = {name: self._merge(name, now) for name in names}
+        nodes = [self._merged[name] for name in names]
+        self._report_times = np.array([self._report_time(n.name, n) for n in nodes], dtype=np.float64)
+        holding = [p for p in (self._holding(k) for k in [*self.pods, *self.assumed]) if p is not None]
+        unique = list({p.key: p for p in holding}.values())
+        return ClusterSnapshot(nodes, unique, self.config.tiers)
 
     def pod_by_uid(self, uid: str) -> PodRequest | None:
         with self.lock:

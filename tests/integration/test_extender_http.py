@@ -151,10 +151,7 @@ def test_preempt_keeps_only_nodes_where_victims_make_room(client: httpx.Client, 
             ]
         }
     )
-    for p in running:
-        service.state.pods[p.key] = p
-        service.state.uids[p.uid] = p.key
-    service.state._changed()
+    service.state.load_static([], running)
     pod = pod_object({"name": "p", "gpus": 4, "annotations": {"gpusched.io/gpu-models": "L4"}})
     body = client.post(
         "/preempt",

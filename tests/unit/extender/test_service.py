@@ -462,14 +462,6 @@ def test_planned_node_gone_replans_around_a_member_bound_but_only_assumed() -> N
     assert again.error == "" and again.node_names == ["c"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="while a gang member's Binding is in flight, any snapshot rebuild (here: the informer's pod update "
-    "for that bind, which can arrive before the binder returns) holds its GPUs twice: once for the bound/assumed "
-    "pod and once for its gang reservation, because GangManager.bound() runs only after the binder returns and "
-    "ClusterState._build does not drop a reservation whose member holds the slot; the node shows over-committed "
-    "and the next member's filter fails with '0 of 8 allocatable left'",
-)
 def test_a_state_change_during_a_gang_bind_does_not_count_the_members_gpus_twice() -> None:
     service, binder = offline_service([gpu_node("a", 8)])
     members = [member(f"g-{r}", 2, 4, r) for r in range(2)]
