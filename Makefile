@@ -30,6 +30,8 @@ $(VENV)/.all: $(VENV)/.base
 demo: $(VENV)/.base
 	$(VENV)/bin/gpusched-sim whatif simulations/scenarios/demo.yaml --report $(DEMO_REPORT)
 
+# etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl and KWOK from the Go
+# module proxy, each built once and cached by version (localcluster/build.py).
 controlplane: $(VENV)/.base
 	$(PY) -m localcluster.build
 

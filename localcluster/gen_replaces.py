@@ -21,7 +21,12 @@ from pathlib import Path
 from localcluster.versions import ETCD_VERSION, K8S_VERSION, staging_version
 
 GO_DIR = Path(__file__).resolve().parent / "go"
-TOOLS = ("k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-scheduler")
+TOOLS = (
+    "k8s.io/kubernetes/cmd/kube-apiserver",
+    "k8s.io/kubernetes/cmd/kube-scheduler",
+    "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "k8s.io/kubernetes/cmd/kubectl",
+)
 PLACEHOLDER = "v0.0.0"
 
 

@@ -8,6 +8,10 @@ K8S_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.0"
 """go.etcd.io/etcd/server/v3 release; matches the etcd client that K8S_VERSION requires."""
 
+KWOK_VERSION = "v0.8.0"
+"""sigs.k8s.io/kwok release whose ``kwok`` controller plays the kubelet of every fake node. It is
+built from its own module (its own client-go), not from ``localcluster/go``."""
+
 
 def staging_version(k8s_version: str = K8S_VERSION) -> str:
     """Version of the k8s.io staging modules (k8s.io/api etc.) released with ``k8s_version``.
