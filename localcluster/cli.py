@@ -1,7 +1,15 @@
 """``gpusched-cluster``: run the local control plane by hand.
 
-``up [--extender-url URL] [--detach]`` prints the kubeconfig path; ``status`` shows each
-component; ``down`` stops what ``up --detach`` started.
+``up [--scenario FILE] [--gpusched] [--extender-url URL] [--detach]`` prints the kubeconfig path
+and a ``kubectl`` line to paste; ``status`` shows each component; ``kubeconfig`` prints the
+kubeconfig path; ``down`` stops what ``up --detach`` started.
+
+With ``--scenario`` the cluster runs pods: kube-controller-manager and KWOK start, the scenario's
+nodes (``nodeTypes``/``nodes`` of ``scheduler/core/scenario.py``) become fake Ready nodes with
+``nvidia.com/gpu`` capacity, Job pods finish after ``--job-seconds``, and a reporter keeps each
+node's GPUNodeReport fresh (:mod:`localcluster.reporter`). ``--gpusched`` starts the gpusched
+extender against the cluster and wires kube-scheduler to it, with a ``gpusched`` profile beside
+``default-scheduler``. The workdir defaults to ``$GPUSCHED_CLUSTER_WORKDIR`` when set.
 """
 
 from __future__ import annotations
@@ -19,13 +27,18 @@ from types import FrameType
 from typing import Any
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 
+from localcluster import kwok
 from localcluster.build import BuildError
-from localcluster.cluster import ClusterError, LocalCluster, http_ok
+from localcluster.cluster import REPORTER, ClusterError, LocalCluster, binary, free_port, http_ok
 from localcluster.pki import PkiError
 from localcluster.process import tail, terminate_group
 
 STATE_FILE = "state.json"
+WORKDIR_ENV = "GPUSCHED_CLUSTER_WORKDIR"
+CRDS = Path(__file__).resolve().parents[1] / "manifests" / "crds"
+EXTENDER = "gpusched-extender"
 # Paths a previous run left in the workdir; anything else there is not ours and is kept.
 _OWN_ENTRIES = (
     "etcd-data",
@@ -38,11 +51,22 @@ _OWN_ENTRIES = (
     "etcd.log",
     "kube-apiserver.log",
     "kube-scheduler.log",
+    "kube-controller-manager-certs",
+    "kube-controller-manager.kubeconfig",
+    "kube-controller-manager.log",
+    "kwok.kubeconfig",
+    "kwok.yaml",
+    "kwok.log",
+    f"{REPORTER}.log",
+    f"{EXTENDER}.log",
     STATE_FILE,
 )
 
 
 def default_workdir() -> Path:
+    override = os.environ.get(WORKDIR_ENV)
+    if override:
+        return Path(override).expanduser()
     return Path.home() / ".cache" / "gpusched" / "cluster-state" / "default"
 
 
@@ -89,24 +113,72 @@ def cmd_up(args: argparse.Namespace) -> int:
         extender_config = json.loads(args.extender_config) if args.extender_config else None
     except json.JSONDecodeError as exc:
         return _fail(f"--extender-config is not valid JSON: {exc}")
+    if args.gpusched and args.extender_url:
+        return _fail("--gpusched starts its own extender; leave out --extender-url")
+    scenario: dict[str, Any] | None = None
+    if args.scenario is not None:
+        try:
+            scenario = kwok.load_scenario(args.scenario)
+            kwok.scenario_nodes(scenario)  # a mistake in the file stops us before anything starts
+        except (OSError, ValueError) as exc:
+            return _fail(f"scenario {args.scenario}: {exc}")
+    names = args.scheduler_name or (["default-scheduler", "gpusched"] if args.gpusched else ["default-scheduler"])
     cluster = LocalCluster(
         workdir,
         extender_url=args.extender_url,
         extender_config=extender_config,
-        scheduler_name=args.scheduler_name or ["default-scheduler"],
+        scheduler_name=names,
         die_with_parent=not args.detach,
     )
     try:
-        cluster.start(scheduler=not args.no_scheduler)
-    except (ClusterError, BuildError, PkiError) as exc:
+        kubectl = binary("kubectl")
+        cluster.start()
+        if scenario is not None or args.gpusched:
+            cluster.apply_crds(_crds())
+        if scenario is not None:
+            cluster.start_kwok(job_seconds=args.job_seconds)
+            cluster.create_scenario(scenario)
+            cluster.start_node_reports(args.scenario)
+        if args.gpusched:
+            cluster.extender_url = _start_extender(cluster)
+        if not args.no_scheduler:
+            cluster.start_scheduler()
+    except (ClusterError, BuildError, PkiError, OSError, ApiException, TimeoutError) as exc:
+        cluster.stop()
         return _fail(str(exc))
     cluster.write_state(workdir / STATE_FILE)
-    print(cluster.kubeconfig_path, flush=True)
+    print(cluster.kubeconfig_path)
+    print(f"KUBECONFIG={cluster.kubeconfig_path} {kubectl} get nodes", flush=True)
     print(f"API server {cluster.api_url}; logs in {workdir}", file=sys.stderr)
     if args.detach:
         cluster.detach()
         return 0
     return _run_foreground(cluster, workdir)
+
+
+def _crds() -> Path:
+    if not CRDS.is_dir():
+        raise ClusterError(f"no CRDs at {CRDS}: run gpusched-cluster from a checkout (pip install -e .)")
+    return CRDS
+
+
+def _start_extender(cluster: LocalCluster) -> str:
+    """gpusched's extender against the cluster, on a free loopback port; returns its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cluster.start_process(
+        EXTENDER,
+        [
+            sys.executable,
+            "-m",
+            "scheduler.extender.cli",
+            f"--kubeconfig={cluster.kubeconfig_path}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+        ],
+        ready_url=f"{url}/readyz",
+    )
+    return url
 
 
 def _run_foreground(cluster: LocalCluster, workdir: Path) -> int:
@@ -142,10 +214,10 @@ def cmd_down(args: argparse.Namespace) -> int:
     if state is None:
         print(f"no cluster state in {args.workdir}; nothing to stop", file=sys.stderr)
         return 0
-    # Newest first, so the scheduler and apiserver never see their backend vanish under them.
-    for name in ("kube-scheduler", "kube-apiserver", "etcd"):
-        pid = state.get("pids", {}).get(name)
-        if pid is not None and _pid_alive(pid):
+    # Newest first (the state lists them oldest first, the scheduler last), so no component
+    # sees its backend vanish under it.
+    for name, pid in reversed(list(state.get("pids", {}).items())):
+        if _pid_alive(pid):
             terminate_group(pid)
             print(f"stopped {name} (pid {pid})", file=sys.stderr)
     (args.workdir / STATE_FILE).unlink(missing_ok=True)
@@ -178,15 +250,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    state = _read_state(args.workdir)
+    if state is None:
+        return _fail(f"no cluster state in {args.workdir}; run 'gpusched-cluster up --detach' first")
+    print(state["kubeconfig"])
+    return 0
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gpusched-cluster", description="Local etcd + kube-apiserver + kube-scheduler."
+        prog="gpusched-cluster",
+        description="Local etcd + kube-apiserver + kube-scheduler; with --scenario, KWOK nodes that run pods.",
     )
     parser.add_argument(
         "--workdir", type=Path, default=default_workdir(), help="data, logs and state (default: %(default)s)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build if needed, start, print the kubeconfig path")
+    up.add_argument("--scenario", type=Path, help="scenario file: fake GPU nodes run by KWOK (its pods start running)")
+    up.add_argument(
+        "--job-seconds",
+        type=_non_negative,
+        default=kwok.DEFAULT_JOB_SECONDS,
+        help="seconds a Job's pod runs before it completes (default: %(default)s; "
+        f"a pod's {kwok.COMPLETE_DELAY_ANNOTATION} annotation, e.g. 45s, overrides it)",
+    )
+    up.add_argument("--gpusched", action="store_true", help="start the gpusched extender and wire it in")
     up.add_argument("--extender-url", help="wire gpusched at this URL into kube-scheduler")
     up.add_argument("--extender-config", help="JSON object merged over the extender defaults")
     up.add_argument("--scheduler-name", action="append", help="profile name (repeatable)")
@@ -195,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop a cluster started with 'up --detach'").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show each component and the kubeconfig path").set_defaults(func=cmd_status)
+    sub.add_parser("kubeconfig", help="print the kubeconfig path of the running cluster").set_defaults(
+        func=cmd_kubeconfig
+    )
     return parser
 
 

@@ -1,8 +1,11 @@
 """A real etcd + kube-apiserver (+ kube-scheduler) on loopback, for tests and demos.
 
-There is no kubelet and no kube-controller-manager: nodes are API objects whose status the
-caller sets (see :mod:`localcluster.k8s`), which is all kube-scheduler looks at. Two admission
-plugins depend on controllers that are absent here and are disabled:
+By default there is no kubelet and no kube-controller-manager: nodes are API objects whose status
+the caller sets (see :mod:`localcluster.k8s`), which is all kube-scheduler looks at, and pods are
+bound but never run. :meth:`LocalCluster.start_kwok` adds pods that run: kube-controller-manager
+(Jobs, Deployments, garbage collection; no node lifecycle controller) and KWOK's controller, which
+plays the kubelet of nodes annotated ``kwok.x-k8s.io/node: fake`` (see :mod:`localcluster.kwok`).
+Two admission plugins depend on controllers that are absent here and are disabled:
 
 - ``ServiceAccount`` would reject every pod until a ``default`` ServiceAccount exists, which the
   (absent) service-account controller creates.
@@ -18,6 +21,7 @@ import json
 import secrets
 import socket
 import ssl
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from localcluster import k8s, pki
+from localcluster import k8s, kwok, pki
 from localcluster.process import ManagedProcess, tail
 
 if TYPE_CHECKING:
@@ -43,6 +47,19 @@ DEFAULT_EXTENDER_WEIGHT = 100
 SERVICE_CIDR = "10.0.0.0/24"
 DISABLED_ADMISSION_PLUGINS = ("ServiceAccount", "TaintNodesByCondition")
 SCHEDULER_USER = "system:kube-scheduler"
+REPORTER = "gpusched-reports"
+CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
+KWOK_USER = "kwok-controller"
+CONTROLLERS = (
+    "job-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "ttl-after-finished-controller",
+)
+"""kube-controller-manager's controllers for a KWOK cluster: what Jobs and Deployments need.
+Not the node lifecycle controller: nodes here have no kubelet lease to watch."""
 
 
 class ClusterError(RuntimeError):
@@ -70,6 +87,14 @@ def default_bin_dir() -> Path:
     from localcluster.build import ensure_built
 
     return ensure_built()
+
+
+def binary(name: str) -> Path:
+    """Path of a cached binary (kubectl, kwok, ...), built first if the cache lacks it."""
+    from localcluster.build import cached_path, ensure_built
+
+    ensure_built((name,))
+    return cached_path(name)
 
 
 def extender_entry(url: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -118,6 +143,14 @@ def _kubeconfig(server: str, ca: Path, user: str, token: str) -> dict[str, Any]:
         "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
         "current-context": "local",
     }
+
+
+def _insecure() -> ssl.SSLContext:
+    """For the readiness of components that serve a self-signed certificate on loopback."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | None = None) -> bool:
@@ -169,6 +202,11 @@ class LocalCluster:
         self._etcd: ManagedProcess | None = None
         self._apiserver: ManagedProcess | None = None
         self._scheduler: ManagedProcess | None = None
+        self._others: dict[str, ManagedProcess] = {}  # in start order
+        self._controller_manager_token = secrets.token_hex(16)
+        self._kwok_token = secrets.token_hex(16)
+        self.controller_manager_port = 0
+        self.kwok_port = 0
         self._scheduler_args: tuple[str | None, dict[str, Any]] = (extender_url, self.extender_config)
         self._scheduler_config: dict[str, Any] = {}
 
@@ -198,9 +236,23 @@ class LocalCluster:
         return self._bin_dir
 
     @property
+    def controller_manager_kubeconfig_path(self) -> Path:
+        return self.workdir / "kube-controller-manager.kubeconfig"
+
+    @property
+    def kwok_kubeconfig_path(self) -> Path:
+        return self.workdir / "kwok.kubeconfig"
+
+    @property
     def processes(self) -> dict[str, ManagedProcess]:
-        """Running (or exited but not yet stopped) components by name."""
-        procs = {"etcd": self._etcd, "kube-apiserver": self._apiserver, "kube-scheduler": self._scheduler}
+        """Running (or exited but not yet stopped) components by name, oldest first; the
+        scheduler is listed last since it is the first to stop."""
+        procs = {
+            "etcd": self._etcd,
+            "kube-apiserver": self._apiserver,
+            **self._others,
+            "kube-scheduler": self._scheduler,
+        }
         return {name: proc for name, proc in procs.items() if proc is not None}
 
     @property
@@ -242,6 +294,8 @@ class LocalCluster:
     def stop(self) -> None:
         """Stop every component, newest first. Safe to call more than once."""
         self.stop_scheduler()
+        for name in reversed(list(self._others)):
+            self._others.pop(name).stop()
         for attr in ("_apiserver", "_etcd"):
             proc: ManagedProcess | None = getattr(self, attr)
             if proc is not None:
@@ -292,10 +346,7 @@ class LocalCluster:
                 "--v=2",
             ],
         )
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
-        self._wait_ready(self._scheduler, f"https://127.0.0.1:{self.scheduler_port}/readyz", context=insecure)
+        self._wait_ready(self._scheduler, f"https://127.0.0.1:{self.scheduler_port}/readyz", context=_insecure())
 
     def stop_scheduler(self) -> None:
         if self._scheduler is not None:
@@ -307,6 +358,104 @@ class LocalCluster:
         url, overrides = self._scheduler_args
         self.stop_scheduler()
         self.start_scheduler(url, extender_config=overrides, scheduler_config=self._scheduler_config)
+
+    # ------------------------------------------------- pods that run: KWOK and controllers
+
+    def start_process(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        ready_url: str | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> ManagedProcess:
+        """Run another process with the cluster (its log is ``<workdir>/<name>.log``); wait for
+        ``ready_url`` to answer 2xx when given. It is stopped, newest first, with the cluster."""
+        if self._apiserver is None:
+            raise ClusterError(f"start the cluster before {name}")
+        if name in self._others or name in ("etcd", "kube-apiserver", "kube-scheduler"):
+            raise ClusterError(f"{name} is already running")
+        proc = ManagedProcess(name, list(argv), self.workdir / f"{name}.log", die_with_parent=self._die_with_parent)
+        self._others[name] = proc
+        if ready_url is not None:
+            self._wait_ready(proc, ready_url, context=context)
+        return proc
+
+    def stop_process(self, name: str) -> None:
+        proc = self._others.pop(name, None)
+        if proc is not None:
+            proc.stop()
+
+    def start_controller_manager(self, controllers: Sequence[str] = CONTROLLERS) -> None:
+        """Start kube-controller-manager with ``controllers`` (Jobs, Deployments, ...)."""
+        self.controller_manager_port = free_port()
+        kubeconfig = str(self.controller_manager_kubeconfig_path)
+        self.start_process(
+            "kube-controller-manager",
+            [
+                str(binary("kube-controller-manager")),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--authentication-skip-lookup=true",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.controller_manager_port}",
+                f"--cert-dir={self.workdir / 'kube-controller-manager-certs'}",
+                "--leader-elect=false",
+                f"--controllers={','.join(controllers)}",
+                # Controllers act as the manager's own (token) user, not per-controller accounts.
+                "--use-service-account-credentials=false",
+                "--v=1",
+            ],
+            ready_url=f"https://127.0.0.1:{self.controller_manager_port}/healthz",
+            context=_insecure(),
+        )
+
+    def start_kwok(self, *, job_seconds: float = kwok.DEFAULT_JOB_SECONDS, controller_manager: bool = True) -> None:
+        """Start KWOK's controller (and kube-controller-manager unless asked not to): pods bound
+        to fake nodes run, and Job pods finish after ``job_seconds`` (see :mod:`localcluster.kwok`)."""
+        if controller_manager and "kube-controller-manager" not in self._others:
+            self.start_controller_manager()
+        config = kwok.write_configuration(self.workdir / "kwok.yaml", job_seconds)
+        self.kwok_port = free_port()
+        self.start_process(
+            "kwok",
+            [
+                str(binary("kwok")),
+                f"--kubeconfig={self.kwok_kubeconfig_path}",
+                f"--config={config}",
+                f"--server-address=127.0.0.1:{self.kwok_port}",
+                f"--node-port={self.kwok_port}",
+                "--node-ip=127.0.0.1",
+            ],
+            ready_url=f"http://127.0.0.1:{self.kwok_port}/healthz",
+        )
+
+    def start_node_reports(self, scenario: Path, *, interval: float = 2.0) -> None:
+        """Keep a GPUNodeReport fresh for each of the scenario's nodes (:mod:`localcluster.reporter`)."""
+        self.start_process(
+            REPORTER,
+            [
+                sys.executable,
+                "-m",
+                "localcluster.reporter",
+                f"--kubeconfig={self.kubeconfig_path}",
+                f"--scenario={Path(scenario).resolve()}",
+                f"--interval={interval}",
+            ],
+        )
+
+    def create_scenario(self, scenario: Mapping[str, Any]) -> list[str]:
+        """Create the scenario's nodes for KWOK (and its running pods); return the node names."""
+        nodes = kwok.scenario_nodes(scenario)
+        with self.api_client() as api:
+            for node in nodes:
+                k8s.request(api, "POST", "/api/v1/nodes", kwok.node_object(node))
+            for pod in kwok.scenario_pods(scenario):
+                namespace = pod["metadata"]["namespace"]
+                k8s.create_namespace(api, namespace)
+                k8s.request(api, "POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+        return [node.name for node in nodes]
 
     # ---------------------------------------------------------------- API helpers
 
@@ -386,9 +535,13 @@ class LocalCluster:
 
     def _write_tokens(self) -> None:
         # CSV columns: token, user name, uid, "groups"
+        # The controller manager and KWOK act for a whole cluster of kubelets and controllers;
+        # on this throwaway loopback cluster they get cluster-admin rather than a role each.
         rows = [
             f'{self.admin_token},admin,admin,"system:masters"',
             f"{self._scheduler_token},{SCHEDULER_USER},{SCHEDULER_USER}",
+            f'{self._controller_manager_token},{CONTROLLER_MANAGER_USER},{CONTROLLER_MANAGER_USER},"system:masters"',
+            f'{self._kwok_token},{KWOK_USER},{KWOK_USER},"system:masters"',
         ]
         path = self.workdir / "tokens.csv"
         path.write_text("\n".join(rows) + "\n")
@@ -450,6 +603,8 @@ class LocalCluster:
         for path, user, token in (
             (self.kubeconfig_path, "admin", self.admin_token),
             (self.scheduler_kubeconfig_path, SCHEDULER_USER, self._scheduler_token),
+            (self.controller_manager_kubeconfig_path, CONTROLLER_MANAGER_USER, self._controller_manager_token),
+            (self.kwok_kubeconfig_path, KWOK_USER, self._kwok_token),
         ):
             path.write_text(yaml.safe_dump(_kubeconfig(self.api_url, self.ca_path, user, token), sort_keys=False))
             path.chmod(0o600)
@@ -472,3 +627,4 @@ class LocalCluster:
         """Leave the components running after this process exits (``gpusched-cluster up --detach``)."""
         _running.discard(self)
         self._etcd = self._apiserver = self._scheduler = None
+        self._others = {}
