@@ -14,13 +14,14 @@ import datetime as _dt
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from gpu_agent.inventory import CacheScan, DiskProbe, FsUsage, filesystem_usage, scan_caches
-from gpu_agent.nvml_reader import NvmlReader, NvmlReadError, NvmlSample
+from gpu_agent.nvml_reader import NvmlReader, NvmlReadError, NvmlSample, NvmlUnavailable
 from gpu_agent.publisher import Publisher
 from gpu_agent.report import Bandwidth, Images, build_report
 
@@ -28,6 +29,13 @@ log = logging.getLogger(__name__)
 
 NOT_OFFERED = "the kubelet does not offer this GPU (its device plugin reports it unhealthy or excludes it)"
 """A GPU the device plugin withdrew cannot be given to a pod: it is unhealthy for placement."""
+
+DRIVER_UPGRADE_LABEL = "nvidia.com/gpu-driver-upgrade-state"
+DRIVER_RELEASE_STATES = frozenset({"pod-deletion-required", "drain-required", "pod-restart-required"})
+"""The GPU Operator's upgrade controller labels a node with its upgrade state; from pod deletion
+until the new driver pod is up, every client must let go of the driver so that its kernel modules
+can be unloaded. The agent closes NVML in these states (no report, its Lease lapses, the node is
+cordoned anyway) and opens it again once the label moves on (validation, uncordon, done)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class AgentState:
     cache_bytes: dict[str, int] = field(default_factory=dict)
     disk_read_bytes_per_second: float | None = None
     source_errors: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)  # inventory entries left out of the report, per list
 
 
 class Agent:
@@ -92,6 +101,7 @@ class Agent:
         )
         self.lock = threading.Lock()
         self.state = AgentState(node_name=config.node_name)
+        self.started_at = time.time()  # wall clock: the report age counts from here until a first write
         self._caches: CacheScan | None = None
         self._images: Images | None = None
         self._image_fs: FsUsage | None = None
@@ -118,10 +128,35 @@ class Agent:
             self._down.discard(source)
             log.info("%s answers again", source)
 
+    def _driver_upgrade(self) -> str | None:
+        """The GPU Operator's upgrade state when it asks GPU clients to let go of the driver."""
+        labels = self.publisher.node_labels if self.publisher is not None else {}
+        state = labels.get(DRIVER_UPGRADE_LABEL, "")
+        return state if state in DRIVER_RELEASE_STATES else None
+
     def _read_gpus(self) -> NvmlSample:
+        upgrade = self._driver_upgrade()
+        if upgrade is not None:
+            if self.reader.is_open:
+                log.warning("GPU driver upgrade (%s=%s): releasing NVML", DRIVER_UPGRADE_LABEL, upgrade)
+                self.reader.close()
+            with self.lock:
+                self.state = replace(self.state, sample=None)
+            raise NvmlReadError(f"NVML released for the GPU driver upgrade ({upgrade})")
+        if not self.reader.is_open:
+            try:
+                self.reader.open()
+            except NvmlUnavailable as exc:
+                self._error("nvml", exc)
+                raise NvmlReadError(str(exc)) from exc
+            log.info("NVML opened again after the driver upgrade")
         try:
             sample = self.reader.read()
         except NvmlReadError as exc:
+            # Per-GPU gauges must not keep their last value (a GPU that was healthy is not known
+            # to be now): the sample goes, and the metrics show none until a read succeeds.
+            with self.lock:
+                self.state = replace(self.state, sample=None)
             self._error("nvml", exc)
             raise
         self._ok("nvml")
@@ -212,6 +247,7 @@ class Agent:
             pull_bytes_per_second=self.config.pull_bytes_per_second,
             download_bytes_per_second=self.config.download_bytes_per_second,
         )
+        dropped: Counter[str] = Counter()
         report = build_report(
             self.config.node_name,
             sample,
@@ -223,6 +259,7 @@ class Agent:
             bandwidth=bandwidth,
             image_filesystem=self._image_fs,
             model_cache=self._model_fs,
+            dropped=dropped,
         )
         cache_bytes: dict[str, int] = {}
         if self._images is not None:
@@ -239,6 +276,7 @@ class Agent:
                 cache_bytes=cache_bytes,
                 disk_read_bytes_per_second=disk,
                 source_errors=dict(self._source_errors),
+                dropped=dict(dropped),
             )
         return report
 

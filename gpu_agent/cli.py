@@ -53,7 +53,25 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, else ~/.kube/config)")
     p.add_argument(
-        "--heartbeat", type=_positive, default=30.0, help="seconds between writes of an unchanged report (30)"
+        "--heartbeat", type=_positive, default=30.0, help="seconds between renewals of the node's Lease (30)"
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=int,
+        default=90,
+        help="the Lease's leaseDurationSeconds: a node whose Lease is this old is stale (90)",
+    )
+    p.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "gpusched-system",
+        help="namespace of the per-node Leases (default: $POD_NAMESPACE, else gpusched-system)",
+    )
+    p.add_argument(
+        "--refresh",
+        type=_positive,
+        default=300.0,
+        help="least seconds between writes of a report whose only changes are utilisation, memory use, bandwidth "
+        "or free disk (300)",
     )
     p.add_argument(
         "--interval", type=_positive, help="seconds between samples of GPUs and pods (default: min(10, heartbeat))"
@@ -179,9 +197,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gpusched-agent: error: cannot configure the Kubernetes client: {exc}", file=sys.stderr)
             reader.close()
             return EXIT_WRITE_FAILED
+        if args.lease_duration <= args.heartbeat:
+            print("gpusched-agent: error: --lease-duration must be longer than --heartbeat", file=sys.stderr)
+            reader.close()
+            return EXIT_WRITE_FAILED
         publisher = Publisher(
             sink,
             heartbeat=args.heartbeat,
+            refresh=args.refresh,
+            lease_duration=args.lease_duration,
+            lease_namespace=args.lease_namespace,
             min_interval=args.min_write_interval,
             backoff=Backoff(maximum=max(60.0, args.heartbeat)),
         )

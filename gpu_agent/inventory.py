@@ -9,10 +9,10 @@
   (searched a few levels deep); the id is the folder's path below its root, the base model is
   the config's ``base_model_name_or_path``, the bytes are the folder's files.
 - **Disk read throughput**: one bounded sequential read (default 256 MiB) of the largest file in
-  the caches, at most once per probe interval (default an hour). The file's pages are dropped
-  from the page cache first (``posix_fadvise(DONTNEED)``) so the figure is the disk's, not
-  memory's; the cost is that those pages must be read again by whoever next needs them, which
-  is why the read is bounded and rare.
+  the caches, at most once per probe interval (default an hour). The pages of the range it is
+  about to read (and only those) are dropped from the page cache first (``posix_fadvise(DONTNEED)``
+  over the bytes read) so the figure is the disk's, not memory's; the cost is that those pages
+  must be read again by whoever next needs them, which is why the read is bounded and rare.
 
 - **Filesystems**: free and total bytes (``statvfs``: blocks available to unprivileged users,
   and all blocks, times the fragment size) of the model cache's filesystem and of the container
@@ -230,7 +230,8 @@ def measure_read(path: Path, max_bytes: int, clock: Callable[[], float] = time.p
         return None
     try:
         if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            # Only the range about to be read: length 0 would mean "to the end of the file".
+            os.posix_fadvise(fd, 0, max_bytes, os.POSIX_FADV_DONTNEED)
         buffer = bytearray(PROBE_CHUNK)
         view = memoryview(buffer)
         done = 0

@@ -5,18 +5,26 @@ Labels are bounded: ``node``, ``gpu`` (index), ``uuid``, ``kind`` (cache kind, o
 kind), ``result``.
 
 =========================================== ======= ==============================================
-gpusched_agent_gpu_memory_used_bytes        gauge   per GPU: total minus free
-gpusched_agent_gpu_memory_total_bytes       gauge   per GPU
+gpusched_agent_gpu_memory_used_bytes        gauge   per GPU: total minus free, less driver-reserved memory
+gpusched_agent_gpu_memory_total_bytes       gauge   per GPU, less driver-reserved memory
 gpusched_agent_gpu_utilization_ratio        gauge   per GPU, 0..1 (absent in MIG mode)
 gpusched_agent_gpu_healthy                  gauge   per GPU, 1 healthy, 0 not
 gpusched_agent_gpu_nvlink_active_links      gauge   per GPU with NVLink
 gpusched_agent_cache_bytes                  gauge   per kind: image, model, lora
 gpusched_agent_disk_read_bytes_per_second   gauge   last measured disk read throughput
-gpusched_agent_report_age_seconds           gauge   now minus reportTime of the last report the API accepted
-gpusched_agent_report_writes_total          counter by result: ok, error
+gpusched_agent_report_age_seconds           gauge   now minus reportTime of the last report the API accepted;
+                                                    since the agent started while none was (exists from start)
+gpusched_agent_lease_age_seconds            gauge   now minus the last Lease renewal the API accepted (same rule)
+gpusched_agent_report_writes_total          counter by result: ok, error (both from start)
+gpusched_agent_lease_renewals_total         counter by result: ok, error
+gpusched_agent_report_bytes                 gauge   JSON bytes of the last report written
+gpusched_agent_report_dropped_entries       gauge   per kind (images, models, loraAdapters): entries left out
+                                                    of the last report by its bounds
 gpusched_agent_nvml_errors_total            counter by kind (GpuIsLost, Unknown, ...); NotSupported is no error
 gpusched_agent_source_errors_total          counter by kind: nvml, podresources, cri, agent
 =========================================== ======= ==============================================
+
+Per-GPU gauges disappear while NVML cannot be read: they never show a stale "healthy".
 """
 
 from __future__ import annotations
@@ -97,17 +105,36 @@ class AgentCollector:
         age = GaugeMetricFamily(
             PREFIX + "report_age_seconds", "Seconds since the reportTime of the last report written", labels=["node"]
         )
+        lease_age = GaugeMetricFamily(
+            PREFIX + "lease_age_seconds", "Seconds since the last Lease renewal the API accepted", labels=["node"]
+        )
         writes = CounterMetricFamily(PREFIX + "report_writes", "GPUNodeReport writes", labels=["node", "result"])
+        renewals = CounterMetricFamily(PREFIX + "lease_renewals", "Lease renewals", labels=["node", "result"])
+        size = GaugeMetricFamily(PREFIX + "report_bytes", "JSON bytes of the last report written", labels=["node"])
         publisher = agent.publisher
+        now = self.wall_clock()
         if publisher is not None:
             stats = publisher.stats
             reported = _parse_time(stats.last_success_report_time) if stats.last_success_report_time else None
-            if reported is not None:
-                age.add_metric([node], max(self.wall_clock() - reported, 0.0))
+            # Never written: the age runs from the agent's start, so "never wrote" trips the alert.
+            age.add_metric([node], max(now - (reported if reported is not None else agent.started_at), 0.0))
+            renewed = stats.last_renew_at if stats.last_renew_at is not None else agent.started_at
+            lease_age.add_metric([node], max(now - renewed, 0.0))
             writes.add_metric([node, "ok"], float(stats.writes_ok))
             writes.add_metric([node, "error"], float(stats.writes_failed))
-        yield age
-        yield writes
+            renewals.add_metric([node, "ok"], float(stats.renewals_ok))
+            renewals.add_metric([node, "error"], float(stats.renewals_failed))
+            if stats.last_report_bytes:
+                size.add_metric([node], float(stats.last_report_bytes))
+        yield from (age, lease_age, writes, renewals, size)
+        dropped = GaugeMetricFamily(
+            PREFIX + "report_dropped_entries",
+            "Inventory entries left out of the last report by its bounds",
+            labels=["node", "kind"],
+        )
+        for kind in ("images", "models", "loraAdapters"):
+            dropped.add_metric([node, kind], float(state.dropped.get(kind, 0)))
+        yield dropped
 
         nvml = CounterMetricFamily(PREFIX + "nvml_errors", "NVML errors by kind", labels=["node", "kind"])
         for kind, count in sorted(agent.reader.errors.items()):

@@ -17,6 +17,15 @@ are refreshed on a slower period.
 ``disk.imageFilesystem`` is the container runtime's image filesystem (named by the CRI's
 ImageFsInfo, measured with statvfs), ``disk.modelCache`` the model cache's filesystem; each
 holds ``freeBytes`` and ``totalBytes`` and is absent when unknown.
+
+Bounds, so that GPU and health data always fit (the API refuses objects over about 1.5 MiB and
+every watcher receives every write): at most :data:`MAX_IMAGES` images, :data:`MAX_MODELS`
+models and :data:`MAX_ADAPTERS` adapters, largest first (the costliest to fetch again); an entry
+whose name, id, digest or base model is longer than :data:`MAX_TEXT` characters is dropped, not
+cut (a cut name would match nothing or the wrong thing); and while the whole report is over
+:data:`MAX_REPORT_BYTES` of JSON, the smallest entries of the longest list go. What was dropped is
+counted per list in the ``dropped`` Counter the caller passes (the agent exports it as
+``gpusched_agent_report_dropped_entries``).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +49,13 @@ KIND = "GPUNodeReport"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 VOLATILE_GPU_FIELDS = ("utilizationPercent", "memoryUsedBytes")
+INVENTORY = ("images", "models", "loraAdapters")
+
+MAX_IMAGES = 500
+MAX_MODELS = 200
+MAX_ADAPTERS = 200
+MAX_TEXT = 512
+MAX_REPORT_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -115,8 +132,11 @@ def build_report(
     image_filesystem: FsUsage | None = None,
     model_cache: FsUsage | None = None,
     agent_version: str = __version__,
+    dropped: Counter[str] | None = None,
+    max_bytes: int = MAX_REPORT_BYTES,
 ) -> dict[str, Any]:
-    """The whole GPUNodeReport object, ready for server-side apply."""
+    """The whole GPUNodeReport object, ready for server-side apply, within the bounds above."""
+    dropped = Counter() if dropped is None else dropped
     spec: dict[str, Any] = {
         "nodeName": node_name,
         "reportTime": rfc3339(report_time),
@@ -135,11 +155,21 @@ def build_report(
         "fabricClique": topo.fabric_clique,
     }
     if images is not None:
-        spec["images"] = [{"name": e.name, "digest": e.digest, "bytes": e.bytes} for e in images.entries]
+        spec["images"] = _capped(
+            "images",
+            [{"name": e.name, "digest": e.digest, "bytes": e.bytes} for e in images.entries],
+            MAX_IMAGES,
+            dropped,
+        )
     if caches is not None and caches.models is not None:
-        spec["models"] = [{"id": m.id, "bytes": m.bytes} for m in caches.models]
+        spec["models"] = _capped("models", [{"id": m.id, "bytes": m.bytes} for m in caches.models], MAX_MODELS, dropped)
     if caches is not None and caches.lora_adapters is not None:
-        spec["loraAdapters"] = [{"id": a.id, "baseModel": a.base_model, "bytes": a.bytes} for a in caches.lora_adapters]
+        spec["loraAdapters"] = _capped(
+            "loraAdapters",
+            [{"id": a.id, "baseModel": a.base_model, "bytes": a.bytes} for a in caches.lora_adapters],
+            MAX_ADAPTERS,
+            dropped,
+        )
     if bandwidth is not None:
         measured = {
             key: value
@@ -159,7 +189,47 @@ def build_report(
     }
     if disk:
         spec["disk"] = disk
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": node_name}, "spec": spec}
+    report = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": node_name}, "spec": spec}
+    _fit(report, max_bytes, dropped)
+    return report
+
+
+def _capped(kind: str, entries: list[dict[str, Any]], limit: int, dropped: Counter[str]) -> list[dict[str, Any]]:
+    """Entries with no over-long text, largest first, at most ``limit``, in a stable order."""
+    kept = [e for e in entries if all(not isinstance(v, str) or len(v) <= MAX_TEXT for v in e.values())]
+    if len(kept) < len(entries):
+        dropped[kind] += len(entries) - len(kept)
+    if len(kept) > limit:
+        dropped[kind] += len(kept) - limit
+        kept = sorted(kept, key=lambda e: -int(e.get("bytes") or 0))[:limit]
+    key = "name" if kind == "images" else "id"
+    return sorted(kept, key=lambda e: str(e[key]))
+
+
+def size(report: Mapping[str, Any]) -> int:
+    """Bytes of the report as JSON on the wire (compact)."""
+    return len(json.dumps(report, separators=(",", ":")))
+
+
+def _fit(report: dict[str, Any], max_bytes: int, dropped: Counter[str]) -> None:
+    spec = report["spec"]
+    total = size(report)
+    while total > max_bytes:
+        lists = [(len(json.dumps(spec[k])), k) for k in INVENTORY if spec.get(k)]
+        if not lists:
+            return  # GPUs and health are never dropped
+        _, kind = max(lists)
+        entries = spec[kind]
+        smallest = min(range(len(entries)), key=lambda i: int(entries[i].get("bytes") or 0))
+        removed = entries.pop(smallest)
+        dropped[kind] += 1
+        total -= len(json.dumps(removed, separators=(",", ":"))) + (1 if entries else 0)
+
+
+def without_inventory(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The report less its images, models and adapters: what still fits when the API refuses it."""
+    spec = {k: v for k, v in (report.get("spec") or {}).items() if k not in INVENTORY}
+    return {**report, "spec": spec}
 
 
 def material(report: Mapping[str, Any]) -> str:
@@ -169,6 +239,13 @@ def material(report: Mapping[str, Any]) -> str:
     spec.pop("bandwidth", None)
     spec.pop("disk", None)
     spec["gpus"] = [{k: v for k, v in gpu.items() if k not in VOLATILE_GPU_FIELDS} for gpu in spec.get("gpus") or ()]
+    text = json.dumps({"metadata": report.get("metadata"), "spec": spec}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def content(report: Mapping[str, Any]) -> str:
+    """A digest of everything but ``reportTime``: equal digests need no write."""
+    spec = {k: v for k, v in (report.get("spec") or {}).items() if k != "reportTime"}
     text = json.dumps({"metadata": report.get("metadata"), "spec": spec}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -30,7 +30,7 @@ from gpu_agent.fake_kubelet import FakeKubelet
 from gpu_agent.publisher import ApplyError, KubernetesSink
 from localcluster import k8s
 from localcluster.cluster import LocalCluster
-from scheduler.core.objects import node_from_object, parse_time, with_report
+from scheduler.core.objects import node_from_object, with_report
 
 pytestmark = pytest.mark.e2e
 
@@ -354,29 +354,51 @@ def test_the_agent_command_with_another_nodes_token_is_refused(agents: AgentClus
     assert report is None or report["spec"]["gpus"][0]["model"] == "NVIDIA H100 NVL"  # untouched
 
 
-def test_a_stopped_agents_report_goes_stale(agents: AgentCluster) -> None:
+def test_a_stopped_agents_lease_lapses_and_objects_are_owned_by_the_node(agents: AgentCluster) -> None:
+    """Heartbeats are Leases (``gpusched-system/<node>``): live agents renew theirs, a stopped
+    agent's stops; reports are not rewritten while nothing changes; both name their Node as owner."""
     for node in NODES:
         if node not in agents.processes:
             start_agent(agents, node, "--podresources-socket", "/nonexistent")
     for node in NODES:
         wait_for(lambda n=node: agents.report(n), 60, f"the report of {node}")
 
-    def report_time(node: str) -> float:
-        report = agents.report(node)
-        assert report is not None
-        stamp = parse_time(report["spec"]["reportTime"])
-        assert stamp is not None
-        return stamp
+    def lease(node: str) -> dict[str, Any] | None:
+        with agents.api() as api:
+            try:
+                return k8s.request(api, "GET", f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{node}")
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
 
+    def renewed(node: str) -> float:
+        got = lease(node)
+        if got is None:
+            return 0.0
+        return _dt.datetime.fromisoformat(got["spec"]["renewTime"].replace("Z", "+00:00")).timestamp()
+
+    for node in NODES:
+        wait_for(lambda n=node: renewed(n) > 0, 60, f"the Lease of {node}")
     stop_agent(agents, "e2e-agent-l4")
-    stopped_at = report_time("e2e-agent-l4")
-    live_before = report_time("e2e-agent-a100")
-    wait_for(lambda: report_time("e2e-agent-a100") >= live_before + 4 * HEARTBEAT, 60, "live reports to advance")
-    assert report_time("e2e-agent-l4") == stopped_at
+    stopped_at = renewed("e2e-agent-l4")
+    live_before = renewed("e2e-agent-a100")
+    report_before = agents.report("e2e-agent-mig")  # no test writes over this one
+    wait_for(lambda: renewed("e2e-agent-a100") >= live_before + 4 * HEARTBEAT, 60, "live Leases to advance")
+    assert renewed("e2e-agent-l4") == stopped_at
     for node in ("e2e-agent-dgx", "e2e-agent-mig"):
-        assert report_time(node) > stopped_at
+        assert renewed(node) > stopped_at
+    # The MIG node's GPUs and pods did not change: its report was not rewritten for the heartbeat.
+    report_after = agents.report("e2e-agent-mig")
+    assert report_before is not None and report_after is not None
+    assert report_after["spec"]["reportTime"] == report_before["spec"]["reportTime"]
+    got = lease("e2e-agent-mig")
+    assert got is not None
+    assert got["spec"]["holderIdentity"] == "gpusched-agent/e2e-agent-mig"
+    assert got["spec"]["leaseDurationSeconds"] == 90
     with agents.api() as api:
-        node_obj = k8s.request(api, "GET", "/api/v1/nodes/e2e-agent-l4")
-    stale = with_report(node_from_object(node_obj), agents.report("e2e-agent-l4"), time.time())
-    assert stale.report_age_s is not None and stale.report_age_s >= 4 * HEARTBEAT
+        node_obj = k8s.request(api, "GET", "/api/v1/nodes/e2e-agent-mig")
+    owner = {"apiVersion": "v1", "kind": "Node", "name": "e2e-agent-mig", "uid": node_obj["metadata"]["uid"]}
+    assert got["metadata"]["ownerReferences"] == [owner]
+    assert report_after["metadata"]["ownerReferences"] == [owner]
     assert all(agents.processes[n].poll() is None for n in agents.processes)  # the others keep running

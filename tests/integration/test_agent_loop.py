@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,17 +30,15 @@ from gpu_agent.fake_kubelet import FakeKubelet
 from gpu_agent.metrics import serve
 from gpu_agent.nvml_reader import NvmlReader, NvmlReadError
 from gpu_agent.podresources.client import PodResourcesClient
-from gpu_agent.publisher import Backoff, KubernetesSink, Publisher
+from gpu_agent.publisher import Backoff, KubernetesSink, MemorySink, Publisher
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.writes: list[tuple[float, Mapping[str, Any]]] = []
-
-    def apply(self, report: Mapping[str, Any]) -> None:
-        self.writes.append((time.monotonic(), json.loads(json.dumps(report))))
+class Recorder(MemorySink):
+    @property
+    def writes(self) -> list[tuple[float, dict[str, Any]]]:
+        return self.reports
 
 
 class CountingReader(NvmlReader):
@@ -97,19 +95,20 @@ def run_agent(agent: Agent) -> tuple[threading.Event, threading.Thread]:
     return stop, thread
 
 
-def test_loop_writes_an_unchanged_report_on_every_heartbeat(reader: NvmlReader) -> None:
+def test_loop_renews_the_lease_every_heartbeat_and_writes_the_report_once(reader: NvmlReader) -> None:
     sink = Recorder()
-    publisher = Publisher(sink, heartbeat=0.5, min_interval=0.1)
+    publisher = Publisher(sink, heartbeat=0.5, min_interval=0.1, refresh=3600)
     agent = Agent(AgentConfig(node_name="a100-1", interval=0.1, disk_probe_bytes=0), reader, publisher=publisher)
     stop, thread = run_agent(agent)
     try:
-        wait_for(lambda: len(sink.writes) >= 4, 10, "four heartbeat writes")
+        wait_for(lambda: len(sink.leases) >= 4, 10, "four Lease renewals")
     finally:
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
-    times = [w[0] for w in sink.writes]
+    times = [t for t, _ in sink.leases]
     assert all(b - a >= 0.45 for a, b in itertools.pairwise(times))  # no faster than the heartbeat
+    assert len(sink.writes) == 1  # the report did not change: written once
 
 
 def test_loop_writes_a_change_at_once(reader: CountingReader) -> None:
@@ -143,11 +142,11 @@ def test_nvml_failure_stops_refreshing_the_report_and_recovery_resumes_it() -> N
     reader = CountingReader()
     reader.open()
     sink = Recorder()
-    publisher = Publisher(sink, heartbeat=0.3, min_interval=0.05)
+    publisher = Publisher(sink, heartbeat=0.3, min_interval=0.05, refresh=0.3)
     agent = Agent(AgentConfig(node_name="l4", interval=0.1, disk_probe_bytes=0), reader, publisher=publisher)
     stop, thread = run_agent(agent)
     try:
-        wait_for(lambda: len(sink.writes) >= 2, 10, "heartbeat writes")
+        wait_for(lambda: len(sink.leases) >= 2, 10, "Lease renewals")
         reader.failing = True
         # Once a read has failed no report is offered any more; a report made before the failure
         # may still be due: wait until the publisher has nothing left to write.
@@ -156,9 +155,13 @@ def test_nvml_failure_stops_refreshing_the_report_and_recovery_resumes_it() -> N
         # Fifteen failed samples (five heartbeats at least), each followed by a publish check.
         wait_for(lambda: reader.failed >= failed + 15, 10, "fifteen failed samples")
         assert len(sink.writes) == written  # no fresh report, and the last one is not rewritten
+        renewed = len(sink.leases)
+        seen = reader.failed
+        wait_for(lambda: reader.failed >= seen + 10, 10, "ten more failed samples")
+        assert len(sink.leases) == renewed  # the Lease lapses: the node goes stale
         assert agent.state.source_errors["nvml"] >= 15 and thread.is_alive()
         reader.failing = False
-        wait_for(lambda: len(sink.writes) > written, 10, "writes after NVML recovers")
+        wait_for(lambda: len(sink.leases) > renewed, 10, "renewals after NVML recovers")
     finally:
         stop.set()
         thread.join(5)
@@ -167,9 +170,19 @@ def test_nvml_failure_stops_refreshing_the_report_and_recovery_resumes_it() -> N
 
 
 class FakeApi(BaseHTTPRequestHandler):
-    """Accepts server-side applies of GPUNodeReports and remembers them."""
+    """Accepts server-side applies of GPUNodeReports and Leases and remembers them; answers GET of
+    a Node with its uid."""
 
     applied: ClassVar[list[dict[str, Any]]] = []
+
+    def do_GET(self) -> None:
+        name = urllib.parse.urlsplit(self.path).path.rsplit("/", 1)[-1]
+        answer = json.dumps({"kind": "Node", "metadata": {"name": name, "uid": f"uid-{name}"}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
 
     def do_PATCH(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -225,7 +238,7 @@ def test_api_outage_then_recovery_publishes_the_latest_report(reader: NvmlReader
         assert thread.is_alive() and publisher.stats.writes_ok == 0
         server = ThreadingHTTPServer(("127.0.0.1", port), FakeApi)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        wait_for(lambda: FakeApi.applied, 10, "the write once the API is back")
+        wait_for(lambda: len(FakeApi.applied) >= 2, 10, "the report and the Lease once the API is back")
         latest_time = agent.state.report["spec"]["reportTime"] if agent.state.report else None
     finally:
         stop.set()
@@ -240,6 +253,12 @@ def test_api_outage_then_recovery_publishes_the_latest_report(reader: NvmlReader
     assert first["auth"] == "Bearer agent-token"
     assert first["body"]["spec"]["gpuCount"] == 8
     assert first["body"]["spec"]["reportTime"] <= (latest_time or "")
+    assert first["body"]["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": "a100-2", "uid": "uid-a100-2"}
+    ]
+    lease = next(a for a in FakeApi.applied if "/leases/" in a["path"])
+    assert lease["path"] == "/apis/coordination.k8s.io/v1/namespaces/gpusched-system/leases/a100-2"
+    assert lease["body"]["spec"]["leaseDurationSeconds"] == 90
     assert publisher.stats.writes_ok >= 1 and publisher.backoff.attempts == 0
 
 
@@ -308,3 +327,29 @@ def test_the_command_loop_serves_metrics_and_stops_on_sigterm(tmp_path: Path) ->
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_agent_releases_nvml_for_a_gpu_operator_driver_upgrade(reader: CountingReader) -> None:
+    """Finding 10: the upgrade controller's label asks GPU clients to let go of the driver."""
+    import pynvml
+
+    from gpu_agent.agent import DRIVER_UPGRADE_LABEL
+
+    sink = MemorySink(node_uids={"a100-9": "uid-9"})
+    publisher = Publisher(sink, heartbeat=30, min_interval=0, node_check=0)
+    agent = Agent(AgentConfig(node_name="a100-9", disk_probe_bytes=0), reader, publisher=publisher)
+    publisher.offer(agent.collect())
+    publisher.publish_if_due()
+    opened = reader.opened
+    for state, released in [("upgrade-required", False), ("pod-restart-required", True), ("upgrade-done", False)]:
+        sink.node_labels["a100-9"] = {DRIVER_UPGRADE_LABEL: state}
+        publisher.publish_if_due()  # reads the Node (node_check 0: every time)
+        if released:
+            with pytest.raises(NvmlReadError, match="driver upgrade"):
+                agent.collect()
+            assert not reader.is_open and agent.state.sample is None
+            with pytest.raises(pynvml.NVMLError_Uninitialized):  # nothing in this process holds NVML
+                pynvml.nvmlDeviceGetCount()
+        else:
+            assert len(agent.collect()["spec"]["gpus"]) == 8 and reader.is_open
+    assert reader.opened == opened + 1

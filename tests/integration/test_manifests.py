@@ -72,6 +72,8 @@ def test_kustomization_renders_every_piece_once(objects: list[dict[str, Any]]) -
         ("ServiceAccount", NAMESPACE, "gpusched-extender"),
         ("ServiceAccount", NAMESPACE, "gpusched-scheduler"),
         ("ServiceAccount", NAMESPACE, "gpusched-agent"),
+        ("Role", NAMESPACE, "gpusched-agent-leases"),
+        ("RoleBinding", NAMESPACE, "gpusched-agent-leases"),
     }
     assert expected <= set(kinds)
     # Namespaces first, then CRDs, so that one apply of the whole list succeeds.

@@ -164,3 +164,27 @@ def test_disk_probe_reads_the_largest_file_bounded_and_rarely(tmp_path: Path) ->
     assert probe.measurements == 2
     assert DiskProbe([tmp_path / "none"]).sample() is None
     assert DiskProbe([tmp_path], max_bytes=0).sample() is None
+
+
+@pytest.mark.parametrize(
+    ("file_bytes", "probe_bytes"),
+    [(8 << 20, 2 << 20), (3 << 20, 2 << 20), (2 << 20, 8 << 20)],
+)
+def test_disk_probe_drops_only_the_range_it_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_bytes: int, probe_bytes: int
+) -> None:
+    """Finding 10: posix_fadvise(fd, 0, 0, DONTNEED) evicts the whole file (length 0 means to the
+    end); the probe must name the bytes it reads. The real call still runs."""
+    big = tmp_path / "weights.safetensors"
+    big.write_bytes(b"w" * file_bytes)
+    calls: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    measure_read(big, probe_bytes)
+    assert calls == [(0, probe_bytes, os.POSIX_FADV_DONTNEED)]
+    assert all(length > 0 for _, length, _ in calls)

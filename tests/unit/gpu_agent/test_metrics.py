@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpu_agent.agent import Agent, AgentConfig
 from gpu_agent.metrics import AgentCollector, registry_for
 from gpu_agent.nvml_reader import NvmlReader
-from gpu_agent.publisher import Publisher
+from gpu_agent.publisher import MemorySink, Publisher
 
 Machine = Callable[[str], Path]
 NOW = _dt.datetime(2025, 5, 1, 8, 0, 0, tzinfo=_dt.UTC)
-
-
-class Sink:
-    def apply(self, report: Mapping[str, Any]) -> None:
-        return None
 
 
 def samples(agent: Agent, wall: float) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -43,7 +39,7 @@ def test_metrics_from_a_collected_report(machine: Machine, tmp_path: Path) -> No
     reader = NvmlReader()
     reader.open()
     try:
-        publisher = Publisher(Sink(), heartbeat=30, min_interval=0)
+        publisher = Publisher(MemorySink(), heartbeat=30, min_interval=0)
         agent = Agent(
             AgentConfig(node_name="gpu-7", disk_probe_bytes=0, hf_cache=tmp_path / "none"),
             reader,
@@ -97,3 +93,40 @@ def test_cache_bytes_and_no_publisher(machine: Machine, tmp_path: Path) -> None:
     assert got["gpusched_agent_cache_bytes"] == [({"node": "n", "kind": "lora"}, 1000.0 + 32)]
     assert "gpusched_agent_report_age_seconds" not in got and "gpusched_agent_report_writes_total" not in got
     assert len(got["gpusched_agent_gpu_healthy"]) == 4
+
+
+def test_signals_exist_from_start_and_gpu_gauges_clear_on_failure(machine: Machine, tmp_path: Path) -> None:
+    """Finding 11: an agent that never manages to write must show a growing report age (so the
+    stale alert fires), and a failed NVML read must not leave gpu_healthy at its last value."""
+    from gpu_agent.nvml_reader import NvmlReadError
+
+    machine("l4x4")
+    reader = NvmlReader()
+    reader.open()
+    sink = MemorySink(node_uids={"n": "uid-n"})
+    sink.down = True  # RBAC, CRD or admission refuses every write
+    try:
+        publisher = Publisher(sink, heartbeat=30, min_interval=0)
+        agent = Agent(
+            AgentConfig(node_name="n", disk_probe_bytes=0, hf_cache=tmp_path / "hub"), reader, publisher=publisher
+        )
+        started = agent.started_at
+        publisher.offer(agent.collect())
+        publisher.publish_if_due()
+        got = samples(agent, wall=started + 600)
+        assert got["gpusched_agent_report_age_seconds"] == [({"node": "n"}, 600.0)]
+        assert got["gpusched_agent_lease_age_seconds"] == [({"node": "n"}, 600.0)]
+        writes = {labels["result"]: value for labels, value in got["gpusched_agent_report_writes_total"]}
+        assert writes == {"ok": 0.0, "error": 1.0}
+        assert len(got["gpusched_agent_gpu_healthy"]) == 4
+        broken = tmp_path / "broken.json"
+        spec = json.loads(machine("l4x4").read_text())
+        broken.write_text(json.dumps({**spec, "errors": {"nvmlDeviceGetCount_v2": 999}}))
+        machine(str(broken))
+        reader.reopen()  # the driver now fails every enumeration
+        with pytest.raises(NvmlReadError):
+            agent.collect()
+        got = samples(agent, wall=started + 610)
+        assert "gpusched_agent_gpu_healthy" not in got  # no stale "healthy"
+    finally:
+        reader.close()

@@ -287,3 +287,22 @@ def test_xid_marks_last_until_nvml_is_opened_again(machine: Machine, tmp_path: P
         machine(str(cleared))  # the GPUs were reset: the driver raises nothing new
         reader.reopen()
         assert all(g.healthy for g in reader.read().gpus)
+
+
+@pytest.mark.parametrize("code", [1, 9, 18, 999])  # Uninitialized, DriverNotLoaded, LibRmVersionMismatch, Unknown
+def test_reader_reopens_nvml_after_the_driver_went_away(machine: Machine, tmp_path: Path, code: int) -> None:
+    """Finding 10: a driver reload used to leave the agent failing forever."""
+    import json
+
+    spec = json.loads(machine("l4x4").read_text())
+    gone = tmp_path / "gone.json"
+    gone.write_text(json.dumps({**spec, "errors": {"nvmlDeviceGetCount_v2": code}}))
+    back = tmp_path / "back.json"
+    back.write_text(json.dumps(spec))
+    machine(str(gone))
+    with NvmlReader() as reader:
+        with pytest.raises(NvmlReadError):
+            reader.read()
+        machine(str(back))  # the new driver is loaded
+        assert len(reader.read().gpus) == 4
+        assert reader.opened == 2

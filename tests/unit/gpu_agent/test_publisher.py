@@ -3,18 +3,16 @@ kubernetes client pointed at a port nothing listens on."""
 
 from __future__ import annotations
 
-import copy
 import random
 import socket
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from gpu_agent.publisher import ApplyError, Backoff, KubernetesSink, Publisher
+from gpu_agent.publisher import ApplyError, Backoff, KubernetesSink, MemorySink, Publisher
 
 
 class Clock:
@@ -25,33 +23,35 @@ class Clock:
         return self.now
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.written: list[Mapping[str, Any]] = []
-        self.down = False
+class Sink(MemorySink):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(node_uids={"n1": "uid-1"}, **kwargs)
 
-    def apply(self, report: Mapping[str, Any]) -> None:
-        if self.down:
-            raise ApplyError("API unreachable: connection refused")
-        self.written.append(copy.deepcopy(report))
+    @property
+    def written(self) -> list[dict[str, Any]]:
+        return [r for _, r in self.reports]
 
 
-def report(time_text: str = "2025-01-01T00:00:00Z", pods: tuple[str, ...] = (), util: int = 0) -> dict[str, Any]:
-    return {
-        "apiVersion": "gpusched.io/v1alpha1",
-        "kind": "GPUNodeReport",
-        "metadata": {"name": "n1"},
-        "spec": {
-            "nodeName": "n1",
-            "reportTime": time_text,
-            "gpus": [{"index": 0, "pods": list(pods), "utilizationPercent": util}],
-        },
+def report(
+    time_text: str = "2025-01-01T00:00:00Z", pods: tuple[str, ...] = (), util: int = 0, images: int = 0
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "nodeName": "n1",
+        "reportTime": time_text,
+        "gpus": [{"index": 0, "pods": list(pods), "utilizationPercent": util}],
     }
+    if images:
+        spec["images"] = [
+            {"name": f"registry.example/img-{i}:1", "digest": "sha256:x", "bytes": i} for i in range(images)
+        ]
+    return {"apiVersion": "gpusched.io/v1alpha1", "kind": "GPUNodeReport", "metadata": {"name": "n1"}, "spec": spec}
 
 
 def publisher(sink: Sink, clock: Clock, **kwargs: Any) -> Publisher:
     kwargs.setdefault("backoff", Backoff(initial=1, factor=2, maximum=8, jitter=0))
-    return Publisher(sink, heartbeat=30, min_interval=5, clock=clock, **kwargs)
+    kwargs.setdefault("refresh", 300)
+    sink.clock = clock
+    return Publisher(sink, heartbeat=30, min_interval=5, clock=clock, wall_clock=lambda: 1.7e9 + clock.now, **kwargs)
 
 
 def test_backoff_grows_caps_and_resets() -> None:
@@ -63,31 +63,94 @@ def test_backoff_grows_caps_and_resets() -> None:
     assert all(8 <= jittered.next() <= 12 for _ in range(50))
 
 
-def test_first_report_is_written_at_once_and_unchanged_ones_on_the_heartbeat() -> None:
+def test_reports_are_written_on_change_and_the_lease_carries_the_heartbeat() -> None:
+    """Finding 7: an unchanged report is never rewritten; liveness is a Lease renewed every
+    heartbeat; volatile fields ride on the slower refresh."""
     sink, clock = Sink(), Clock()
     pub = publisher(sink, clock)
     assert pub.due_in() is None and pub.publish_if_due() is None
-    pub.offer(report())
-    assert pub.publish_if_due() is True and len(sink.written) == 1
-    clock.now = 10
-    pub.offer(report("2025-01-01T00:00:10Z", util=90))  # only volatile fields changed
-    assert pub.due_in() == 20 and pub.publish_if_due() is None
-    clock.now = 30
-    assert pub.publish_if_due() is True
-    assert sink.written[-1]["spec"]["reportTime"] == "2025-01-01T00:00:10Z"
-    assert pub.stats.writes_ok == 2 and pub.stats.last_success_report_time == "2025-01-01T00:00:10Z"
+    # (time, report offered, report writes so far, lease renewals so far)
+    steps = [
+        (0, report(), 1, 1),
+        (10, report("2025-01-01T00:00:10Z"), 1, 1),  # only reportTime moved: nothing to write
+        (30, report("2025-01-01T00:00:30Z"), 1, 2),  # heartbeat: the Lease, not the report
+        (40, report("2025-01-01T00:00:40Z", util=90), 1, 2),  # volatile: waits for the refresh
+        (60, report("2025-01-01T00:01:00Z", util=90), 1, 3),
+        (300, report("2025-01-01T00:05:00Z", util=90), 2, 4),  # refresh due: volatile change written
+        (301, report("2025-01-01T00:05:01Z", util=90, pods=("ns/a",)), 2, 4),  # rate bound: 5 s
+        (305, report("2025-01-01T00:05:05Z", util=90, pods=("ns/a",)), 3, 4),
+    ]
+    for t, offered, writes, renewals in steps:
+        clock.now = t
+        pub.offer(offered)
+        while pub.due_in() == 0:
+            pub.publish_if_due()
+        assert (len(sink.reports), len(sink.leases)) == (writes, renewals), t
+    lease = sink.leases[-1][1]
+    assert lease["metadata"] == {
+        "name": "n1",
+        "namespace": "gpusched-system",
+        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "uid-1"}],
+    }
+    assert lease["spec"]["holderIdentity"] == "gpusched-agent/n1"
+    assert lease["spec"]["leaseDurationSeconds"] == 90
+    assert lease["spec"]["renewTime"] == "2023-11-14T22:18:20.000000Z"  # 1.7e9 + 300 s
+    assert sink.written[-1]["metadata"]["ownerReferences"] == lease["metadata"]["ownerReferences"]
+    assert pub.stats.writes_ok == 3 and pub.stats.renewals_ok == 4
 
 
-def test_the_same_report_is_never_written_twice() -> None:
-    """When no newer report comes (NVML failing), the one in the API keeps its reportTime and ages."""
+def test_lease_lapses_when_reports_stop_or_cannot_be_written() -> None:
+    """An agent that cannot sample (NVML down) or cannot write its report (RBAC, CRD, admission)
+    must not keep its node fresh."""
     sink, clock = Sink(), Clock()
     pub = publisher(sink, clock)
     pub.offer(report())
+    pub.publish_if_due()
+    assert len(sink.leases) == 1
+    for t in range(30, 200, 30):  # no more offers: NVML fails
+        clock.now = t
+        pub.publish_if_due()
+    # renewed while the last offer is within lease_duration - heartbeat (60 s), then never
+    assert [t for t, _ in sink.leases] == [0, 30, 60]
+    blocked, clock2 = Sink(), Clock()
+    pub2 = publisher(blocked, clock2)
+    blocked.down = True
+    pub2.offer(report())
+    assert pub2.publish_if_due() is False
+    blocked.down = False
+    clock2.now = 0.5
+    pub2.offer(report())
+    assert pub2.renew_if_due() is None and blocked.leases == []  # the report is not in the API yet
+
+
+def test_a_recreated_node_gives_its_new_uid_to_the_next_writes() -> None:
+    sink, clock = Sink(), Clock()
+    pub = publisher(sink, clock, node_check=300)
+    pub.offer(report())
+    pub.publish_if_due()
+    sink.node_uids["n1"] = "uid-2"  # the Node was deleted and created again under the same name
+    clock.now = 300
+    pub.offer(report(pods=("ns/b",)))
+    pub.publish_if_due()
+    assert sink.written[-1]["metadata"]["ownerReferences"][0]["uid"] == "uid-2"
+    assert sink.leases[-1][1]["metadata"]["ownerReferences"][0]["uid"] == "uid-2"
+    # Unchanged content, but the Node is recreated again: the report is rewritten with the new owner.
+    sink.node_uids["n1"] = "uid-3"
+    clock.now = 600
+    pub.offer(report(pods=("ns/b",)))
+    pub.publish_if_due()
+    pub.publish_if_due()
+    assert sink.written[-1]["metadata"]["ownerReferences"][0]["uid"] == "uid-3"
+
+
+def test_a_report_the_api_refuses_as_too_large_goes_out_without_its_inventory() -> None:
+    """Finding 8: GPU and health updates never stop for an oversize inventory."""
+    sink, clock = Sink(max_bytes=2000), Clock()
+    pub = publisher(sink, clock)
+    pub.offer(report(images=100))
     assert pub.publish_if_due() is True
-    clock.now = 1000
-    assert pub.due_in() is None and pub.publish_if_due() is None
-    pub.offer(report("2025-01-01T00:16:40Z"))
-    assert pub.publish_if_due() is True and len(sink.written) == 2
+    assert "images" not in sink.written[-1]["spec"] and sink.written[-1]["spec"]["gpus"]
+    assert pub.stats.shrunk == 1 and pub.stats.writes_failed == 0 and len(sink.leases) == 1
 
 
 def test_a_change_is_written_as_soon_as_the_rate_bound_allows() -> None:
@@ -123,13 +186,17 @@ def test_unreachable_api_backs_off_exponentially_and_then_writes_the_latest() ->
     sink.down = False
     clock.now = 39 + 32
     assert pub.publish_if_due() is True
-    assert sink.written == [report("2025-01-01T00:01:00Z", pods=("ns/late",))]
+    assert [w["spec"] for w in sink.written] == [report("2025-01-01T00:01:00Z", pods=("ns/late",))["spec"]]
     assert pub.backoff.attempts == 0 and pub.stats.last_error == ""
 
 
-def test_heartbeat_and_min_interval_are_validated() -> None:
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"heartbeat": 0}, {"min_interval": -1}, {"refresh": 0}, {"heartbeat": 30, "lease_duration": 30}],
+)
+def test_periods_are_validated(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        Publisher(Sink(), heartbeat=0)
+        Publisher(Sink(), **kwargs)  # type: ignore[arg-type]
 
 
 def closed_port() -> int:
