@@ -244,3 +244,61 @@ def test_report_from_real_h200_parses_and_places() -> None:
     too_big = parse_pod(pod("bigger", 1, {"gpusched.io/gpu-memory": "141Gi"}))
     assert framework.decide(snap, fits).feasible.tolist() == [0]
     assert framework.decide(snap, too_big).feasible.size == 0
+
+
+@pytest.mark.parametrize(
+    ("images", "models", "adapters", "kept", "dropped"),
+    [
+        # 3,900 images used to make a 1.5 MiB report: now 500 are kept, the largest
+        (3900, 0, 0, {"images": 500}, {"images": 3400}),
+        # a tenant-written adapter_config.json with a 100 kB baseModel: that adapter is dropped, not cut
+        (0, 0, 1, {"loraAdapters": 0}, {"loraAdapters": 1}),
+        (10, 300, 0, {"images": 10, "models": 200}, {"models": 100}),
+    ],
+)
+def test_report_is_bounded(
+    machine: Machine, images: int, models: int, adapters: int, kept: dict[str, int], dropped: dict[str, int]
+) -> None:
+    """Finding 8: a bounded report, largest entries first, what was dropped counted."""
+    from collections import Counter
+
+    from gpu_agent.report import MAX_REPORT_BYTES, size
+
+    counter: Counter[str] = Counter()
+    report = build_report(
+        "n",
+        sample_of(machine, "dgx-h100"),
+        report_time=WHEN,
+        images=Images([ImageEntry(f"registry.example/img-{i}:1", "sha256:x", i, str(i)) for i in range(images)]),
+        caches=CacheScan(
+            models=tuple(ModelEntry(f"org/m-{i}@main", i) for i in range(models)),
+            lora_adapters=tuple(LoraEntry(f"a-{i}", "x" * 100_000, 1) for i in range(adapters)),
+        ),
+        dropped=counter,
+    )
+    spec = report["spec"]
+    assert {k: len(spec[k]) for k in kept} == kept
+    assert dict(counter) == dropped
+    assert size(report) <= MAX_REPORT_BYTES and len(spec["gpus"]) == 8
+    if images > 500:
+        assert min(e["bytes"] for e in spec["images"]) == images - 500  # the largest were kept
+
+
+def test_whole_report_fits_its_byte_bound_dropping_the_smallest(machine: Machine) -> None:
+    from collections import Counter
+
+    from gpu_agent.report import size
+
+    counter: Counter[str] = Counter()
+    long = "y" * 500
+    report = build_report(
+        "n",
+        sample_of(machine, "l4x4"),
+        report_time=WHEN,
+        images=Images([ImageEntry(f"{i:04d}{long}"[:500], long, i, str(i)) for i in range(400)]),
+        dropped=counter,
+        max_bytes=100_000,
+    )
+    assert size(report) <= 100_000 and report["spec"]["gpus"]
+    assert counter["images"] == 400 - len(report["spec"]["images"]) > 0
+    assert min(e["bytes"] for e in report["spec"]["images"]) == counter["images"]
