@@ -29,6 +29,7 @@ NAMESPACE = "kwok-e2e"
 # Whole GPUs in the scenario: 4 nodes x 8 H100 + 2 x 4 L4; eval-0 holds one H100.
 TOTAL_GPUS = 40
 FREE_AT_START = 39
+JOB_SECONDS = 3  # how long a Job's pod runs unless its annotation says otherwise
 # Spelled out, so the test does not depend on gpusched's default topology tiers.
 GPUSCHED_CONFIG = {
     "topologyTiers": ["topology.kubernetes.io/zone", "gpusched.io/block", "gpusched.io/rack", "kubernetes.io/hostname"]
@@ -106,7 +107,7 @@ def kwok(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kwok]:
     workdir = tmp_path_factory.mktemp("kwok-cluster")
     with LocalCluster(workdir, scheduler_name=["default-scheduler", "gpusched"]) as cluster:
         cluster.apply_crds(CRDS)
-        cluster.start_kwok(job_seconds=20)
+        cluster.start_kwok(job_seconds=JOB_SECONDS)
         cluster.create_scenario(load_scenario(SCENARIO))
         cluster.start_node_reports(SCENARIO, interval=1)
         cluster.create_namespace(NAMESPACE)
@@ -181,6 +182,38 @@ def test_training_gang_job_runs_whole_completes_and_frees_its_gpus(kwok: Kwok) -
         timeout=30,
         what="the reports to show the GPUs free",
     )
+
+
+def test_job_pod_without_a_delay_completes_after_the_cluster_default(kwok: Kwok) -> None:
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "eval", "namespace": NAMESPACE},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "eval", "image": "ghcr.io/example/eval:1"}],
+                }
+            },
+        },
+    }
+    after = resource_version(kwok.api, f"/api/v1/namespaces/{NAMESPACE}/pods")
+    k8s.request(kwok.api, "POST", f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", job)
+    seen = watch_until(
+        kwok.api,
+        "batch.kubernetes.io/job-name=eval",
+        lambda seen: len(seen) == 1 and next(iter(seen.values()))[-1][0] == "Succeeded",
+        after=after,
+    )
+    (history,) = seen.values()
+    assert [phase for phase, _ in history][-2:] == ["Running", "Succeeded"], history
+    (pod,) = kwok.pods("batch.kubernetes.io/job-name=eval")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (0, "Completed")
+    # A pod no Job owns never completes: the scenario's eval-0 still runs.
+    assert kwok.get("/api/v1/namespaces/default/pods/eval-0")["status"]["phase"] == "Running"
 
 
 def test_inference_deployment_rolls_to_a_new_image(kwok: Kwok) -> None:
