@@ -2,6 +2,8 @@
 
 Binaries are built from Go modules by :mod:`localcluster.build`; :class:`LocalCluster` runs them
 on loopback; :mod:`localcluster.k8s` creates GPU nodes and applies manifests;
+:mod:`localcluster.kwok` adds fake GPU nodes from a scenario file whose pods run (KWOK and
+kube-controller-manager), :mod:`localcluster.reporter` their GPUNodeReports;
 :mod:`localcluster.pytest_plugin` provides the ``control_plane`` fixture.
 """
 

@@ -26,12 +26,15 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from scheduler.core.scenario import load_nodes, pod_object
-from scheduler.core.types import NodeState
+if TYPE_CHECKING:
+    from scheduler.core.types import NodeState
+
+# The scenario format's own parser (scheduler.core.scenario) is imported where a scenario is read,
+# so that starting a cluster without one does not load the scheduler's core.
 
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 FAKE_NODE_VALUE = "fake"
@@ -279,6 +282,8 @@ def load_scenario(path: Path) -> dict[str, Any]:
 
 def scenario_nodes(scenario: Mapping[str, Any]) -> list[NodeState]:
     """The scenario's nodes, parsed by the scenario format's own loader."""
+    from scheduler.core.scenario import load_nodes
+
     return load_nodes(scenario)
 
 
@@ -311,6 +316,8 @@ def node_object(node: NodeState, gpu_resource: str = GPU_RESOURCE) -> dict[str, 
 
 def scenario_pods(scenario: Mapping[str, Any], gpu_resource: str = GPU_RESOURCE) -> list[dict[str, Any]]:
     """The scenario's running pods as Pod objects bound to their nodes (KWOK runs them)."""
+    from scheduler.core.scenario import pod_object
+
     pods = []
     for entry in scenario.get("pods") or ():
         obj = pod_object(entry, gpu_resource)

@@ -21,13 +21,15 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubernetes.client import ApiClient
 
 from localcluster import k8s
 from localcluster.kwok import load_scenario, report_objects, scenario_nodes
-from scheduler.core.types import NodeState
+
+if TYPE_CHECKING:
+    from scheduler.core.types import NodeState
 
 log = logging.getLogger("localcluster.reporter")
 
