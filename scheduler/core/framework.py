@@ -36,7 +36,14 @@ class Cycle:
         self.config = config
         self._sets: tuple[bytes, np.ndarray, np.ndarray] | None = None
         self._eligible: tuple[bytes, np.ndarray] | None = None
-        self.notes: dict[str, Any] = {}  # per-cycle values a plugin wants shown in /explain
+        # Per-cycle values a plugin wants shown in /explain. A value may be a callable that
+        # builds it: it is called only when the decision is explained, so that per-node notes
+        # cost nothing on the extender's hot path.
+        self.notes: dict[str, Any] = {}
+
+    def note(self, key: str) -> Any:
+        """The note under `key`, built if it was left as a callable."""
+        return _resolved(self.notes[key])
 
     def eligible(self, nodes: np.ndarray) -> np.ndarray:
         """(len(nodes), G) mask of the GPUs that could serve the pod, memoised for the last nodes."""
@@ -99,6 +106,15 @@ class FilterPlugin(Plugin, ABC):
         """Whether evicting pods could let the pod onto `node` (kube-scheduler's preemption)."""
         return False
 
+    def reasons(self, cycle: Cycle, nodes: np.ndarray) -> list[str]:
+        """`reason` for each of `nodes` (all turned away by this plugin). Plugins that turn away
+        many nodes at once override it to word each distinct situation once."""
+        return [self.reason(cycle, int(node)) for node in nodes.tolist()]
+
+    def resolvable_nodes(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        """`resolvable` for each of `nodes`, as a boolean mask."""
+        return np.array([self.resolvable(cycle, int(node)) for node in nodes.tolist()], dtype=bool)
+
 
 class ScorePlugin(Plugin, ABC):
     # min-max normalise over the feasible nodes before weighting (for raw scores of no fixed scale)
@@ -117,6 +133,17 @@ class GpuChooser(ABC):
         """The pod's GPUs on `node`, or None to leave the choice to the core's GPU sets."""
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """The nodes one filter plugin turned away, each with its reason."""
+
+    plugin: str
+    nodes: np.ndarray  # node indices
+    reasons: list[str]  # aligned with `nodes`
+    resolvable: np.ndarray  # aligned with `nodes`: evicting pods could let the pod on
+    transient: bool  # the plugin's rejections may clear by themselves (a report turning fresh)
+
+
 @dataclass(slots=True)
 class Decision:
     """The outcome of one cycle, with enough detail to explain it."""
@@ -126,12 +153,29 @@ class Decision:
     feasible: np.ndarray  # node indices that passed every filter
     total: np.ndarray  # weighted mean score 0..100, aligned with `feasible`
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # per plugin, aligned with `feasible`
-    reasons: dict[int, str] = field(default_factory=dict)  # node index -> why it was turned away
-    rejected_by: dict[int, str] = field(default_factory=dict)  # node index -> the filter plugin
-    resolvable: set[int] = field(default_factory=set)  # rejected nodes that preemption could free
-    transient: set[int] = field(default_factory=set)  # rejected nodes that may pass again by themselves
+    rejections: list[Rejection] = field(default_factory=list)  # empty when decided with explain=False
     error: str = ""  # a pod-level refusal (malformed request, gang that cannot fit)
     notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reasons(self) -> dict[int, str]:
+        """Node index -> why it was turned away."""
+        return {n: r for rej in self.rejections for n, r in zip(rej.nodes.tolist(), rej.reasons, strict=True)}
+
+    @property
+    def rejected_by(self) -> dict[int, str]:
+        """Node index -> the filter plugin that turned it away."""
+        return {n: rej.plugin for rej in self.rejections for n in rej.nodes.tolist()}
+
+    @property
+    def resolvable(self) -> set[int]:
+        """Rejected nodes that preemption could free."""
+        return {n for rej in self.rejections for n in rej.nodes[rej.resolvable].tolist()}
+
+    @property
+    def transient(self) -> set[int]:
+        """Rejected nodes that may pass again by themselves."""
+        return {n for rej in self.rejections if rej.transient for n in rej.nodes.tolist()}
 
     def best(self) -> int | None:
         """The highest total; ties go to the node that comes first in the snapshot."""
@@ -159,8 +203,12 @@ class Decision:
             "error": self.error,
             "best": _name(names, self.best()),
             "nodes": nodes,
-            "notes": self.notes,
+            "notes": {key: _resolved(value) for key, value in self.notes.items()},
         }
+
+
+def _resolved(value: Any) -> Any:
+    return value() if callable(value) else value
 
 
 def _name(names: Sequence[str], index: int | None) -> str | None:
@@ -193,11 +241,15 @@ class Framework:
         on_filter: Callable[[str, int], None] | None = None,
         *,
         explain: bool = True,
+        score: bool = True,
     ) -> Decision:
         """Filter and score `candidates` (default: every node) for `pod`.
 
-        `explain=False` skips wording a reason per turned-away node (reasons and rejected_by stay
-        empty): the simulator's replay asks again with reasons only for pods that find no node.
+        `explain=False` skips wording a reason per turned-away node (reasons, rejected_by,
+        resolvable and transient stay empty): the simulator's replay asks again with reasons only
+        for pods that find no node. `score=False` stops after the filters (totals are all 0): the
+        extender's filter verb needs no scores. `on_filter(plugin, count)` hears how many nodes
+        each filter plugin turned away.
         """
         nodes = np.arange(len(snapshot), dtype=np.intp) if candidates is None else np.asarray(candidates, np.intp)
         cycle = Cycle(snapshot, pod, self.config)
@@ -208,25 +260,32 @@ class Framework:
             nodes, error = pre.prefilter(cycle, nodes)
             if error:
                 return Decision(pod, snapshot, empty, np.zeros(0), error=error, notes=cycle.notes)
-        reasons: dict[int, str] = {}
-        rejected_by: dict[int, str] = {}
-        resolvable: set[int] = set()
-        transient: set[int] = set()
+        rejections: list[Rejection] = []
         for plugin in self.filters:
             if nodes.size == 0:
                 break
             ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
-            for node in nodes[~ok] if explain or on_filter is not None else empty:
-                if explain:
-                    reasons[int(node)] = plugin.reason(cycle, int(node))
-                    rejected_by[int(node)] = plugin.name
-                if plugin.resolvable(cycle, int(node)):
-                    resolvable.add(int(node))
-                if plugin.transient:
-                    transient.add(int(node))
+            if not ok.all():
+                rejected = nodes[~ok]
                 if on_filter is not None:
-                    on_filter(plugin.name, int(node))
-            nodes = nodes[ok]
+                    on_filter(plugin.name, int(rejected.size))
+                if explain:
+                    words = plugin.reasons(cycle, rejected)
+                    mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
+                    rejections.append(Rejection(plugin.name, rejected, words, mask, plugin.transient))
+                nodes = nodes[ok]
+        scores, total = self._score(cycle, nodes) if score else ({}, np.zeros(nodes.size))
+        return Decision(pod, snapshot, nodes, total, scores, rejections, notes=cycle.notes)
+
+    def score_feasible(self, snapshot: ClusterSnapshot, pod: PodRequest, feasible: np.ndarray) -> Decision:
+        """Score nodes already known to pass every filter for this pod in this very state (the
+        extender's prioritize right after its filter): the filters are not run again."""
+        cycle = Cycle(snapshot, pod, self.config)
+        nodes = np.asarray(feasible, dtype=np.intp)
+        scores, total = self._score(cycle, nodes)
+        return Decision(pod, snapshot, nodes, total, scores, notes=cycle.notes)
+
+    def _score(self, cycle: Cycle, nodes: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         scores: dict[str, np.ndarray] = {}
         total = np.zeros(nodes.size)
         if nodes.size:
@@ -237,9 +296,7 @@ class Framework:
                 scores[scorer.name] = raw
                 total += weight * raw
             total /= self.weight_sum
-        return Decision(
-            pod, snapshot, nodes, total, scores, reasons, rejected_by, resolvable, transient, notes=cycle.notes
-        )
+        return scores, total
 
     def place_best(
         self, snapshot: ClusterSnapshot, pod: PodRequest, *, explain: bool = False

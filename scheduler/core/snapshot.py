@@ -80,6 +80,7 @@ class ClusterSnapshot:
     ) -> None:
         self.nodes = list(nodes)
         self.names = [n.name for n in self.nodes]
+        self.name_array = np.array(self.names, dtype=object)  # names[nodes] for an index array, at C speed
         self.index = {name: i for i, name in enumerate(self.names)}
         self.tier_keys = tuple(tiers)
         n = len(self.nodes)
@@ -105,6 +106,9 @@ class ClusterSnapshot:
         self.pull_bw = np.zeros(n, dtype=np.float64)
         self.download_bw = np.zeros(n, dtype=np.float64)
         self.disk_bw = np.zeros(n, dtype=np.float64)
+        # Free and total bytes of (image filesystem, model cache) per node; -1 where not reported.
+        self.disk_free = np.full((n, 2), -1.0)
+        self.disk_total = np.full((n, 2), -1.0)
         self.images: dict[str, dict[int, int]] = {}
         self.models: dict[str, dict[int, int]] = {}
         self.lora_adapters: dict[str, dict[int, int]] = {}
@@ -149,6 +153,8 @@ class ClusterSnapshot:
         self.pull_bw[i] = node.pull_bytes_per_s
         self.download_bw[i] = node.download_bytes_per_s
         self.disk_bw[i] = node.disk_bytes_per_s
+        self.disk_free[i] = (node.image_fs_free, node.model_cache_free)
+        self.disk_total[i] = (node.image_fs_total, node.model_cache_total)
         if node.gpus:
             for gpu in node.gpus:
                 j = gpu.index
@@ -217,7 +223,7 @@ class ClusterSnapshot:
         if max(len(node.gpus), node.gpu_count) > self.max_gpus or any(g.index >= self.max_gpus for g in node.gpus):
             return False
         old = self.nodes[i]
-        rows = (self.gpu_valid, self.gpu_healthy, self.gpu_model, self.gpu_memory)
+        rows: tuple[np.ndarray, ...] = (self.gpu_valid, self.gpu_healthy, self.gpu_model, self.gpu_memory)
         before = [a[i].copy() for a in rows]
         held = [self.pods[k] for k in sorted(self.node_pods[i])]
         for pod in held:
@@ -303,6 +309,10 @@ class ClusterSnapshot:
         for j in chosen:
             if not (0 <= j < self.max_gpus and self.gpu_valid[node, j]):
                 raise SnapshotError(f"{pod.key}: node {self.names[node]} has no GPU {j}")
+            if self.gpu_milli_free[node, j] < milli:
+                # Never a negative free count: whoever holds the GPU keeps it (docs/ARCHITECTURE.md).
+                free = int(self.gpu_milli_free[node, j])
+                raise SnapshotError(f"{pod.key}: GPU {j} of node {self.names[node]} has {free} of {milli} milli free")
         placement = Placement(node, chosen, milli, pod.cpu_milli, pod.memory, pod.gpu_count)
         for j in chosen:
             self.gpu_milli_free[node, j] -= milli

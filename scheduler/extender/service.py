@@ -20,6 +20,7 @@ Verb behaviour (also in the README):
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections import Counter
@@ -40,6 +41,7 @@ from scheduler.state.store import ClusterState
 log = logging.getLogger("gpusched.extender")
 
 SCORE_SPAN = 20.0
+NAME_CACHE = 4  # node-name lists remembered with their snapshot indices
 ANN_RANK = "gpusched.io/rank"
 ANN_PLANNED_NODE = "gpusched.io/planned-node"
 ANN_TOPOLOGY_PATH = "gpusched.io/topology-path"
@@ -77,6 +79,10 @@ class ExtenderService:
         self.ready = ready
         self.last_change_at = time.time()
         self._changes_seen = -1
+        self._rebuilds_seen = -1
+        # Node-name lists seen lately with their indices, and the last filter's feasible nodes.
+        self._name_cache: list[tuple[list[str], ClusterSnapshot, np.ndarray, list[str]]] = []
+        self._passed: tuple[PodRequest, int, ClusterSnapshot, np.ndarray] | None = None
         config = state.config
         self.gangs = GangManager(framework, config.gang_ttl_s, config.gang_max_span, on_change=state.mark_changed)
         state.reservations = self.gangs.reservations
@@ -90,6 +96,12 @@ class ExtenderService:
     def _snapshot(self) -> ClusterSnapshot:
         self.gangs.expire(self.state.clock())
         snap = self.state.snapshot()
+        if self.state.rebuilds != self._rebuilds_seen:
+            # A relist just built the state: millions of long-lived objects at 5,000 nodes. Keep
+            # the cyclic collector from walking them again on every full collection (pauses of
+            # tens of milliseconds inside decisions); what changes later is collected as usual.
+            self._rebuilds_seen = self.state.rebuilds
+            gc.freeze()
         if self.state.changes != self._changes_seen:
             self._changes_seen = self.state.changes
             self.last_change_at = time.time()
@@ -98,14 +110,28 @@ class ExtenderService:
         return snap
 
     def _candidates(self, snap: ClusterSnapshot, names: list[str]) -> tuple[np.ndarray, list[str]]:
-        known, unknown = [], []
-        for name in names:
-            index = snap.index.get(name)
-            if index is None:
-                unknown.append(name)
-            else:
-                known.append(index)
-        return np.array(known, dtype=np.intp), unknown
+        """Snapshot indices of the named nodes, and the names gpusched does not know.
+
+        kube-scheduler sends the same list again and again (every node that passed its own
+        filters; to prioritize, those that passed gpusched's filter too): the last lists are
+        remembered with their indices, and a list equal to one of them costs one comparison.
+        """
+        for known_names, known_snap, indices, unknown in self._name_cache:
+            if known_snap is snap and known_names == names:
+                return indices, unknown
+        get = snap.index.get
+        found = [get(name) for name in names]
+        if None in found:
+            unknown = [n for n, i in zip(names, found, strict=True) if i is None]
+            found = [i for i in found if i is not None]
+        else:
+            unknown = []
+        indices = np.array(found, dtype=np.intp)
+        self._remember_names(names, snap, indices, unknown)
+        return indices, unknown
+
+    def _remember_names(self, names: list[str], snap: ClusterSnapshot, indices: np.ndarray, unknown: list[str]) -> None:
+        self._name_cache = [(names, snap, indices, unknown), *self._name_cache[: NAME_CACHE - 1]]
 
     @staticmethod
     def _names(args: wire.ExtenderArgs) -> list[str]:
@@ -115,7 +141,7 @@ class ExtenderService:
         return [str((item.get("metadata") or {}).get("name", "")) for item in items]
 
     def _decide(self, snap: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray) -> Decision:
-        return self.framework.decide(snap, pod, nodes, on_filter=self._count_rejection)
+        return self.framework.decide(snap, pod, nodes, on_filter=self._count_rejection, score=False)
 
     def _admit(self, snap: ClusterSnapshot, pod: PodRequest) -> Admission:
         """The gang member's planned slot (planning the gang if needed), or why it must wait."""
@@ -128,8 +154,18 @@ class ExtenderService:
             return Admission(None, f"gang {pod.pod_group}: planned node {admission.slot.node} is gone; planning again")
         return admission
 
-    def _count_rejection(self, plugin: str, node: int) -> None:
-        self.metrics.filter_rejections.labels(plugin).inc()
+    def _count_rejection(self, plugin: str, nodes: int) -> None:
+        self.metrics.filter_rejections.labels(plugin).inc(nodes)
+
+    def _filtered_just_now(self, pod: PodRequest, snap: ClusterSnapshot, nodes: np.ndarray) -> bool:
+        """Whether every node in `nodes` passed this pod's last filter, with nothing changed since
+        (same pod, same snapshot, same state generation): its filters need not run again."""
+        if self._passed is None:
+            return False
+        last_pod, generation, last_snap, feasible = self._passed
+        if last_snap is not snap or generation != self.state.generation or last_pod != pod:
+            return False
+        return nodes is feasible or bool(np.isin(nodes, feasible).all())
 
     # -------------------------------------------------------------------- verbs
     def filter(self, args: wire.ExtenderArgs) -> wire.ExtenderFilterResult:
@@ -137,6 +173,7 @@ class ExtenderService:
         names = self._names(args)
         with self.state.lock:
             snap = self._snapshot()
+            generation = self.state.generation
             nodes, unknown = self._candidates(snap, names)
             failed = dict.fromkeys(unknown, "gpusched: unknown to gpusched (no Node in its cache yet)")
             if pod.pod_group and not pod.errors:
@@ -153,15 +190,23 @@ class ExtenderService:
                 decision = self._decide(snap, pod, nodes)
         if decision.error:
             return wire.ExtenderFilterResult(node_names=None, error=f"gpusched: {decision.error}")
-        if not decision.feasible.size and decision.transient:
+        if not decision.feasible.size and any(r.transient for r in decision.rejections):
             return wire.ExtenderFilterResult(
                 node_names=None, error=f"gpusched: no node fits now, retrying: {summarize(decision.reasons.values())}"
             )
         unresolvable: dict[str, str] = {}
-        for node, reason in decision.reasons.items():
-            target = failed if node in decision.resolvable else unresolvable
-            target[snap.names[node]] = f"gpusched: {reason}"
-        passed = [snap.names[i] for i in decision.feasible]
+        name_array = snap.name_array
+        for rejection in decision.rejections:
+            texts = "gpusched: " + np.asarray(rejection.reasons, dtype=object)  # elementwise, in C
+            for target, mask in ((failed, rejection.resolvable), (unresolvable, ~rejection.resolvable)):
+                if mask.any():
+                    target.update(zip(name_array[rejection.nodes[mask]].tolist(), texts[mask].tolist(), strict=True))
+        passed: list[str] = name_array[decision.feasible].tolist()
+        if not pod.pod_group:
+            with self.state.lock:
+                if self.state.generation == generation:
+                    self._passed = (pod, generation, snap, decision.feasible)
+                    self._remember_names(passed, snap, decision.feasible, [])
         if args.node_names is None and args.nodes is not None:
             keep = set(passed)
             items = [i for i in args.nodes.items if (i.get("metadata") or {}).get("name") in keep]
@@ -177,14 +222,26 @@ class ExtenderService:
         names = self._names(args)
         with self.state.lock:
             snap = self._snapshot()
-            nodes, _ = self._candidates(snap, names)
-            decision = self.framework.decide(snap, pod, nodes)
+            nodes, unknown = self._candidates(snap, names)
+            if self._filtered_just_now(pod, snap, nodes):
+                decision = self.framework.score_feasible(snap, pod, nodes)
+            else:
+                decision = self.framework.decide(snap, pod, nodes)
+        if decision.feasible.size and decision.feasible is nodes and not unknown:
+            # Every named node was feasible, in the order named: one score each, in order.
+            return [wire.HostPriority(host=n, score=s) for n, s in zip(names, self._levels(decision), strict=True)]
         scores = dict.fromkeys(names, 0)
         if decision.feasible.size:
-            behind = decision.total.max() - decision.total
-            levels = np.clip(np.rint(MAX_EXTENDER_SCORE * (1.0 - behind / SCORE_SPAN)), 0, MAX_EXTENDER_SCORE)
-            scores.update(zip((snap.names[i] for i in decision.feasible), levels.astype(int).tolist(), strict=True))
+            feasible_names = [snap.names[i] for i in decision.feasible.tolist()]
+            scores.update(zip(feasible_names, self._levels(decision), strict=True))
         return [wire.HostPriority(host=name, score=score) for name, score in scores.items()]
+
+    @staticmethod
+    def _levels(decision: Decision) -> list[int]:
+        """kube-scheduler's 0..10 per feasible node: 10 for the best, 0 at SCORE_SPAN points behind."""
+        behind = decision.total.max() - decision.total
+        levels = np.clip(np.rint(MAX_EXTENDER_SCORE * (1.0 - behind / SCORE_SPAN)), 0, MAX_EXTENDER_SCORE)
+        return levels.astype(int).tolist()
 
     def bind(self, args: wire.ExtenderBindingArgs) -> wire.ExtenderBindingResult:
         key = f"{args.pod_namespace}/{args.pod_name}"

@@ -181,11 +181,12 @@ class ColdStart(ScorePlugin):
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod
+        if not any(needed_bytes(snap, pod, self.priors)):
+            return np.full(nodes.size, 100.0)  # nothing to fetch or load: 0 seconds everywhere
         seconds = predicted_seconds(snap, pod, nodes, self.priors)
-        if any(needed_bytes(snap, pod, self.priors)):
-            names = snap.names
-            keys = names if nodes.size == len(names) and (nodes == np.arange(nodes.size)).all() else None
-            if keys is None:
-                keys = [names[i] for i in nodes.tolist()]
-            cycle.notes["cold_start_seconds"] = dict(zip(keys, np.round(seconds, 1).tolist(), strict=True))
+        names = snap.names
+        # Worded only if the decision is explained (a dict over every node costs more than the score).
+        cycle.notes["cold_start_seconds"] = lambda: {
+            names[i]: s for i, s in zip(nodes.tolist(), np.round(seconds, 1).tolist(), strict=True)
+        }
         return 100.0 * self.half / (self.half + seconds)

@@ -18,8 +18,8 @@ default 0.10), `unknownImageBytes` (default 0). Filter only, no score.
 The reason names the sizes, e.g. "image filesystem: needs 15.0 GiB + 1.0 GiB margin, 9.0 GiB free".
 Fallback: a node whose report states no figures for a disk (no report, an older agent) passes that
 disk's check, and `cycle.notes["disk_fit"]` says so per node for /explain. The figures are read
-from the candidates' NodeStates (the snapshot holds no disk arrays), and only for a pod that names
-an image or weights: a pod that fetches nothing passes everywhere at no cost. Evicting pods does not
+from the snapshot's `disk_free` and `disk_total` arrays, and only for a pod that names an image or
+weights: a pod that fetches nothing passes everywhere at no cost. Evicting pods does not
 free image or cache space that kube-scheduler's preemption knows of: the rejection is not resolvable.
 """
 
@@ -68,13 +68,9 @@ class DiskFit(FilterPlugin):
     def _disks(self, cycle: Cycle, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(bytes to fetch, free bytes, margin bytes) per disk (image filesystem, model cache) and
         node: three arrays of shape (2, len(nodes)); free is -1 where the report does not say."""
-        images, weights, _ = missing_bytes(cycle.snapshot, cycle.pod, nodes, self.priors)
-        states = [cycle.snapshot.nodes[i] for i in nodes.tolist()]
-        figures = np.array(
-            [(s.image_fs_free, s.image_fs_total, s.model_cache_free, s.model_cache_total) for s in states],
-            dtype=np.float64,
-        ).reshape(len(states), 4)
-        free, total = figures[:, [0, 2]].T, figures[:, [1, 3]].T
+        snap = cycle.snapshot
+        images, weights, _ = missing_bytes(snap, cycle.pod, nodes, self.priors)
+        free, total = snap.disk_free[nodes].T, snap.disk_total[nodes].T
         margin = np.maximum(self.margin_bytes, self.margin_fraction * total)
         return np.stack([images, weights]), free, margin
 
@@ -90,9 +86,11 @@ class DiskFit(FilterPlugin):
             names = cycle.snapshot.names
             parts = np.where(unknown[0] & unknown[1], 0, np.where(unknown[0], 1, 2))
             what = ("image filesystem and model cache", "image filesystem", "model cache")
-            notes = cycle.notes.setdefault("disk_fit", {})
-            for i in np.flatnonzero(unknown.any(axis=0)).tolist():
-                notes[names[int(nodes[i])]] = UNCHECKED.format(what[int(parts[i])])
+            at = np.flatnonzero(unknown.any(axis=0))
+            # Worded only if the decision is explained: it would cost more than the filter.
+            cycle.notes["disk_fit"] = lambda: {
+                names[int(nodes[i])]: UNCHECKED.format(what[int(parts[i])]) for i in at.tolist()
+            }
         return np.asarray(ok.all(axis=0))
 
     def reason(self, cycle: Cycle, node: int) -> str:

@@ -16,6 +16,9 @@ import numpy as np
 from scheduler.core.framework import Cycle, FilterPlugin
 from scheduler.core.quantity import format_bytes
 
+# Odd multipliers for hashing a row of situation features (integer overflow wraps, as intended).
+_ROW_HASH = np.random.default_rng(20261130).integers(1, 2**62, size=32, dtype=np.int64) | 1
+
 
 class GpuFit(FilterPlugin):
     name = "gpu-fit"
@@ -40,6 +43,47 @@ class GpuFit(FilterPlugin):
         if pod.gpu_models:
             ok &= np.isin(snap.gpu_model[node], [snap.model_id(m) for m in pod.gpu_models])
         return int(ok.sum()) >= pod.gpus_needed
+
+    def resolvable_nodes(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        snap, pod = cycle.snapshot, cycle.pod
+        ok = snap.gpu_valid[nodes] & snap.gpu_healthy[nodes]
+        if pod.gpu_memory:
+            ok &= snap.gpu_memory[nodes] >= pod.gpu_memory
+        if pod.gpu_models:
+            ok &= np.isin(snap.gpu_model[nodes], [snap.model_id(m) for m in pod.gpu_models])
+        return snap.ready[nodes] & (snap.gpu_alloc[nodes] >= pod.gpu_count) & (ok.sum(axis=1) >= pod.gpus_needed)
+
+    def reasons(self, cycle: Cycle, nodes: np.ndarray) -> list[str]:
+        """Nodes in the same situation get the same words: each distinct situation (what `reason`
+        reads of a node) is worded once, for its first node."""
+        snap, pod = cycle.snapshot, cycle.pod
+        usable = snap.gpu_valid[nodes] & snap.gpu_healthy[nodes]
+        free = usable & (snap.gpu_milli_free[nodes] >= pod.milli_per_gpu)
+        features = [
+            snap.ready[nodes],
+            snap.gpu_alloc[nodes],
+            snap.gpu_alloc[nodes] - snap.gpu_used_api[nodes],
+            free.sum(axis=1),
+            np.where(usable, snap.gpu_milli_free[nodes], 0).max(axis=1),
+            snap.has_report[nodes],
+            cycle.eligible(nodes).sum(axis=1),
+            np.where(free, snap.gpu_memory[nodes], 0).max(axis=1),
+        ]
+        if pod.gpu_models:
+            ids = [snap.model_id(m) for m in pod.gpu_models]
+            features.append((free & np.isin(snap.gpu_model[nodes], ids)).sum(axis=1))
+            features.extend(np.where(free, snap.gpu_model[nodes], -9).T)  # which models are free
+        table = np.column_stack([np.asarray(f, dtype=np.int64) for f in features])
+        # Group equal rows: by a hash of each row (one sort of integers), checked exactly.
+        weights = _ROW_HASH[: table.shape[1]] if table.shape[1] <= _ROW_HASH.size else None
+        if weights is not None:
+            _, first, group = np.unique(table @ weights, return_index=True, return_inverse=True)
+            if not (table == table[first][group]).all():
+                weights = None  # a collision: group the rows themselves
+        if weights is None:
+            _, first, group = np.unique(table, axis=0, return_index=True, return_inverse=True)
+        worded = [self.reason(cycle, int(nodes[i])) for i in first]
+        return [worded[g] for g in group.ravel().tolist()]
 
     def reason(self, cycle: Cycle, node: int) -> str:
         snap, pod = cycle.snapshot, cycle.pod

@@ -260,8 +260,16 @@ class ClusterState:
         if have is not None:
             snap.remove(key)
         snap.conflicts.pop(key, None)
-        if want is not None:
-            snap.place_bound(want)
+        if want is None:
+            return
+        # A pod that exists comes before a gang's virtual hold on the same node, as in a build.
+        at = snap.index.get(want.node_name)
+        held = [snap.pods[k] for k in snap.node_pods[at] if k in self._placed_reservations] if at is not None else []
+        for reservation in held:
+            snap.remove(reservation.key)
+        snap.place_bound(want)
+        for reservation in held:
+            snap.place_bound(reservation)
 
     def _merge(self, name: str, now: float) -> NodeState:
         """The node as the snapshot holds it: Node object, report and learned pull rate, age 0."""
@@ -307,6 +315,7 @@ class ClusterState:
             self._reservations_dirty = False
         for key in stale:
             snap.remove(key)
+            snap.conflicts.pop(key, None)
         for key, reservation in wanted.items():
             if key not in snap.placements or snap.pods.get(key) != reservation:
                 snap.remove(key)

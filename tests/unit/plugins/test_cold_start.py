@@ -102,7 +102,7 @@ def test_score_notes_and_shape() -> None:
     cycle = Cycle(snap, llm_pod(), SchedulerConfig())
     scores = plugin({"halfScoreSeconds": 16}).score(cycle, np.arange(2))
     assert scores.tolist() == pytest.approx([50.0, 100 * 16 / (16 + 116)])
-    assert cycle.notes["cold_start_seconds"] == {"warm": 16.0, "cold": 116.0}
+    assert cycle.note("cold_start_seconds") == {"warm": 16.0, "cold": 116.0}
 
 
 def test_a_pod_that_needs_nothing_is_neutral_and_leaves_no_note() -> None:

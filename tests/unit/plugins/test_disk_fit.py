@@ -112,7 +112,7 @@ def test_fallback_is_noted_for_explain() -> None:
         [disks("unknown", None, None), disks("half", (30, 100), None), disks("known", (30, 100), (100, 200))], llm_pod()
     )
     assert mask == [True, True, True]
-    assert cycle.notes["disk_fit"] == {
+    assert cycle.note("disk_fit") == {
         "unknown": UNCHECKED.format("image filesystem and model cache"),
         "half": UNCHECKED.format("model cache"),
     }

@@ -140,16 +140,41 @@ def create_pod(name: str, gpus: int, milli: int) -> Event:
     return run
 
 
+def free_now(w: World, node: str, gpus: tuple[int, ...], milli: int = 1000) -> bool:
+    """Whether gpusched would see these GPUs free: it binds and reserves only GPUs it sees free."""
+    snap = w.state.snapshot()
+    at = snap.index.get(node)
+    return at is not None and all(g < snap.max_gpus and snap.gpu_milli_free[at, g] >= milli for g in gpus)
+
+
+def fits_by_count(w: World, node: str, pod_request: PodRequest) -> bool:
+    snap = w.state.snapshot()
+    at = snap.index.get(node)
+    if at is None:
+        return False
+    with snap.without(list(w.state._placed_reservations)):
+        found = snap.first_free_gpus(at, pod_request.gpus_needed, pod_request.milli_per_gpu)
+    return len(found) == pod_request.gpus_needed
+
+
 def bind_pod(name: str, node: str, gpu_ids: tuple[int, ...] | None) -> Event:
-    """The API shows the pod bound (by gpusched, with its GPUs, or by someone else, without)."""
+    """The API shows the pod bound: by gpusched, with GPUs it saw free, or by someone else, without."""
 
     def run(w: World) -> None:
         if name not in w.pods or w.pods[name]["spec"]["nodeName"]:
             return
         obj = w.pods[name]
+        pod_request = parse_pod(obj)
+        ids = gpu_ids[: pod_request.gpus_needed] if gpu_ids is not None else None
+        if ids is not None and (
+            len(ids) < pod_request.gpus_needed or not free_now(w, node, ids, pod_request.milli_per_gpu)
+        ):
+            ids = None
+        if ids is None and not fits_by_count(w, node, pod_request):
+            return  # another scheduler binds only where the pod fits (it knows nothing of reservations)
         obj["spec"]["nodeName"] = node
-        if gpu_ids is not None:
-            obj["metadata"]["annotations"]["gpusched.io/gpu-ids"] = ",".join(map(str, gpu_ids))
+        if ids is not None:
+            obj["metadata"]["annotations"]["gpusched.io/gpu-ids"] = ",".join(map(str, ids))
         w.state.upsert_pod(copy.deepcopy(obj))
 
     return run
@@ -158,7 +183,10 @@ def bind_pod(name: str, node: str, gpu_ids: tuple[int, ...] | None) -> Event:
 def assume_pod(name: str, node: str, gpus: tuple[int, ...]) -> Event:
     def run(w: World) -> None:
         if name in w.pods and not w.pods[name]["spec"]["nodeName"]:
-            w.state.assume(parse_pod(w.pods[name]), node, gpus)
+            pod_request = parse_pod(w.pods[name])
+            chosen = gpus[: pod_request.gpus_needed]
+            if len(chosen) == pod_request.gpus_needed and free_now(w, node, chosen, pod_request.milli_per_gpu):
+                w.state.assume(pod_request, node, chosen)
 
     return run
 
@@ -245,9 +273,15 @@ def delete_node(name: str) -> Event:
 
 
 def reserve(node: str, gpus: tuple[int, ...]) -> Event:
+    """A gang plan reserves GPUs it sees free; the manager places them in the snapshot at once."""
+
     def run(w: World) -> None:
-        w.reservations = [PodRequest("default", "gang:g:0", gpu_count=len(gpus), node_name=node, gpu_ids=gpus)]
+        w.reservations = []
         w.state.mark_changed()
+        if free_now(w, node, gpus):
+            w.reservations = [PodRequest("default", "gang:g:0", gpu_count=len(gpus), node_name=node, gpu_ids=gpus)]
+            w.state.mark_changed()
+            w.state.snapshot()
 
     return run
 
