@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -219,3 +220,59 @@ def test_stale_reports_make_filter_ask_for_a_retry_instead_of_parking_the_pod() 
     small = pod_object({"name": "small-pod", "gpus": 1})
     out = service.filter(wire.ExtenderArgs(pod=small, node_names=["stale", "small"]))
     assert out.node_names == ["small"] and "stale" in out.failed_and_unresolvable_nodes
+
+
+class BlockingBinder(OfflineBinder):
+    """Offline binds, except that the first one waits (as an API call under way) until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def bind(self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            if not self.released.wait(30):
+                raise TimeoutError("never released")
+        super().bind(namespace, name, uid, node, annotations)
+
+
+def test_a_bind_waiting_on_the_api_blocks_neither_the_event_loop_nor_other_verbs() -> None:
+    config = registry.config_from(None)
+    state = ClusterState(config)
+    state.load_static(load_nodes(SCENARIO), load_pods(SCENARIO))
+    binder = BlockingBinder()
+    app = create_app(ExtenderService(state, registry.build(config), binder, ExtenderMetrics()))
+    first = pod_object({"name": "first", "gpus": 1})
+    second = pod_object({"name": "second", "gpus": 1})
+    state.upsert_pod(first)
+    state.upsert_pod(second)
+
+    def binding(obj: dict[str, Any], node: str) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"], "Node": node}
+
+    async def run() -> list[str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://extender") as c:
+            held = asyncio.create_task(c.post("/bind", json=binding(first, "h100-0")))
+            await asyncio.to_thread(binder.entered.wait, 30)
+            # The first bind sits in its API call: filter, prioritize and a bind to another node
+            # are all answered meanwhile, on the same event loop.
+            filtered = await c.post("/filter", json=args(second))
+            scored = await c.post("/prioritize", json=args(second))
+            other = await c.post("/bind", json=binding(second, "a100-0"))
+            done_meanwhile = not held.done()
+            binder.released.set()
+            first_answer = await held
+            return [
+                str(done_meanwhile),
+                str(filtered.status_code),
+                str(scored.status_code),
+                other.json().get("Error", ""),
+                first_answer.json().get("Error", ""),
+            ]
+
+    assert asyncio.run(run()) == ["True", "200", "200", "", ""]
+    assert binder.bound == {"default/second": "a100-0", "default/first": "h100-0"}

@@ -297,6 +297,22 @@ def test_gpus_of_an_in_flight_bind_are_held_until_the_binder_answers(succeeds: b
         assert filter_(service, pod("q", 1), ["n0"]).node_names == ["n0"]
 
 
+def test_binds_to_different_nodes_do_not_wait_on_each_others_api_call() -> None:
+    service, binder = offline_service([gpu_node("n0", 4), gpu_node("n1", 4)])
+    for name in ("p", "q"):
+        service.state.upsert_pod(pod(name, 2))
+    binder.hold = {"p"}
+    thread, answers = run_in_thread(lambda: bind(service, pod("p", 2), "n0"))
+    assert binder.entered.wait(WAIT_S), "the bind never reached the binder"
+    # p's API call is still under way: q's bind to n1 goes through from start to end meanwhile.
+    assert bind(service, pod("q", 2), "n1").error == ""
+    assert [c.name for c in binder.calls] == ["p", "q"] and thread.is_alive()
+    binder.release()
+    thread.join(WAIT_S)
+    assert answers == [""]
+    assert free_gpus(service) == {"n0": 2, "n1": 2}
+
+
 def test_a_bind_retried_to_another_node_moves_the_pod_without_double_counting() -> None:
     service, binder = offline_service([gpu_node("n0", 4), gpu_node("n1", 4)])
     service.state.upsert_pod(pod("p", 2))
