@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,17 @@ def build_offline(config: SchedulerConfig, scenario: dict[str, Any]) -> Extender
     return ExtenderService(state, registry.build(config), OfflineBinder(), ExtenderMetrics())
 
 
-def build_live(config: SchedulerConfig, kubeconfig: str | None) -> ExtenderService:
+def build_live(
+    config: SchedulerConfig, kubeconfig: str | None, lease_namespace: str = "gpusched-system"
+) -> ExtenderService:
     kube = Kube(load_api_client(kubeconfig))
     state = ClusterState(config)
     metrics = ExtenderMetrics()
     informers = start_informers(
-        kube, state, on_restart=lambda kind, why: metrics.watch_restarts.labels(kind, why).inc()
+        kube,
+        state,
+        on_restart=lambda kind, why: metrics.watch_restarts.labels(kind, why).inc(),
+        lease_namespace=lease_namespace,
     )
 
     def ready() -> bool:
@@ -64,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8888)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("GPUSCHED_LEASE_NAMESPACE", "gpusched-system"),
+        help="where the agents renew their nodes' Leases (default: gpusched-system)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -72,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             scenario = yaml.safe_load(Path(args.cluster_file).read_text()) or {}
             service = build_offline(config, scenario)
         else:
-            service = build_live(config, args.kubeconfig)
+            service = build_live(config, args.kubeconfig, args.lease_namespace)
     except (ConfigError, ScenarioError, OSError, yaml.YAMLError) as exc:
         print(f"gpusched-extender: {exc}", file=sys.stderr)
         return 2

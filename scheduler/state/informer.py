@@ -105,9 +105,12 @@ class Informer(threading.Thread):
 
 
 def start_informers(
-    kube: Kube, state: ClusterState, on_restart: Callable[[str, str], None] = lambda kind, why: None
+    kube: Kube,
+    state: ClusterState,
+    on_restart: Callable[[str, str], None] = lambda kind, why: None,
+    lease_namespace: str = "gpusched-system",
 ) -> list[Informer]:
-    """Nodes, pods, GPUNodeReports and image-pull events, each in its own thread."""
+    """Nodes, pods, GPUNodeReports, the agents' Leases and image-pull events, each in its own thread."""
     informers = [
         Informer(
             kube,
@@ -127,6 +130,15 @@ def start_informers(
             on_restart,
         ),
     ]
+    informers.append(
+        Informer(
+            kube,
+            "leases",
+            f"/apis/coordination.k8s.io/v1/namespaces/{lease_namespace}/leases",
+            Handlers(state.replace_leases, state.upsert_lease, state.delete_lease),
+            on_restart,
+        )
+    )
     informers.append(
         Informer(
             kube,

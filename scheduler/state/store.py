@@ -5,9 +5,16 @@ Like kube-scheduler's cache, an event changes only what it touches (docs/ARCHITE
 state lives"):
 
 - a pod added, bound, changed or deleted: that pod's placement (its node's GPU rows and counters);
-- a GPUNodeReport whose content did not change (the agent's heartbeat): that node's report time;
+- a GPUNodeReport whose content did not change, or the node's agent Lease renewed (the agent's
+  heartbeat): that node's liveness time only;
 - a changed report, Node object or learned pull rate: that node's rows, its pods placed again;
 - a node added or deleted, or a relist: a new snapshot, built from everything held here.
+
+A node's report age is the time since the extender last saw its agent alive: its report written or
+its Lease renewed, by this process's clock (a node whose clock runs ahead cannot keep a dead agent
+fresh). What a relist finds is dated by the object's own time (reportTime, renewTime), never
+later than now. A deleted Node takes its report and Lease time with it, so a node recreated under
+the same name starts without a report until its agent writes one.
 
 All mutation happens under `lock`, and readers decide under it too, so a decision sees one
 consistent state; an event waits at most one decision (about a millisecond). `generation` moves
@@ -27,7 +34,7 @@ import numpy as np
 
 from scheduler.core.config import SchedulerConfig
 from scheduler.core.objects import node_from_object, parse_time, with_report
-from scheduler.core.podspec import parse_pod
+from scheduler.core.podspec import ANN_GPU_MILLI, parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState, PodRequest
 from scheduler.state.pull_throughput import PullThroughput, event_node
@@ -62,6 +69,7 @@ class ClusterState:
         self._merged: dict[str, NodeState] = {}  # node name -> what the snapshot holds for it (age aside)
         self._report_times = np.zeros(0)  # per snapshot index: when the report was written; inf: none
         self._static_report_times: dict[str, float] = {}
+        self._alive_at: dict[str, float] = {}  # node name -> when its agent was last seen alive
         self.generation = 0  # moves on every change that can alter a decision
         self.rebuilds = 0  # full snapshot builds (relists, nodes added or deleted)
         self.pull = PullThroughput()  # learned from kubelet "Pulled" events; overrides reported rates
@@ -111,16 +119,24 @@ class ClusterState:
                 self._rebuild_later()
 
     def delete_node(self, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
         with self.lock:
-            if self.nodes.pop(_name(obj), None) is not None:
+            self.reports.pop(name, None)  # a node recreated under this name starts without them
+            self._alive_at.pop(name, None)
+            if self.nodes.pop(name, None) is not None:
                 self._rebuild_later()
 
     def replace_reports(self, items: Iterable[Mapping[str, Any]]) -> None:
         with self.lock:
+            now = self.clock()
             self.reports = {}
             for item in items:
-                if _name(item):
-                    self.reports[_name(item)] = item
+                name = _name(item)
+                if name:
+                    self.reports[name] = item
+                    stamp = parse_time((item.get("spec") or {}).get("reportTime"))
+                    if stamp is not None:
+                        self._alive_at[name] = max(self._alive_at.get(name, -np.inf), min(stamp, now))
             self._rebuild_later()
 
     def upsert_report(self, obj: Mapping[str, Any]) -> None:
@@ -128,7 +144,37 @@ class ClusterState:
         if name:
             with self.lock:
                 self.reports[name] = obj
+                self._alive_at[name] = self.clock()  # seen written just now
                 self._refresh_node(name)
+
+    def replace_leases(self, items: Iterable[Mapping[str, Any]]) -> None:
+        """The agents' Leases (one per node, named after it) as a relist finds them."""
+        with self.lock:
+            now = self.clock()
+            for item in items:
+                name = _name(item)
+                stamp = parse_time((item.get("spec") or {}).get("renewTime"))
+                if name and stamp is not None:
+                    self._alive_at[name] = max(self._alive_at.get(name, -np.inf), min(stamp, now))
+                    self._refresh_liveness(name)
+
+    def upsert_lease(self, obj: Mapping[str, Any]) -> None:
+        """An agent renewed its node's Lease: the node's report is alive as of now."""
+        name = _name(obj)
+        if name:
+            with self.lock:
+                self._alive_at[name] = self.clock()
+                self._refresh_liveness(name)
+
+    def delete_lease(self, obj: Mapping[str, Any]) -> None:
+        """A Lease deleted (its node went, or the agent was removed): liveness comes only from
+        the report's own writes now, so a node whose agent is gone goes stale on time."""
+
+    def _refresh_liveness(self, name: str) -> None:
+        snap = self._snapshot
+        i = snap.index.get(name) if snap is not None else None
+        if i is not None and name in self.reports:
+            self._report_times[i] = self._report_time(name, self._merged[snap.names[i]])
 
     def delete_report(self, obj: Mapping[str, Any]) -> None:
         name = _name(obj)
@@ -171,10 +217,25 @@ class ClusterState:
         deleting = bool((obj.get("metadata") or {}).get("deletionTimestamp")) and not (obj.get("spec") or {}).get(
             "nodeName"
         )
+        if phase in TERMINAL_PHASES or deleting or not self._may_want_gpu(obj):
+            return None
         pod = parse_pod(obj, self.config.gpu_resource)
         if phase in TERMINAL_PHASES or deleting or not pod.wants_gpu:
             return None
         return pod
+
+    def _may_want_gpu(self, obj: Mapping[str, Any]) -> bool:
+        """Whether the pod names the GPU resource or a GPU share at all (most pods of a cluster do
+        not, and a relist of 100,000 pods should not parse every quantity of every one)."""
+        if ANN_GPU_MILLI in ((obj.get("metadata") or {}).get("annotations") or {}):
+            return True
+        spec = obj.get("spec") or {}
+        resource = self.config.gpu_resource
+        for container in (*(spec.get("containers") or ()), *(spec.get("initContainers") or ())):
+            resources = (container.get("resources") if isinstance(container, Mapping) else None) or {}
+            if resource in (resources.get("limits") or {}) or resource in (resources.get("requests") or {}):
+                return True
+        return False
 
     def upsert_pod(self, obj: Mapping[str, Any]) -> None:
         pod = self._parse_live_pod(obj)
@@ -279,9 +340,9 @@ class ClusterState:
     def _report_time(self, name: str, node: NodeState) -> float:
         report = self.reports.get(name)
         if report:
-            stamp = parse_time((report.get("spec") or {}).get("reportTime"))
-            # A report that exists but has no readable time is as good as infinitely old.
-            return stamp if stamp is not None else -np.inf
+            # When its agent was last seen alive; a report never seen written and with no
+            # readable time is as good as infinitely old.
+            return self._alive_at.get(name, -np.inf)
         stamp = self._static_report_times.get(name)
         return stamp if stamp is not None else (-np.inf if node.has_report else np.inf)
 

@@ -83,3 +83,54 @@ def test_report_with_unreadable_time_is_stale() -> None:
     report["spec"]["reportTime"] = "yesterday-ish"
     state.replace_reports([report])
     assert state.snapshot().report_age[0] == float("inf")
+
+
+def lease(node: str, renewed: datetime) -> dict[str, object]:
+    return {
+        "metadata": {"name": node, "namespace": "gpusched-system"},
+        "spec": {"holderIdentity": f"gpusched-agent/{node}", "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
+    }
+
+
+def test_the_agents_lease_keeps_an_unchanged_report_fresh() -> None:
+    state, clock = state_with(2)
+    written = datetime.fromtimestamp(clock.now, UTC)
+    state.replace_reports([report_object(f"n{i}", gpus=4, reported_at=written) for i in range(2)])
+    state.replace_leases([lease("n0", written), lease("n1", written)])
+    for _ in range(4):  # two minutes: only n0's agent renews its Lease, every 30 s
+        clock.now += 30
+        state.upsert_lease(lease("n0", datetime.fromtimestamp(clock.now, UTC)))
+    ages = state.snapshot().report_age.tolist()
+    assert ages == [0.0, 120.0]  # n0 renewed just now; n1 last seen alive at the relist, 120 s ago
+    assert state.rebuilds == 1  # renewals touch no node's rows
+
+
+def test_a_node_clock_ahead_does_not_keep_a_dead_agent_fresh() -> None:
+    state, clock = state_with(1)
+    state.replace_reports([])
+    ahead = datetime.fromtimestamp(clock.now + 3600, UTC)  # the node's clock runs an hour ahead
+    state.upsert_report(report_object("n0", gpus=4, reported_at=ahead))
+    assert state.snapshot().report_age.tolist() == [0.0]
+    clock.now += 100  # the agent died after that write
+    assert state.snapshot().report_age.tolist() == [100.0]  # stale past a 90 s TTL, whatever reportTime says
+
+
+def test_a_relist_dates_reports_by_their_time_but_never_in_the_future() -> None:
+    state, clock = state_with(2)
+    clock.now = float(int(clock.now))  # reportTime has whole seconds
+    past = datetime.fromtimestamp(clock.now - 40, UTC)
+    ahead = datetime.fromtimestamp(clock.now + 600, UTC)
+    state.replace_reports(
+        [report_object("n0", gpus=4, reported_at=past), report_object("n1", gpus=4, reported_at=ahead)]
+    )
+    assert state.snapshot().report_age.tolist() == [40.0, 0.0]
+
+
+def test_a_node_recreated_under_the_same_name_starts_without_the_old_report() -> None:
+    state, clock = state_with(1)
+    state.upsert_report(report_object("n0", gpus=4, reported_at=datetime.fromtimestamp(clock.now, UTC)))
+    assert state.snapshot().has_report.tolist() == [True]
+    state.delete_node(node_object("n0", gpus=4))
+    state.upsert_node(node_object("n0", gpus=4))
+    snap = state.snapshot()
+    assert snap.has_report.tolist() == [False] and snap.report_age.tolist() == [float("inf")]
