@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson
+from extender_latency import node_object, pod_object, report_object
 
-from benchmarks.extender_latency import node_object, pod_object, report_object
 from scheduler.plugins import registry
 from scheduler.state.store import ClusterState
 
