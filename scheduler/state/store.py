@@ -173,8 +173,8 @@ class ClusterState:
     def _refresh_liveness(self, name: str) -> None:
         snap = self._snapshot
         i = snap.index.get(name) if snap is not None else None
-        if i is not None and name in self.reports:
-            self._report_times[i] = self._report_time(name, self._merged[snap.names[i]])
+        if i is not None and name in self._merged:
+            self._report_times[i] = self._report_time(name, self._merged[name])
 
     def delete_report(self, obj: Mapping[str, Any]) -> None:
         name = _name(obj)
