@@ -177,7 +177,8 @@ class FragmentationState:
         self.t_class = np.array([classes[(p.milli, p.models)] for p, _ in gpu_pods], dtype=np.intp)
         self.t_gpus = np.array([p.gpus for p, _ in gpu_pods], dtype=np.float32)
         self.t_multi = np.flatnonzero(self.t_gpus > 1)
-        self.t_cpu = np.array([p.cpu_milli if p.cpu_milli > 0 else np.inf for p, _ in gpu_pods], dtype=np.float32)
+        self.t_cpu = np.array([max(p.cpu_milli, 1) for p, _ in gpu_pods], dtype=np.float32)
+        self.t_no_cpu = np.flatnonzero([p.cpu_milli <= 0 for p, _ in gpu_pods])  # CPU puts no bound on copies
         # Per copy: weight x GPUs x share, rounded once to float32 (a constant per typical pod, so a
         # placement that changes nothing still has a delta of exactly 0); summed in float64.
         self.t_value = np.array([w * p.gpus * p.milli for p, w in gpu_pods], dtype=np.float32)
@@ -192,7 +193,11 @@ class FragmentationState:
         self.total = np.zeros(n)
         self.frag = np.zeros(n)
         self.generation = 0
+        self.stamp = np.zeros(n, dtype=np.int64)  # generation at which each node last changed
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Whole-GPU and CPU-only pods: per (GPUs, milli-CPU), the measure after placing such a pod on
+        # each node, and the generation it was computed at; recomputed only for nodes changed since.
+        self._after: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.refresh()
 
     # ------------------------------------------------------------ the measure
@@ -209,6 +214,7 @@ class FragmentationState:
         else:
             changed = np.union1d(gpu_changed // self.free.shape[1], cpu_changed)
         self.generation += 1
+        self.stamp[changed] = self.generation
         free = snap.gpu_milli_free[changed].astype(np.int64)
         milli = self.class_milli[:, None, None]
         if self.copies:
@@ -233,6 +239,8 @@ class FragmentationState:
             if self.t_multi.size:
                 copies[:, self.t_multi] = np.floor(copies[:, self.t_multi] / self.t_gpus[self.t_multi])
             by_cpu = cpu.astype(np.float32)[:, None] / self.t_cpu  # copies the CPU takes
+            if self.t_no_cpu.size:
+                by_cpu[:, self.t_no_cpu] = np.inf
             np.minimum(copies, np.floor(by_cpu, out=by_cpu), out=copies)
             # Whole numbers below 2**53 in float64: the sum is exact whatever the order BLAS takes.
             return self.w_all * total - copies.astype(np.float64) @ self.t_value64
@@ -247,6 +255,50 @@ class FragmentationState:
         return self.frag[nodes] / self.w_all
 
     # ------------------------------------------------------------ placements
+    def _after_whole(self, nodes: np.ndarray, k: int, cpu_milli: int) -> np.ndarray:
+        """The measure after placing a pod of k whole GPUs (0: CPU only) and `cpu_milli` on each of
+        `nodes` (single-model nodes), from the cache where the node has not changed since."""
+        key = (k, cpu_milli)
+        entry = self._after.get(key)
+        if entry is None:
+            if len(self._after) >= 512:  # bounded: at most about 40 MB on a 1,213-node trace
+                self._after.clear()
+            entry = self._after[key] = (np.zeros(len(self.total)), np.full(len(self.total), -1, dtype=np.int64))
+        after, at = entry
+        stale = nodes[at[nodes] < self.stamp[nodes]]
+        if stale.size:
+            taken = k * self.node_ok[stale]
+            count = self.count[stale] - taken * self.whole_slots
+            sum_ge = None if self.copies else self.sum_ge[stale] - MILLI * taken
+            after[stale] = self.measure(self.total[stale] - MILLI * k, self.cpu[stale] - cpu_milli, count, sum_ge)
+            at[stale] = self.generation
+        return after[nodes]
+
+    def _after_share(self, nodes: np.ndarray, milli: int, cpu_milli: int) -> np.ndarray:
+        """(nodes, GPUs): the measure after placing a share of `milli` and `cpu_milli` on each GPU of
+        each node (single-model nodes; rows of other nodes are stale), cached as `_after_whole`.
+        Values for GPUs the share does not fit are computed but never read."""
+        key = (-milli, cpu_milli)
+        entry = self._after.get(key)
+        n, g = self.free.shape
+        if entry is None:
+            if len(self._after) >= 512:  # bounded: at most about 40 MB on a 1,213-node trace
+                self._after.clear()
+            entry = self._after[key] = (np.zeros((n, g)), np.full(n, -1, dtype=np.int64))
+        after, at = entry
+        stale = nodes[at[nodes] < self.stamp[nodes]]
+        if stale.size:
+            rows = np.repeat(stale, g)
+            f = np.clip(self.free[stale], 0, MILLI).reshape(-1)
+            d_count, d_sum = self._share_tables(milli)
+            on = self.node_ok[rows]
+            count = self.count[rows] + d_count[f] * on
+            sum_ge = None if self.copies else self.sum_ge[rows] + d_sum[f] * on
+            values = self.measure(self.total[rows] - milli, self.cpu[rows] - cpu_milli, count, sum_ge)
+            after[stale] = values.reshape(stale.size, g)
+            at[stale] = self.generation
+        return after
+
     def _share_tables(self, milli: int) -> tuple[np.ndarray, np.ndarray]:
         """Per free share f (0..1000) of the GPU taken, the change in each class's count and sum."""
         if milli not in self._tables:
@@ -279,6 +331,10 @@ class FragmentationState:
             everywhere = np.arange(len(snap), dtype=np.intp)
             # Over most nodes, reuse the mask the filter computed for all of them (memoised).
             eligible = cycle.eligible(everywhere)[nodes] if nodes.size * 4 >= everywhere.size else cycle.eligible(nodes)
+            if not self.any_mixed:  # every fitting GPU is a row, its value from the per-shape cache
+                pos, gpu = np.nonzero(eligible)
+                node = nodes[pos]
+                return pos, gpu, self.frag[node] - self._after_share(nodes, pod.gpu_milli, pod.cpu_milli)[node, gpu]
             free = snap.gpu_milli_free[nodes]
             if every_gpu or self.any_mixed or np.count_nonzero(eligible) <= 2 * nodes.size:
                 pos, gpu = np.nonzero(eligible)  # few fitting GPUs per node: every one is a row
@@ -301,6 +357,8 @@ class FragmentationState:
         pos = np.arange(nodes.size)
         gpu = np.full(nodes.size, -1)
         k = pod.gpu_count
+        if not self.any_mixed:
+            return pos, gpu, self.frag[nodes] - self._after_whole(nodes, k, pod.cpu_milli)
         if k == 0:
             after = self.measure(self.total[nodes], cpu, self.count[nodes], None if self.copies else self.sum_ge[nodes])
             return pos, gpu, self.frag[nodes] - after

@@ -7,7 +7,9 @@ packing onto busy nodes leaves whole nodes free for gangs. `memory_fit` is reque
 GPU / memory of the GPUs the pod would get; without a request the smallest GPU memory among the
 feasible nodes stands in, so an unconstrained pod takes a small GPU rather than an 80 GB one.
 Arg `countWeight` (c, 0..1, default 0.5). Range 0..100.
-Fallback: GPUs of unknown memory (no report) get memory_fit 0.
+Fallback: GPUs of unknown memory (no report) get memory_fit 0. Where every usable GPU of the
+candidate nodes has one memory size per node, that size stands for the chosen set's without
+searching the sets (the same value, found cheaply).
 """
 
 from __future__ import annotations
@@ -46,12 +48,29 @@ class GpuMemoryPacking(ScorePlugin):
             used = np.where(valid, 1000 - snap.gpu_milli_free[nodes], 0).sum(axis=1)
             used_after = (used + pod.milli_per_gpu * pod.gpus_needed) / capacity
 
-        _, chosen = cycle.gpu_sets(nodes)
-        memory = np.where(chosen >= 0, snap.gpu_memory[nodes[:, None], np.maximum(chosen, 0)], 0)
-        chosen_memory = np.where((chosen >= 0).all(axis=1), memory.min(axis=1), 0).astype(np.float64)
+        chosen_memory = self._chosen_memory(cycle, nodes)
         want = float(pod.gpu_memory)
         if not want:
             known = chosen_memory[chosen_memory > 0]
             want = float(known.min()) if known.size else 0.0
         fit = np.divide(want, chosen_memory, out=np.zeros(nodes.size), where=chosen_memory > 0)
         return 100.0 * (c * np.minimum(used_after, 1.0) + (1 - c) * np.minimum(fit, 1.0))
+
+    @staticmethod
+    def _chosen_memory(cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        """Per node, the smallest memory among the GPUs the pod would get (0 when none or unknown).
+
+        Where every usable GPU of every node has one memory size, that size is the answer whatever
+        set is chosen, so the GPU sets are searched only when some node mixes sizes.
+        """
+        snap = cycle.snapshot
+        usable = snap.gpu_valid[nodes] & snap.gpu_healthy[nodes]
+        memory = snap.gpu_memory[nodes]
+        top = np.where(usable, memory, np.iinfo(memory.dtype).min).max(axis=1, initial=np.iinfo(memory.dtype).min)
+        low = np.where(usable, memory, np.iinfo(memory.dtype).max).min(axis=1, initial=np.iinfo(memory.dtype).max)
+        if nodes.size and bool((top == low).all()):
+            fits = cycle.eligible(nodes).sum(axis=1) >= cycle.pod.gpus_needed  # a set exists
+            return np.where(fits, top, 0).astype(np.float64)
+        _, chosen = cycle.gpu_sets(nodes)
+        held = np.where(chosen >= 0, snap.gpu_memory[nodes[:, None], np.maximum(chosen, 0)], 0)
+        return np.where((chosen >= 0).all(axis=1), held.min(axis=1), 0).astype(np.float64)

@@ -6,7 +6,8 @@ Affinity is 1.0 for NVLink/NVSwitch, 0.4 same PCIe switch, 0.35 several switches
 bridge, 0.15 same NUMA node, 0.0 across sockets (types.LINK_AFFINITY). The set is the best one
 among the pod's usable GPUs (core/gpusets.py), the same set that bind hands to the pod.
 Pods of one GPU or a share score 100 everywhere (no pairs). Range 0..100.
-Fallback: without a report the links are unknown and count as 0.
+Fallback: without a report the links are unknown and count as 0 (when no candidate has any
+known link, every node scores 0 without searching the sets).
 """
 
 from __future__ import annotations
@@ -22,5 +23,7 @@ class NvLink(ScorePlugin):
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         if cycle.pod.gpus_needed < 2:
             return np.full(nodes.size, 100.0)
+        if not cycle.snapshot.link_affinity[nodes].any():  # no known links anywhere: every set scores 0
+            return np.zeros(nodes.size)
         quality, _ = cycle.gpu_sets(nodes)
         return 100.0 * np.maximum(quality, 0.0)

@@ -243,3 +243,33 @@ def test_delta_equals_measure_before_minus_after(
         fresh = FragmentationState(snap, typical, copies).milli(everywhere)[p]
         snap.remove(pod.key)
         assert d / state.w_all == pytest.approx(before - fresh, abs=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nodes=st.lists(node_st, min_size=2, max_size=5),
+    # Few shapes, so that later pods hit the cache entries earlier ones made.
+    pods=st.lists(
+        st.tuples(st.sampled_from([(0, 0), (1, 0), (2, 0), (0, 250), (0, 500)]), st.sampled_from([0, 1000, 4000])),
+        min_size=2,
+        max_size=10,
+    ),
+    copies=st.booleans(),
+)
+def test_cached_deltas_of_whole_gpu_pods_follow_placements(
+    nodes: list[tuple[list[int], int]], pods: list[tuple[tuple[int, int], int]], copies: bool
+) -> None:
+    """A long-lived state answers placements (whole GPUs, shares, CPU only) from its per-shape
+    cache; after every placement its deltas equal those of a state built afresh."""
+    typical = [SHARE500, WHOLE, CPU_ONLY, TypicalPod(4000, 2, 1000, (), 1), TypicalPod(2000, 1, 250, (), 3)]
+    snap = snapshot_with([f for f, _ in nodes], [c for _, c in nodes])
+    state = FragmentationState(snap, typical, copies)
+    fw = framework("fgd", typical)
+    everywhere = np.arange(len(snap))
+    for n, ((gpus, milli), cpu) in enumerate(pods):
+        pod = req(f"p{n}", gpus=gpus, milli=milli, cpu=cpu)
+        cycle = Cycle(snap, pod, fw.config)
+        cached = state.deltas(cycle, everywhere, every_gpu=True)
+        fresh = FragmentationState(snap, typical, copies).deltas(cycle, everywhere, every_gpu=True)
+        assert [a.tolist() for a in cached] == [b.tolist() for b in fresh]
+        fw.place_best(snap, pod)  # the next pod sees this one placed (when it fit)

@@ -101,20 +101,30 @@ def test_fragmentation_without_any_gpu_pod_takes_one_whole_gpu_as_typical() -> N
     assert [p.shape for p in plugin.source.state(snap).pods] == [(2000, 0, 0, ()), (0, 1, 1000, ())]
 
 
-# raw = 50 + 50 * clip(delta / scale, -1, 1), delta = frag before - after (multi-copy, milli-GPU);
+# raw = 50 + 50 * clip(delta / scale, -1, 1), delta = frag before - after (milli-GPU);
 # order = 50 * packDelta / scale * (1 - rank / nodes); score = 100 * (raw + order) / (100 + 50 * packDelta / scale).
 # Two nodes: n0 [1000, 1000], n1 [1000, 500]; typical: one whole GPU; the pod: a 500 share.
-# n0: frag 0 -> best GPU [500, 1000]: 1500 - 1000 = 500, delta -500; n1: 1500 - 1000 = 500 -> [1000, 0]: 0, delta +500.
+# Multi-copy: n0: frag 0 -> best GPU [500, 1000]: 1500 - 1000 = 500, delta -500; n1: 1500 - 1000 = 500 -> [1000, 0]: 0,
+# delta +500. FGD's: n0 0 -> 500 (the 500 left on GPU 0 is too small), delta -500; n1 500 -> 0, delta +500. Their mean
+# (measure "both", the default) is the same.
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        pytest.param({"packDelta": 0}, [25.0, 75.0], id="no first fit"),  # 50 + 50*(-0.5) = 25, 50 + 50*0.5 = 75
+        pytest.param({"packDelta": 0, "scale": 1000}, [25.0, 75.0], id="no first fit"),  # 50 + 50*(-0.5), 50 + 50*0.5
         pytest.param(
             {},
-            # packDelta 240, scale 1000: order span 50*240/1000 = 12, ranks 0 and 1 of 2:
+            # defaults: scale 8000, packDelta 400: raw 50 - 50*500/8000 = 46.875 and 53.125; order span
+            # 50*400/8000 = 2.5, ranks 0 and 1 of 2: 100 * (46.875 + 2.5) / 102.5 = 48.17,
+            # 100 * (53.125 + 2.5*(1 - 1/2)) / 102.5 = 53.05
+            [100 * 49.375 / 102.5, 100 * 54.375 / 102.5],
+            id="defaults",
+        ),
+        pytest.param(
+            {"scale": 1000, "packDelta": 240},
+            # order span 50*240/1000 = 12, ranks 0 and 1 of 2:
             # 100 * (25 + 12*(1 - 0/2)) / 112 = 33.04, 100 * (75 + 12*(1 - 1/2)) / 112 = 72.32
             [100 * 37 / 112, 100 * 81 / 112],
-            id="default first fit",
+            id="first fit at scale 1000",
         ),
         pytest.param(
             {"packDelta": 0, "scale": 250}, [0.0, 100.0], id="scale 250 clips"
@@ -138,11 +148,27 @@ def test_fragmentation_scores_a_cpu_only_pod_by_the_cpu_it_takes() -> None:
     # typical: 8 CPUs + 1 GPU. 3 free GPUs and 10 CPUs: min(3, 10000 // 8000) = 1 copy, frag 3000 - 1000 = 2000;
     # a 4-CPU pod leaves 6 CPUs: 0 copies, frag 3000, delta -1000: 50 + 50*(-1000/1000) = 0
     snap = snapshot_with([[1000] * 3], [10_000])
-    plugin = Fragmentation.create({"typicalPods": typical_args([TypicalPod(8000, 1, 1000, (), 1)]), "packDelta": 0})
+    typical = typical_args([TypicalPod(8000, 1, 1000, (), 1)])
+    args = {"typicalPods": typical, "packDelta": 0, "scale": 1000, "measure": "multi-copy"}
+    plugin = Fragmentation.create(args)
     assert plugin.score(Cycle(snap, req("c", cpu=4000), plugin.config), np.arange(1)).tolist() == [0.0]
 
 
-@pytest.mark.parametrize("args", [{"scale": 0}, {"packDelta": -1}, {"coverage": 0}, {"coverage": "x"}])
+# One node of 8 free GPUs, typical: a 4-GPU pod (no CPU); the pod takes 1 GPU, leaving 7.
+# Multi-copy: 2 copies -> 1 copy (3 GPUs left over), frag 0 -> 3000, delta -3000: 50 - 50*3000/8000 = 31.25.
+# FGD's: one 4-GPU pod fits before and after, no partly used GPU: frag 0 -> 0, delta 0: 50.
+# Both (default): delta (-3000 + 0) / 2 = -1500: 50 - 50*1500/8000 = 40.625.
+@pytest.mark.parametrize(("measure", "expected"), [("multi-copy", 31.25), ("fgd", 50.0), ("both", 40.625)])
+def test_fragmentation_measures(measure: str, expected: float) -> None:
+    snap = snapshot_with([[1000] * 8], [96_000])
+    typical = typical_args([TypicalPod(0, 4, 1000, (), 1)])
+    plugin = Fragmentation.create({"typicalPods": typical, "packDelta": 0, "measure": measure})
+    assert plugin.score(Cycle(snap, req("w", gpus=1), plugin.config), np.arange(1)).tolist() == [expected]
+
+
+@pytest.mark.parametrize(
+    "args", [{"scale": 0}, {"packDelta": -1}, {"coverage": 0}, {"coverage": "x"}, {"measure": "median"}]
+)
 def test_fragmentation_rejects_bad_args(args: dict[str, Any]) -> None:
     data = {"plugins": {"score": [{"name": "fragmentation", "weight": 1}]}, "pluginArgs": {"fragmentation": args}}
     with pytest.raises(ConfigError, match=f"pluginArgs fragmentation.{next(iter(args))}"):
