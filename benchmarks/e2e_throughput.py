@@ -131,8 +131,8 @@ class Heartbeats(threading.Thread):
 
 
 class Extender:
-    def __init__(self, cluster: LocalCluster, workdir: Path) -> None:
-        self.cluster, self.port = cluster, free_port()
+    def __init__(self, cluster: LocalCluster, workdir: Path, profile: str = "") -> None:
+        self.cluster, self.port, self.profile = cluster, free_port(), profile
         self.log = workdir / "extender.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -142,8 +142,11 @@ class Extender:
 
     def start(self, timeout: float = 600.0) -> float:
         started = time.monotonic()
+        # --profile: py-spy (pip install py-spy) samples the extender for the whole run.
+        prefix = ["py-spy", "record", "--format", "speedscope", "-o", self.profile, "--"] if self.profile else []
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 *(sys.executable, "-m", "scheduler.extender.cli"),
                 *("--kubeconfig", str(self.cluster.kubeconfig_path), "--host", "127.0.0.1"),
                 *("--port", str(self.port), "--log-level", "warning"),
@@ -165,6 +168,20 @@ class Extender:
             time.sleep(0.2)
         raise RuntimeError("extender not ready")
 
+    def verb_ms(self) -> dict[str, float]:
+        """Mean seconds per verb, from the extender's own request histogram, in milliseconds."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            for suffix, into in (("_sum", sums), ("_count", counts)):
+                prefix = f'gpusched_extender_request_duration_seconds{suffix}{{verb="'
+                if line.startswith(prefix):
+                    verb = line[len(prefix) :].split('"', 1)[0]
+                    into[verb] = float(line.rsplit(" ", 1)[1])
+        return {verb: round(1000 * sums[verb] / counts[verb], 2) for verb in sums if counts.get(verb)}
+
     def rss_mib(self) -> float:
         assert self.proc is not None
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -174,8 +191,8 @@ class Extender:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
+            os.killpg(self.proc.pid, signal.SIGINT if self.profile else signal.SIGTERM)
+            self.proc.wait(120)
 
 
 def unbound(api: ApiClient) -> int:
@@ -231,6 +248,7 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per phase")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", default="", help="write a py-spy profile of the extender here")
     args = parser.parse_args()
     if args.pods > args.nodes * GPUS_PER_NODE:
         parser.error("more pods than GPUs")
@@ -245,7 +263,7 @@ def main() -> int:
             out["setup_s"] = round(time.monotonic() - t, 1)
             heartbeats = Heartbeats(api, args.nodes)
             heartbeats.start()
-            extender = Extender(cluster, Path(tmp))
+            extender = Extender(cluster, Path(tmp), args.profile)
             try:
                 out["extender_start_s"] = round(extender.start(), 1)
                 baseline = timed_phase(cluster, api, args.pods, None, args.timeout)
@@ -254,6 +272,7 @@ def main() -> int:
                 ours = timed_phase(cluster, api, args.pods, extender.url, args.timeout)
                 out["gpusched"] = check_placement(api, with_ids=True)
                 out["extender_rss_mib"] = round(extender.rss_mib(), 1)
+                out["extender_mean_ms"] = extender.verb_ms()
             finally:
                 heartbeats.stopping.set()
                 extender.stop()
@@ -271,6 +290,7 @@ def main() -> int:
     print(f"{'kube-scheduler alone':<34}{out['baseline_s']:>9.1f}{out['baseline_pods_per_s']:>9.1f}")
     print(f"{'kube-scheduler + gpusched':<34}{out['gpusched_s']:>9.1f}{out['gpusched_pods_per_s']:>9.1f}")
     print(f"ratio {out['ratio']:.2f}; extender resident memory {out['extender_rss_mib']:.0f} MiB")
+    print("extender's mean answer per verb (ms):", out["extender_mean_ms"])
     return 0
 
 

@@ -14,6 +14,8 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+CONNECTIONS = 64  # to the API server: watches, binds in flight, and reads
+
 
 class KubeError(Exception):
     """An API answer other than success; `status` is the HTTP code (0 when the API was not reached)."""
@@ -29,6 +31,9 @@ def load_api_client(kubeconfig: str | None = None, *, retries: bool | None = Non
     `retries=False` turns off urllib3's own retries, for callers that back off themselves.
     """
     configuration = k8s_client.Configuration()
+    # Watches hold one connection each for minutes, and kube-scheduler binds many pods at once:
+    # with the client's default pool (5 per core) binds open a new TLS connection every time.
+    configuration.connection_pool_maxsize = CONNECTIONS
     if retries is not None:
         configuration.retries = retries
     if kubeconfig:
