@@ -281,7 +281,7 @@ class ExtenderService:
                     ANN_TOPOLOGY_PATH: admission.slot.path,
                 }
             with snap.without(release):
-                decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp))
+                decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp), score=False)
                 gpus = planned or (self.framework.choose_gpus(snap, pod, node) if decision.feasible.size else ())
             if pod.wants_gpu and (not gpus or not decision.feasible.size):
                 self.metrics.binds.labels("no_longer_fits").inc()
