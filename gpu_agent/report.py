@@ -148,6 +148,8 @@ def build_report(
         spec["cudaDriverVersion"] = sample.cuda_driver_version
     spec["gpuCount"] = len(sample.gpus)
     spec["gpus"] = [_gpu(g, pods, mig_pods) for g in sample.gpus]
+    # For `kubectl get gpunodereports`: whole GPUs that are healthy, not split by MIG and held by no pod.
+    spec["freeGpus"] = sum(1 for g in spec["gpus"] if g["healthy"] and not g.get("migEnabled") and not g.get("pods"))
     topo = sample.topology
     spec["topology"] = {
         "matrix": [list(row) for row in topo.matrix],

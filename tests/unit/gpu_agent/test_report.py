@@ -133,6 +133,15 @@ def test_report_shape(machine: Machine) -> None:
     assert spec["topology"]["fabricClique"] == ""
     assert spec["bandwidth"] == {"diskReadBytesPerSecond": 2.5e9}
     assert spec["gpus"][5]["pods"] == []
+    # GPUs 0 and 1 are held (pods above), the other six healthy and free: kubectl's FREE column.
+    assert spec["freeGpus"] == 8 - 2
+
+
+def test_free_gpus_leave_out_unhealthy_and_mig_gpus(machine: Machine) -> None:
+    for name in ("h100-mig", "degraded"):
+        spec = build_report("n", sample_of(machine, name), report_time=WHEN)["spec"]
+        whole = [g for g in spec["gpus"] if g["healthy"] and not g.get("migEnabled")]
+        assert spec["freeGpus"] == len(whole) < spec["gpuCount"], name
 
 
 def test_unknown_sources_are_left_out(machine: Machine) -> None:
