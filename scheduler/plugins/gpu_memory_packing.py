@@ -23,6 +23,8 @@ from scheduler.core.args import PluginArgs
 from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, ScorePlugin
 
+_NONE = np.iinfo(np.int64).max  # "no usable GPU" for the smallest memory
+
 
 class GpuMemoryPackingArgs(PluginArgs, frozen=True):
     count_weight: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
@@ -66,8 +68,8 @@ class GpuMemoryPacking(ScorePlugin):
         snap = cycle.snapshot
         usable = snap.gpu_valid[nodes] & snap.gpu_healthy[nodes]
         memory = snap.gpu_memory[nodes]
-        top = np.where(usable, memory, np.iinfo(memory.dtype).min).max(axis=1, initial=np.iinfo(memory.dtype).min)
-        low = np.where(usable, memory, np.iinfo(memory.dtype).max).min(axis=1, initial=np.iinfo(memory.dtype).max)
+        top = np.where(usable, memory, -1).max(axis=1, initial=-1)  # memory is never negative
+        low = np.where(usable, memory, _NONE).min(axis=1, initial=_NONE)
         if nodes.size and bool((top == low).all()):
             fits = cycle.eligible(nodes).sum(axis=1) >= cycle.pod.gpus_needed  # a set exists
             return np.where(fits, top, 0).astype(np.float64)

@@ -51,8 +51,9 @@ def explain(env: Env, pod: str) -> dict[str, Any]:
 def test_weights_that_do_not_fit_the_model_cache_keep_the_pod_off(gpusched: Env) -> None:
     node_with_disks(gpusched, "a-small", disks(150, 20))  # 20 GiB free in the model cache
     node_with_disks(gpusched, "b-big", disks(150, 90))
-    # a-small is busier, so packing prefers it for anything that fits there.
-    gpusched.pod("running", 4, node="a-small", gpuIds=[0, 1, 2, 3])
+    # a-small has two GPUs left, which the typical pod (the running 6-GPU one) cannot use: a 1-GPU
+    # pod without weights goes there (fragmentation), the one with weights may not.
+    gpusched.pod("running", 6, node="a-small", gpuIds=[0, 1, 2, 3, 4, 5])
     gpusched.pod("probe", 1)
     assert gpusched.wait_bound("probe") == "a-small"
     gpusched.pod("llm", 1, annotations=WEIGHTS)

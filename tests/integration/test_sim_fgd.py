@@ -58,3 +58,13 @@ def test_cli_reports_mean_and_std(capsys: pytest.CaptureFixture[str]) -> None:
     assert body["policy"] == "random" and body["trace"] == "default"
     assert body["unallocated_gpu_pct_std"] == 0.0
     assert body["unallocated_gpu_pct_mean"] == body["per_seed"][0]["unallocated_gpu_pct"]
+
+
+def test_gpusched_at_or_below_fgd_on_a_multi_gpu_heavy_mix() -> None:
+    """gs-multigpu40 (40 % of GPU pods ask for 2-8 GPUs, simulations/mixes.py), one seed."""
+    (ours, theirs) = fgd.run_many(fgd.trace_tasks(["gs-multigpu40"], ["gpusched", "fgd"], [SEED]), jobs=1)
+    assert (ours.policy, theirs.policy) == ("gpusched", "fgd")
+    assert ours.unallocated_gpu_pct <= theirs.unallocated_gpu_pct, (
+        ours.unallocated_gpu_pct,
+        theirs.unallocated_gpu_pct,
+    )
