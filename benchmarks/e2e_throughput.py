@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kubernetes.client import ApiClient  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 from localcluster import k8s  # noqa: E402
 from localcluster.cluster import LocalCluster, free_port  # noqa: E402
@@ -233,10 +234,15 @@ def check_placement(api: ApiClient, with_ids: bool) -> dict[str, int]:
 
 
 def delete_pods(api: ApiClient, timeout: float = 600.0) -> None:
-    # Deleting thousands of pods in one call takes the API server longer than a read timeout.
-    k8s.request(
-        api, "DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods", query={"gracePeriodSeconds": "0"}, timeout=timeout
-    )
+    # Deleting thousands of pods in one call can outlast the API server's own request timeout
+    # (504); the deletion goes on, and the wait below sees it through.
+    try:
+        k8s.request(
+            api, "DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods", query={"gracePeriodSeconds": "0"}, timeout=timeout
+        )
+    except ApiException as exc:
+        if exc.status != 504:
+            raise
     k8s.wait_until(
         lambda: not k8s.request(api, "GET", f"/api/v1/namespaces/{NAMESPACE}/pods")["items"] or None,
         timeout=timeout,

@@ -30,10 +30,15 @@ log = logging.getLogger("gpusched.metrics")
 class ClusterCollector(Collector):
     """GPU allocation of the current snapshot, computed fresh on each scrape."""
 
-    def __init__(self, snapshot: Callable[[], ClusterSnapshot | None]) -> None:
+    def __init__(self, snapshot: Callable[[], ClusterSnapshot | None], lock: threading.RLock | None = None) -> None:
         self.snapshot = snapshot
+        self.lock = lock or threading.RLock()  # the snapshot changes in place: read it under its lock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.lock:
+            yield from self._collect()
+
+    def _collect(self) -> Iterator[GaugeMetricFamily]:
         snap = self.snapshot()
         gpus = GaugeMetricFamily("gpusched_cluster_gpus", "GPUs in gpusched's view by state", labels=["state"])
         nodes = GaugeMetricFamily(
@@ -140,8 +145,10 @@ class ExtenderMetrics:
     def watch_framework(self, framework: Framework) -> None:
         self.registry.register(FrameworkCollector(framework))
 
-    def watch_cluster(self, snapshot: Callable[[], ClusterSnapshot | None]) -> None:
-        self.registry.register(ClusterCollector(snapshot))
+    def watch_cluster(
+        self, snapshot: Callable[[], ClusterSnapshot | None], lock: threading.RLock | None = None
+    ) -> None:
+        self.registry.register(ClusterCollector(snapshot, lock))
 
     def watch_gangs(self, gangs: GangManager) -> None:
         self.registry.register(GangCollector(gangs))

@@ -108,7 +108,7 @@ class TypicalPodsArgs(PluginArgs, frozen=True):
     """Arguments of the plugins that measure fragmentation: fixed typical pods, or the coverage
     of the pods to derive them from."""
 
-    typical_pods: tuple[TypicalPodArg, ...] | None = None
+    typical_pods: Annotated[tuple[TypicalPodArg, ...], msgspec.Meta(min_length=1)] | None = None
     coverage: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.95
 
     def source(self, copies: bool) -> TypicalPodsSource:

@@ -212,13 +212,14 @@ class ClusterSnapshot:
                 self.conflicts[pod.key] = str(exc)
                 return None
 
-    def update_node(self, i: int, node: NodeState) -> bool:
+    def update_node(self, i: int, node: NodeState, last: Callable[[PodRequest], bool] | None = None) -> bool:
         """Replace what node `i` is (its Node object and report), keeping the pods placed on it.
 
         The node's rows are reloaded and its pods placed again (the report may say other GPUs are
-        theirs now). Derived values in the memo are dropped when the node's GPUs, allocatable
-        resources or labels changed. False, with nothing changed, when the node has more GPUs than
-        the snapshot has columns: the caller builds a new snapshot.
+        theirs now), those for which `last` is true after the others. Derived values in the memo
+        are dropped when the node's GPUs, allocatable resources or labels changed. False, with
+        nothing changed, when the node has more GPUs than the snapshot has columns: the caller
+        builds a new snapshot.
         """
         if max(len(node.gpus), node.gpu_count) > self.max_gpus or any(g.index >= self.max_gpus for g in node.gpus):
             return False
@@ -226,6 +227,8 @@ class ClusterSnapshot:
         rows: tuple[np.ndarray, ...] = (self.gpu_valid, self.gpu_healthy, self.gpu_model, self.gpu_memory)
         before = [a[i].copy() for a in rows]
         held = [self.pods[k] for k in sorted(self.node_pods[i])]
+        if last is not None:  # these go after the others (gang holds after the pods that exist)
+            held.sort(key=last)
         for pod in held:
             self.remove(pod.key)
         for table, source in ((self.models, old.models), (self.lora_adapters, old.lora_adapters)):

@@ -87,7 +87,7 @@ class ExtenderService:
         self.gangs = GangManager(framework, config.gang_ttl_s, config.gang_max_span, on_change=state.mark_changed)
         state.reservations = self.gangs.reservations
         # state.snapshot so that scrapes of an idle extender see report ages as of the scrape.
-        metrics.watch_cluster(self.state.snapshot)
+        metrics.watch_cluster(self.state.snapshot, self.state.lock)
         metrics.watch_framework(framework)
         metrics.watch_gangs(self.gangs)
         metrics.watch_layout(self.state.snapshot, self.state.lock, config)
@@ -100,7 +100,12 @@ class ExtenderService:
             # A relist just built the state: millions of long-lived objects at 5,000 nodes. Keep
             # the cyclic collector from walking them again on every full collection (pauses of
             # tens of milliseconds inside decisions); what changes later is collected as usual.
+            # The snapshot just replaced (its memo refers back to it) is collected first: frozen
+            # objects are never freed.
             self._rebuilds_seen = self.state.rebuilds
+            self._name_cache, self._passed = [], None  # they refer to the snapshot replaced
+            gc.unfreeze()
+            gc.collect()
             gc.freeze()
         if self.state.changes != self._changes_seen:
             self._changes_seen = self.state.changes
@@ -261,6 +266,7 @@ class ExtenderService:
             if node is None:
                 self.metrics.binds.labels("unknown_node").inc()
                 return wire.ExtenderBindingResult(error=f"gpusched: node {args.node} is unknown to gpusched")
+            previous = self.state.assumed.get(key)
             if key in snap.placements:
                 self.state.forget_assumed(key)  # a retry of a pod we already assumed: choose afresh
                 snap = self._snapshot()
@@ -284,6 +290,7 @@ class ExtenderService:
                 decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp), score=False)
                 gpus = planned or (self.framework.choose_gpus(snap, pod, node) if decision.feasible.size else ())
             if pod.wants_gpu and (not gpus or not decision.feasible.size):
+                self.state.restore_assumed(previous)
                 self.metrics.binds.labels("no_longer_fits").inc()
                 why = decision.error or decision.reasons.get(node, "no usable GPUs left")
                 return wire.ExtenderBindingResult(error=f"gpusched: {key} no longer fits {args.node}: {why}")
@@ -299,6 +306,9 @@ class ExtenderService:
             self.binder.bind(args.pod_namespace, args.pod_name, args.pod_uid, args.node, annotations)
         except Exception as exc:  # any failure: release the GPUs and let kube-scheduler retry
             self.state.forget_assumed(key)
+            # A retry that failed leaves the pod where the bind before it put it (the API may
+            # well have it bound there: a 409 says so).
+            self.state.restore_assumed(previous)
             self.metrics.binds.labels("api_error").inc()
             log.warning("bind %s -> %s failed: %s", key, args.node, exc)
             return wire.ExtenderBindingResult(error=f"gpusched: binding {key} to {args.node} failed: {exc}")
@@ -306,7 +316,8 @@ class ExtenderService:
             with self.state.lock:
                 self.gangs.bound(pod, rank)
         self.metrics.binds.labels("bound").inc()
-        self.metrics.observe_bound(snap, pod, node, self.state.config)
+        with self.state.lock:  # the snapshot changes in place under the informers
+            self.metrics.observe_bound(snap, pod, node, self.state.config)
         log.info("bound %s to %s gpus=%s", key, args.node, list(gpus))
         return wire.ExtenderBindingResult()
 

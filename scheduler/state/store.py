@@ -287,6 +287,18 @@ class ClusterState:
                     self._snapshot.remove(replaces)
                 self._sync_pod(pod.key)
 
+    def restore_assumed(self, entry: tuple[PodRequest, float] | None) -> None:
+        """Put back an assume-cache entry (pod with node and GPUs, deadline) taken out earlier."""
+        if entry is None:
+            return
+        with self.lock:
+            pod = entry[0]
+            if pod.key in self.assumed or (pod.key in self.pods and self.pods[pod.key].node_name):
+                return  # assumed again meanwhile, or the API shows where it is
+            self.assumed[pod.key] = entry
+            self.generation += 1
+            self._sync_pod(pod.key)
+
     def mark_changed(self) -> None:
         """Something outside the informers changed (gang plans): reservations are synced on the next read."""
         with self.lock:
@@ -315,22 +327,50 @@ class ClusterState:
         if snap is None:
             return
         want = self._holding(key)
-        have = snap.pods.get(key) if key in snap.placements else None
+        placed = snap.placements.get(key)
+        have = snap.pods.get(key) if placed is not None else None
         if want is not None and have is not None and want == have:
             return
-        if have is not None:
+        if placed is not None:
             snap.remove(key)
         snap.conflicts.pop(key, None)
-        if want is None:
-            return
-        # A pod that exists comes before a gang's virtual hold on the same node, as in a build.
-        at = snap.index.get(want.node_name)
-        held = [snap.pods[k] for k in snap.node_pods[at] if k in self._placed_reservations] if at is not None else []
+        if want is not None:
+            self._place_first(snap, want)
+        if placed is not None:
+            self._retry_conflicts(snap, placed.node)  # room was made there
+
+    def _place_first(self, snap: ClusterSnapshot, pod: PodRequest) -> None:
+        """Place a pod that exists before the gang holds on its node, as a build does."""
+        at = snap.index.get(pod.node_name)
+        on_node = snap.node_pods[at] if at is not None else set()
+        held = [snap.pods[k] for k in on_node if k in self._placed_reservations]
         for reservation in held:
             snap.remove(reservation.key)
-        snap.place_bound(want)
+        snap.place_bound(pod)
         for reservation in held:
             snap.place_bound(reservation)
+
+    def _retry_conflicts(self, snap: ClusterSnapshot, node: int) -> None:
+        """Pods (and gang holds) that found no room on `node` try again: real pods first."""
+        name = snap.names[node]
+        waiting = [k for k in snap.conflicts if (p := self._conflicted(k)) is not None and p.node_name == name]
+        for key in sorted(waiting, key=lambda k: k in self._placed_reservations):
+            pod = self._conflicted(key)
+            snap.conflicts.pop(key, None)
+            if pod is not None:
+                if key in self._placed_reservations:
+                    snap.place_bound(pod)
+                else:
+                    self._place_first(snap, pod)
+
+    def _conflicted(self, key: str) -> PodRequest | None:
+        """What a key in the snapshot's conflicts wants to hold: a pod, or a gang hold."""
+        pod = self._holding(key)
+        if pod is not None:
+            return pod
+        if key in self._placed_reservations:
+            return next((r for r in self.reservations() if r.key == key), None)
+        return None
 
     def _merge(self, name: str, now: float) -> NodeState:
         """The node as the snapshot holds it: Node object, report and learned pull rate, age 0."""
@@ -361,8 +401,11 @@ class ClusterState:
             return  # a heartbeat: only the report time moved
         self._merged[name] = merged
         self.generation += 1
-        if not snap.update_node(i, merged):
+        reserved = self._placed_reservations
+        if not snap.update_node(i, merged, last=lambda pod: pod.key in reserved):
             self._rebuild_later()
+            return
+        self._retry_conflicts(snap, i)
 
     def _sync_reservations(self, snap: ClusterSnapshot) -> None:
         """Place the gang reservations that are still wanted, drop the others."""

@@ -252,7 +252,7 @@ def start(env: Installed) -> None:
             objects,
             daemonset,
             workdir / f"agent-{name}",
-            field_refs={"spec.nodeName": name},
+            field_refs={"spec.nodeName": name, "metadata.namespace": daemonset["metadata"]["namespace"]},
             flags={"--metrics-address": ip},
             extra=[f"--kubeconfig={config}", f"--fake-nvml={machine}"],
         )

@@ -48,6 +48,7 @@ BAD = [
     BadArgs("out-of-range", "gpu-memory-packing", {"countWeight": 1.5}, "countWeight", "expected float <= 1"),
     BadArgs("out-of-range-below", "freshness", {"scoreMissing": -1}, "scoreMissing", "expected float >= 0"),
     BadArgs("nan", "cold-start", {"pullBytesPerSecond": NAN}, "pullBytesPerSecond", "nan is not a finite number"),
+    BadArgs("no-typical-pods", "fragmentation", {"typicalPods": []}, "typicalPods", "expected array of length >= 1"),
     BadArgs("nan-in-a-bounded-field", "gpu-memory-packing", {"countWeight": NAN}, "countWeight", "expected float"),
     BadArgs("infinite", "fragmentation", {"packDelta": INF}, "packDelta", "inf is not a finite number"),
     BadArgs(

@@ -323,12 +323,6 @@ def test_a_bind_retried_to_another_node_moves_the_pod_without_double_counting() 
     assert free_gpus(service) == {"n0": 4, "n1": 2}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ExtenderService.bind drops the assume-cache entry of a pod it already bound before it knows "
-    "whether the retry binds: when the retried Binding fails (the API answers 409, the pod is bound), "
-    "forget_assumed runs again and the pod's GPUs on its real node show free",
-)
 def test_a_retried_bind_that_the_api_refuses_keeps_the_first_placement() -> None:
     service, binder = offline_service([gpu_node("n0", 4), gpu_node("n1", 4)])
     service.state.upsert_pod(pod("p", 4))
@@ -521,3 +515,38 @@ def test_the_offline_path_from_a_scenario_binds_around_running_pods() -> None:
     snap = service.state.snapshot()
     assert snap.placements["default/running"].gpus == (0, 1, 3)
     assert np.array_equal(snap.gpu_free_count(), [1, 2]) and snap.over_committed() == []
+
+
+def test_prioritize_right_after_filter_scores_what_filter_passed_in_any_order_and_sees_changes() -> None:
+    nodes = [gpu_node(f"n{i}", 4) for i in range(6)]
+    service, _ = offline_service(nodes)
+    fresh, _ = offline_service(nodes)
+    service.state.upsert_pod(pod("p", 2))
+    fresh.state.upsert_pod(pod("p", 2))
+    names = [f"n{i}" for i in range(6)]
+    passed = filter_(service, pod("p", 2), names).node_names
+    assert passed == names
+    subset = list(reversed(passed))[:4]  # kube-scheduler may send fewer names, in its own order
+    reused = service.prioritize(wire.ExtenderArgs(pod=pod("p", 2), node_names=subset))
+    computed = fresh.prioritize(wire.ExtenderArgs(pod=pod("p", 2), node_names=subset))
+    assert [h.host for h in reused] == subset and reused == computed
+    # The state moves between filter and prioritize (a pod fills n5): n5 is filtered again.
+    filter_(service, pod("p", 2), names)
+    service.state.upsert_pod(pod("full", 4, node="n5"))
+    scores = {h.host: h.score for h in service.prioritize(wire.ExtenderArgs(pod=pod("p", 2), node_names=names))}
+    assert scores["n5"] == 0 and max(scores.values()) == 10
+
+
+def test_a_rebuild_lets_the_snapshot_it_replaced_go() -> None:
+    import gc
+    import weakref
+
+    service, _ = offline_service([gpu_node("n0", 4), gpu_node("n1", 4)])
+    service.state.upsert_pod(pod("p", 2))
+    filter_(service, pod("p", 2), ["n0", "n1"])
+    service.prioritize(wire.ExtenderArgs(pod=pod("p", 2), node_names=["n0", "n1"]))
+    old = weakref.ref(service.state.snapshot())
+    service.state.upsert_node(node_object("n2", gpus=4))  # a node added: a new snapshot
+    filter_(service, pod("p", 2), ["n0", "n1", "n2"])
+    gc.collect()
+    assert old() is None  # frozen or leaked snapshots would stay alive here

@@ -26,7 +26,7 @@ from scheduler.state.store import ClusterState
 from tests.builders import node_object, pod, report_object
 
 NODES = ("n0", "n1", "n2")
-PODS = ("a", "b", "c", "d", "e")
+PODS = ("a", "b", "c", "zeta", "zz")  # some sort after a gang hold's name ("gang:g:0")
 T0 = datetime(2026, 11, 30, tzinfo=UTC).timestamp()
 
 
@@ -255,6 +255,17 @@ def relabel_node(node: str, rack: str, cpu: str) -> Event:
     return run
 
 
+def set_allocatable(node: str, gpus: int) -> Event:
+    """The Node's allocatable GPUs change (the device plugin restarts, or withdraws a GPU)."""
+
+    def run(w: World) -> None:
+        if node in w.nodes:
+            w.nodes[node]["status"]["allocatable"]["nvidia.com/gpu"] = str(gpus)
+            w.state.upsert_node(copy.deepcopy(w.nodes[node]))
+
+    return run
+
+
 def add_node(name: str, gpus: int) -> Event:
     def run(w: World) -> None:
         w.nodes[name] = node_object(name, gpus=gpus)
@@ -309,6 +320,7 @@ events = st.one_of(
     st.builds(drop_report, nodes),
     st.builds(relabel_node, nodes, st.sampled_from(["r1", "r2"]), st.sampled_from(["64", "128"])),
     st.builds(add_node, st.sampled_from(["n3", "n4"]), st.sampled_from([2, 4])),
+    st.builds(set_allocatable, nodes, st.sampled_from([0, 2, 4])),
     st.builds(delete_node, st.sampled_from(["n2", "n3"])),
     st.builds(reserve, nodes, gpu_sets),
     st.just(unreserve()),
