@@ -48,14 +48,24 @@ def explain(env: Env, pod: str) -> dict[str, Any]:
     return out
 
 
+def seen_bound(env: Env, pod: str) -> bool | None:
+    """True once the extender's informer shows `pod` bound (its /explain names the node)."""
+    try:
+        return bool(explain(env, pod).get("boundTo")) or None
+    except OSError:  # 404 until the informer has it
+        return None
+
+
 def test_weights_that_do_not_fit_the_model_cache_keep_the_pod_off(gpusched: Env) -> None:
     node_with_disks(gpusched, "a-small", disks(150, 20))  # 20 GiB free in the model cache
     node_with_disks(gpusched, "b-big", disks(150, 90))
-    # a-small has two GPUs left, which the typical pod (the running 6-GPU one) cannot use: a 1-GPU
-    # pod without weights goes there (fragmentation), the one with weights may not.
+    # a-small has two GPUs left: a 1-GPU pod without weights may go there (gpusched's filters pass
+    # it; kube-scheduler's own scores then choose between the two), the one with weights may not.
     gpusched.pod("running", 6, node="a-small", gpuIds=[0, 1, 2, 3, 4, 5])
+    gpusched.wait_for(lambda: seen_bound(gpusched, "running"), "the extender sees the running pod")
     gpusched.pod("probe", 1)
-    assert gpusched.wait_bound("probe") == "a-small"
+    gpusched.wait_bound("probe")
+    assert explain(gpusched, "probe")["nodes"]["a-small"]["feasible"] is True
     gpusched.pod("llm", 1, annotations=WEIGHTS)
     assert gpusched.wait_bound("llm") == "b-big"
     # 40 GiB of weights + max(1 GiB, 10 % of 100 GiB) margin > 20 GiB free.
