@@ -13,11 +13,8 @@ from scheduler.core.fragmentation import TypicalPod
 from scheduler.core.framework import Cycle, Framework
 from scheduler.core.types import PodRequest
 from simulations.policies import typical_args
+from tests.unit.fragmentation_cases import CPU_ONLY, SHARE500, WHOLE, node_st, pods_st
 from tests.unit.plugins.baselines.helpers import req, scores, single, snap_of
-
-SHARE500 = TypicalPod(1000, 1, 500, (), 1)
-WHOLE = TypicalPod(1000, 1, 1000, (), 1)
-CPU_ONLY = TypicalPod(1000, 0, 0, (), 2)
 
 
 def fgd(typical: Sequence[TypicalPod], **args: Any) -> Framework:
@@ -127,16 +124,6 @@ def test_fgd_chooses_gpus(free: list[int], pod: PodRequest, expected: tuple[int,
 def test_fgd_rejects_bad_args(args: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=rf"pluginArgs fgd\.{key}:"):
         single("fgd", **args)
-
-
-pods_st = st.one_of(
-    st.builds(
-        lambda m, c: req("x", milli=m, cpu=c), st.sampled_from([110, 250, 470, 500, 810]), st.integers(0, 16_000)
-    ),
-    st.builds(lambda g, c: req("x", gpus=g, cpu=c), st.sampled_from([1, 2, 4]), st.integers(0, 16_000)),
-    st.builds(lambda c: req("x", cpu=c), st.integers(1, 16_000)),
-)
-node_st = st.tuples(st.lists(st.sampled_from([0, 190, 300, 530, 1000]), min_size=1, max_size=8), st.integers(0, 96_000))
 
 
 @settings(max_examples=40, deadline=None)
