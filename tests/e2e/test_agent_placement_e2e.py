@@ -15,6 +15,8 @@ from localcluster import k8s
 from scheduler.core.objects import parse_time
 from tests.e2e.gpusched_env import REPORTS, Env
 
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/gpusched-system/leases"
+
 pytestmark = pytest.mark.e2e
 
 
@@ -74,6 +76,15 @@ def report_time(env: Env, node: str) -> str | None:
         return None
 
 
+def lease_renewed(env: Env, node: str) -> float | None:
+    """When the agent last renewed its node's Lease (the extender counts that as alive too)."""
+    try:
+        lease = k8s.request(env.api, "GET", f"{LEASES}/{node}")
+    except Exception:
+        return None
+    return parse_time(lease["spec"].get("renewTime"))
+
+
 @pytest.mark.gpusched_config({"reportTTLSeconds": 4})
 def test_extender_places_by_agent_reports_and_turns_away_stale_nodes(gpusched: Env, agents: Agents) -> None:
     gpusched.cluster.create_gpu_node("dgx", 8)
@@ -91,9 +102,12 @@ def test_extender_places_by_agent_reports_and_turns_away_stale_nodes(gpusched: E
 
     agents.stop("dgx")
     frozen = report_time(gpusched, "dgx")
-    stamp = parse_time(frozen)
-    assert stamp is not None
-    gpusched.wait_for(lambda: time.time() - stamp > 5, "the report to outlive its 4 s TTL", timeout=30)
+    reported = parse_time(frozen)
+    assert reported is not None
+    # The node was last seen alive at its last report write or Lease renewal, whichever is later
+    # (reports are written only when they change, the Lease every heartbeat).
+    stamp = max(reported, lease_renewed(gpusched, "dgx") or reported)
+    gpusched.wait_for(lambda: time.time() - stamp > 5, "the node to outlive its 4 s TTL", timeout=30)
     gpusched.pod("late", 1, annotations={"gpusched.io/gpu-memory": "60Gi"})
     gpusched.wait_for(
         lambda: any("GPUNodeReport is stale" in e for e in gpusched.events_for("late")), "a stale-report event"
