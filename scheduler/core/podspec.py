@@ -1,12 +1,16 @@
 """Parse a Pod object (the API's JSON as a dict) into a PodRequest.
 
-Malformed annotations never raise: each becomes a message in `PodRequest.errors`, and the filter
-answers the pod with that message instead of placing it on a guess.
+Malformed annotations and quantities never raise: each becomes a message in `PodRequest.errors`
+naming the field and value, and the filter answers the pod with that message instead of placing it
+on a guess. A pod already bound keeps what did parse (its GPUs above all: they are what it holds);
+its errors are logged, since no filter will ever answer it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from scheduler.core.quantity import QuantityError, parse_milli, parse_quantity, parse_version
@@ -32,37 +36,52 @@ RANK_KEYS = (
 )
 WORKLOADS = ("training", "inference")
 
+log = logging.getLogger("gpusched.podspec")
+
 
 def _list(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _resources(pod_spec: Mapping[str, Any], gpu_resource: str) -> tuple[int, int, int, int]:
-    """(gpus, shared milli from the resource, cpu milli, memory bytes) summed over containers.
+def _resources(pod_spec: Mapping[str, Any], gpu_resource: str, errors: list[str]) -> tuple[int, int, int]:
+    """(gpus, cpu milli, memory bytes) summed over containers.
 
     Init containers run one at a time, so the pod needs the larger of their maximum and the sum of
-    the app containers, as kube-scheduler counts it.
+    the app containers, as kube-scheduler counts it. Each value is read on its own: one that does not
+    parse is counted as 0 and named in `errors` (container, field, value), and the others still
+    count, so a bound pod with a bad CPU figure still holds its GPUs.
     """
 
-    def container_sum(containers: Any, combine: str) -> list[int]:
+    def read(container: Mapping[str, Any], key: str, parse: Callable[[Any], int]) -> int:
+        resources = container.get("resources") or {}
+        for source in ("requests", "limits") if key != gpu_resource else ("limits", "requests"):
+            raw = (resources.get(source) or {}).get(key)
+            if raw is not None:
+                try:
+                    return parse(raw)
+                except QuantityError as exc:
+                    errors.append(f"containers[{container.get('name', '?')}] {source}.{key}: {exc}")
+                    return 0
+        return 0
+
+    def container_sum(containers: Any, combine: Callable[[int, int], int]) -> list[int]:
         total = [0, 0, 0]
         for container in containers or ():
-            res = container.get("resources") or {}
-            limits = res.get("limits") or {}
-            requests = res.get("requests") or {}
-            gpus = limits.get(gpu_resource, requests.get(gpu_resource, 0))
-            values = [
-                parse_quantity(gpus),
-                parse_milli(requests.get("cpu", limits.get("cpu", 0))),
-                parse_quantity(requests.get("memory", limits.get("memory", 0))),
-            ]
-            total = [max(a, b) if combine == "max" else a + b for a, b in zip(total, values, strict=True)]
+            if not isinstance(container, Mapping):
+                errors.append(f"containers: {container!r} is not a container")
+                continue
+            values = (
+                read(container, gpu_resource, parse_quantity),
+                read(container, "cpu", parse_milli),
+                read(container, "memory", parse_quantity),
+            )
+            total = [combine(a, b) for a, b in zip(total, values, strict=True)]
         return total
 
-    app = container_sum(pod_spec.get("containers"), "sum")
-    init = container_sum(pod_spec.get("initContainers"), "max")
+    app = container_sum(pod_spec.get("containers"), operator.add)
+    init = container_sum(pod_spec.get("initContainers"), max)
     gpus, cpu, memory = (max(a, b) for a, b in zip(app, init, strict=True))
-    return gpus, 0, cpu, memory
+    return gpus, cpu, memory
 
 
 def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> PodRequest:
@@ -81,13 +100,13 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
             return 0
         try:
             return parse_quantity(raw)
-        except QuantityError:
-            errors.append(f"annotation {key}: {raw!r} is not a quantity (for example 40Gi)")
+        except QuantityError as exc:
+            errors.append(f"annotation {key}: {exc}")
             return 0
 
     try:
-        gpus, _, cpu, memory = _resources(spec, gpu_resource)
-    except (QuantityError, AttributeError, TypeError) as exc:
+        gpus, cpu, memory = _resources(spec, gpu_resource, errors)
+    except (AttributeError, TypeError) as exc:  # resources that are not mappings at all
         errors.append(f"resources: {exc}")
         gpus = cpu = memory = 0
 
@@ -151,6 +170,15 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
             owner = f"{ref.get('kind', '')}/{ref.get('name', '')}"
             break
 
+    node_name = str(spec.get("nodeName") or "")
+    if errors and node_name:
+        log.warning(
+            "pod %s/%s on %s: %s (counted without them)",
+            meta.get("namespace"),
+            meta.get("name"),
+            node_name,
+            "; ".join(errors),
+        )
     images = tuple(
         c.get("image", "") for c in (spec.get("containers") or ()) if isinstance(c, Mapping) and c.get("image")
     )
@@ -175,7 +203,7 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
         min_member=min_member,
         rank=rank,
         owner=owner,
-        node_name=str(spec.get("nodeName") or ""),
+        node_name=node_name,
         gpu_ids=gpu_ids,
         errors=tuple(errors),
     )

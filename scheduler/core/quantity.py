@@ -1,13 +1,29 @@
-"""Kubernetes resource quantities ("40Gi", "500m", "1.5") and version strings ("12.4")."""
+"""Kubernetes resource quantities ("40Gi", "500m", "1e3") and version strings ("12.4").
+
+A quantity is read as apimachinery's resource.ParseQuantity reads it:
+
+    <quantity>  ::= <sign>? <number> <suffix>?
+    <number>    ::= <digits> | <digits> "." <digits>? | "." <digits>
+    <suffix>    ::= Ki | Mi | Gi | Ti | Pi | Ei            (binary: 2**10 .. 2**60)
+                  | n | u | m | k | M | G | T | P | E     (decimal: 10**-9 .. 10**18)
+                  | ("e" | "E") <sign>? <digits>          (decimal exponent: 1e3 = 1000)
+
+with no spaces; a bare "E" is exa, "E3" an exponent. Values round up, as Quantity.Value() and
+MilliValue() do. Every quantity gpusched reads is an amount, so a negative value (which the grammar
+admits) is refused, as is one beyond what an int64 holds (Kubernetes would clamp it).
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Context, Decimal
 
-_SUFFIX = {
+_SUFFIX: dict[str, Decimal | int] = {
     "": 1,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
     "k": 10**3,
     "M": 10**6,
     "G": 10**9,
@@ -21,7 +37,12 @@ _SUFFIX = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
-_QUANTITY = re.compile(r"^\s*([+]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?\s*$")
+_QUANTITY = re.compile(
+    r"(?P<number>[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))(?:(?P<exponent>[eE][+-]?[0-9]+)|(?P<suffix>[KMGTPE]i|[numkMGTPE]))?"
+)
+# Rounding only ever upwards, as Kubernetes rounds a quantity it cannot hold exactly.
+_CONTEXT = Context(prec=64, rounding=ROUND_CEILING)
+_INT64_MAX = 2**63 - 1
 
 
 class QuantityError(ValueError):
@@ -29,33 +50,30 @@ class QuantityError(ValueError):
 
 
 def _parse(text: str | int | float) -> Decimal:
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise QuantityError(f"not a quantity: {text!r}")
-    if isinstance(text, int | float):
-        return Decimal(str(text))
-    match = _QUANTITY.match(str(text))
+    match = _QUANTITY.fullmatch(str(text))
     if not match:
-        raise QuantityError(f"not a quantity: {text!r}")
-    number, suffix = match.group(1), match.group(2) or ""
+        raise QuantityError(f"not a quantity: {text!r} (for example 40Gi, 500m, 1e3)")
     try:
-        value = Decimal(number)
-    except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
-        raise QuantityError(f"not a quantity: {text!r}") from exc
-    if suffix == "m":
-        return value / 1000
-    return value * _SUFFIX[suffix]
+        value = _CONTEXT.multiply(Decimal(match["number"] + (match["exponent"] or "")), _SUFFIX[match["suffix"] or ""])
+    except ArithmeticError as exc:  # an exponent beyond the decimal module's range
+        raise QuantityError(f"quantity out of range: {text!r}") from exc
+    if value < 0:
+        raise QuantityError(f"negative quantity: {text!r} (an amount cannot be below 0)")
+    if value > _INT64_MAX:
+        raise QuantityError(f"quantity out of range: {text!r}")
+    return value
 
 
 def parse_quantity(text: str | int | float) -> int:
     """Whole units of a quantity, rounded up ("1.5Gi" -> 1610612736, "500m" -> 1)."""
-    value = _parse(text)
-    return math.ceil(value)
+    return math.ceil(_parse(text))
 
 
 def parse_milli(text: str | int | float) -> int:
-    """Milli-units of a quantity ("500m" -> 500, "2" -> 2000), as CPU is counted."""
-    value = _parse(text) * 1000
-    return math.ceil(value)
+    """Milli-units of a quantity, rounded up ("500m" -> 500, "2" -> 2000, "500u" -> 1), as CPU is counted."""
+    return math.ceil(_CONTEXT.multiply(_parse(text), 1000))
 
 
 def parse_version(text: str) -> tuple[int, ...]:

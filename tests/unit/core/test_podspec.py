@@ -51,6 +51,42 @@ def test_malformed_annotations_become_errors_not_exceptions(annotations: dict[st
     assert any(fragment in e for e in req.errors), req.errors
 
 
+@pytest.mark.parametrize(
+    ("requests", "limits", "counted", "error"),
+    [
+        # (gpus, cpu milli, memory bytes) counted; the error names the container, field and value
+        ({"cpu": "500u", "memory": "1e9"}, {}, (1, 1, 10**9), None),  # 0.0005 cores round up to 1 milli
+        ({"cpu": "250m", "memory": "512Mi"}, {}, (1, 250, 512 * 2**20), None),
+        ({"cpu": "lots", "memory": "1Gi"}, {}, (1, 0, GiB), ("containers[main] requests.cpu", "'lots'")),
+        ({"cpu": "1"}, {"memory": "1 Gi"}, (1, 1000, 0), ("containers[main] limits.memory", "'1 Gi'")),
+        ({"cpu": "1", "memory": "-1Gi"}, {}, (1, 1000, 0), ("containers[main] requests.memory", "'-1Gi'")),
+        ({}, {"nvidia.com/gpu": "two"}, (0, 0, 0), ("containers[main] limits.nvidia.com/gpu", "'two'")),
+    ],
+)
+def test_each_resource_is_read_on_its_own_and_a_bad_one_is_named(
+    requests: dict[str, str], limits: dict[str, str], counted: tuple[int, int, int], error: tuple[str, str] | None
+) -> None:
+    obj = pod("p", gpus=1)
+    resources = obj["spec"]["containers"][0]["resources"]
+    resources["requests"] = requests
+    resources["limits"] = {"nvidia.com/gpu": "1", **limits}
+    req = parse_pod(obj)
+    assert (req.gpu_count, req.cpu_milli, req.memory) == counted
+    if error is None:
+        assert req.errors == ()
+    else:
+        field, value = error
+        assert len(req.errors) == 1 and req.errors[0].startswith(f"{field}: ") and value in req.errors[0], req.errors
+
+
+@pytest.mark.parametrize("value", ["-40Gi", "40GB", "4e"])
+def test_a_bad_size_annotation_names_the_annotation_and_value(value: str) -> None:
+    req = parse_pod(pod("p", gpus=1, annotations={"gpusched.io/gpu-memory": value}))
+    assert req.gpu_count == 1
+    assert len(req.errors) == 1, req.errors
+    assert req.errors[0].startswith("annotation gpusched.io/gpu-memory: ") and repr(value) in req.errors[0]
+
+
 def test_share_and_whole_gpus_together_is_an_error() -> None:
     req = parse_pod(pod("p", gpus=1, annotations={"gpusched.io/gpu-milli": "300"}))
     assert req.errors and "whole GPUs" in req.errors[0]

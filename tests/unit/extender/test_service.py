@@ -24,7 +24,7 @@ from scheduler.metrics import ExtenderMetrics
 from scheduler.plugins import registry
 from scheduler.state.kube import KubeError
 from scheduler.state.store import ClusterState
-from tests.builders import gpu_node, node_object, pod
+from tests.builders import gpu_node, node_object, pod, report_object
 
 WAIT_S = 10.0  # the longest any test waits for another thread; a pass never comes near it
 GANG = "scheduling.x-k8s.io/pod-group"
@@ -550,3 +550,23 @@ def test_a_rebuild_lets_the_snapshot_it_replaced_go() -> None:
     filter_(service, pod("p", 2), ["n0", "n1", "n2"])
     gc.collect()
     assert old() is None  # frozen or leaked snapshots would stay alive here
+
+
+# ----------------------------------------------------------------------------- malformed quantities
+def test_a_bad_quantity_is_named_in_the_filter_error_and_a_bound_pod_with_one_keeps_its_gpu() -> None:
+    config = registry.config_from(None)
+    state = ClusterState(config)
+    state.replace_nodes([node_object("n0", gpus=1)])
+    state.replace_reports([report_object("n0", gpus=1)])
+    service = ExtenderService(state, registry.build(config), _binder_protocol(FakeBinder()), ExtenderMetrics())
+    # Through the informer's handler, as the API would show a bound pod: "1 core" is no quantity.
+    state.upsert_pod(pod("holder", gpus=1, node="n0", gpuIds=[0], cpu="1 core"))
+    assert free_gpus(service) == {"n0": 0}  # its GPU counts although its CPU figure does not
+
+    bad = filter_(service, pod("bad", gpus=1, annotations={"gpusched.io/gpu-memory": "40 GB"}), ["n0"])
+    assert bad.node_names is None
+    assert "annotation gpusched.io/gpu-memory" in bad.error and "'40 GB'" in bad.error, bad.error
+
+    good = filter_(service, pod("good", gpus=1), ["n0"])
+    assert not good.node_names  # n0's only GPU is the holder's: never given twice
+    assert free_gpus(service) == {"n0": 0}
