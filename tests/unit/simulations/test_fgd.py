@@ -1,5 +1,6 @@
 """The FGD protocol's pieces on small synthetic traces: inflation, order, metric, replay, loaders."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -7,7 +8,9 @@ import numpy as np
 import pytest
 
 from scheduler.core.config import ConfigError
-from simulations import fgd, policies, traces
+from scheduler.core.snapshot import ClusterSnapshot
+from scheduler.plugins import registry
+from simulations import fgd, mixes, policies, traces
 from simulations.cli import main
 from simulations.traces import TraceError, TracePod
 
@@ -214,3 +217,38 @@ def test_fgd_cli_json(trace: tuple[Path, Path], capsys: pytest.CaptureFixture[st
 def test_fgd_cli_names_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fgd", "--nodes", str(tmp_path / "n.csv"), "--pods", str(tmp_path / "p.csv")]) == 2
     assert "n.csv" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- pinned placements
+# Every 20th node and every 20th pod of the bundled trace (61 nodes; about 550 pods after
+# inflation), seed 7. Where each pod went, digested; the digests were taken before the simulator's
+# speed work and must not move: a faster path that changes one placement is a different policy.
+PINNED = [
+    ("default", "gpusched", 545, 412, "fd02b6a3d48a8c04"),
+    ("default", "fgd", 545, 409, "9518a0de27aba849"),
+    ("gpuspec10", "gpusched", 545, 411, "ae55499c53079b2c"),  # pods that name GPU models
+    ("gpuspec10", "fgd", 545, 407, "48d0146a9c1d7a2e"),
+    ("gs-multigpu40", "gpusched", 161, 111, "2ff610ca7c3e22a0"),  # 40 % of GPU pods ask for 2-8 GPUs
+    ("gs-multigpu40", "fgd", 161, 111, "a988d70203addbf3"),
+]
+
+
+@pytest.mark.parametrize(("trace_name", "policy", "pods", "placed", "digest"), PINNED)
+def test_placements_of_a_small_seeded_run_stay_pinned(
+    trace_name: str, policy: str, pods: int, placed: int, digest: str
+) -> None:
+    nodes = traces.load_nodes(traces.node_file())[::20]
+    trace_pods = traces.load_pods(traces.pod_file(mixes.BASE_TRACE if mixes.is_mix(trace_name) else trace_name))
+    if mixes.is_mix(trace_name):
+        trace_pods = mixes.load_mix(trace_name, trace_pods)
+    trace_pods = trace_pods[::20]
+    config = policies.policy_config(policy, seed=7, typical=fgd.typical_of(trace_pods))
+    framework = registry.build(registry.config_from(config))
+    snapshot = ClusterSnapshot(nodes)
+    order = fgd.workload(trace_pods, fgd.capacity_milli(nodes), 7)
+    for item in order:
+        framework.place_best(snapshot, item.request())
+    where = "".join(f"{key}:{p.node}:{','.join(map(str, p.gpus))};" for key, p in sorted(snapshot.placements.items()))
+    assert (len(order), len(snapshot.placements)) == (pods, placed)
+    assert hashlib.sha256(where.encode()).hexdigest()[:16] == digest
+    assert not snapshot.over_committed()
