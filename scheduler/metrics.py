@@ -123,6 +123,13 @@ class ExtenderMetrics:
             "gpusched_watch_restarts_total",
             "Informer restarts by resource and reason",
             ["resource", "reason"],
+        self.forwarded = Counter(
+            "gpusched_extender_forwarded_total", "Verbs a standby replica passed on to the leader", ["verb"], registry=r
+        )
+        self.leader = Gauge(
+            "gpusched_extender_leader", "1 while this replica answers the verbs itself (holds the Lease)", registry=r
+        )
+        self.leader.set(1)  # without leader election the only replica answers
             registry=r,
         )
         self.informer_synced = Gauge(

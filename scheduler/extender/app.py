@@ -2,7 +2,8 @@
 
 Malformed input never yields a 5xx: filter and bind answer 200 with a clear `Error` (kube-scheduler
 shows it in the pod's events); prioritize and preempt answer 400 with `Error` (kube-scheduler then
-ignores gpusched's scores, or its preemption advice, for that attempt).
+ignores gpusched's scores, or its preemption advice, for that attempt). With leader election, a
+replica that does not hold the Lease passes the verbs on to the one that does (`routing.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from scheduler.extender import wire
+from scheduler.extender.routing import LeaderRouting
 from scheduler.extender.service import ExtenderService
 
 log = logging.getLogger("gpusched.extender")
@@ -28,7 +30,8 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(content=msgspec.json.encode(body), status_code=status, media_type=JSON)
 
 
-def create_app(service: ExtenderService) -> FastAPI:
+def create_app(service: ExtenderService, routing: LeaderRouting | None = None) -> FastAPI:
+    """`routing`: with leader election, a replica that does not lead passes the verbs to the leader."""
     app = FastAPI(title="gpusched extender", docs_url=None, redoc_url=None)
     metrics = service.metrics
 
@@ -44,6 +47,13 @@ def create_app(service: ExtenderService) -> FastAPI:
         outcome = "ok"
         try:
             raw = await request.body()
+            if routing is not None and not routing.leading():
+                answer, why = await routing.forward(request, raw)
+                if answer is not None:
+                    outcome = "forwarded"
+                    return answer
+                outcome = "no_leader"
+                return on_bad_input(f"gpusched: {why}")
             try:
                 args = msgspec.json.decode(raw, type=kind)
             except msgspec.DecodeError as exc:
@@ -58,8 +68,11 @@ def create_app(service: ExtenderService) -> FastAPI:
                 log.exception("%s failed", verb)
                 return on_bad_input(f"gpusched: internal error in {verb}: {type(exc).__name__}: {exc}")
         finally:
-            metrics.request_seconds.labels(verb).observe(time.perf_counter() - started)
-            metrics.requests.labels(verb, outcome).inc()
+            if outcome == "forwarded":  # the leader counts and times it
+                metrics.forwarded.labels(verb).inc()
+            else:
+                metrics.request_seconds.labels(verb).observe(time.perf_counter() - started)
+                metrics.requests.labels(verb, outcome).inc()
 
     @app.post("/filter")
     async def filter_(request: Request) -> Response:
@@ -102,7 +115,7 @@ def create_app(service: ExtenderService) -> FastAPI:
     async def readyz() -> Response:
         if service.ready():
             return Response("ok", media_type="text/plain")
-        return Response("informers have not synced yet", status_code=503, media_type="text/plain")
+        return Response("informers have not synced, or no leader is elected", status_code=503, media_type="text/plain")
 
     @app.get("/metrics")
     async def metrics_() -> Response:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,13 @@ from scheduler.core.config import ConfigError, SchedulerConfig
 from scheduler.core.scenario import ScenarioError, load_nodes, load_pods
 from scheduler.extender.app import create_app
 from scheduler.extender.binders import ApiBinder, OfflineBinder
+from scheduler.extender.routing import LeaderRouting
 from scheduler.extender.service import ExtenderService
 from scheduler.metrics import ExtenderMetrics
 from scheduler.plugins import registry
 from scheduler.state.informer import start_informers
 from scheduler.state.kube import Kube, load_api_client
+from scheduler.state.leader import LeaderElector, Timing
 from scheduler.state.store import ClusterState
 
 
@@ -37,9 +42,25 @@ def build_offline(config: SchedulerConfig, scenario: dict[str, Any]) -> Extender
     return ExtenderService(state, registry.build(config), OfflineBinder(), ExtenderMetrics())
 
 
+@dataclass(frozen=True)
+class Election:
+    """Where the replicas elect their leader, and how this one is known and reached."""
+
+    namespace: str
+    name: str
+    identity: str
+    url: str
+    timing: Timing = field(default_factory=Timing)
+
+
 def build_live(
-    config: SchedulerConfig, kubeconfig: str | None, lease_namespace: str = "gpusched-system"
-) -> ExtenderService:
+    config: SchedulerConfig,
+    kubeconfig: str | None,
+    lease_namespace: str = "gpusched-system",
+    election: Election | None = None,
+) -> tuple[ExtenderService, LeaderRouting | None]:
+    """The service over live informers; with `election`, also the elector (started) and the routing
+    that sends verbs to the leader. A replica campaigns only once its informers have synced."""
     kube = Kube(load_api_client(kubeconfig))
     state = ClusterState(config)
     metrics = ExtenderMetrics()
@@ -56,7 +77,31 @@ def build_live(
         # Pull events only refine cold-start estimates: they do not hold readiness back.
         return all(i.synced.is_set() for i in informers if i.kind != "events")
 
-    return ExtenderService(state, registry.build(config), ApiBinder(kube), metrics, ready=ready)
+    if election is None:
+        return ExtenderService(state, registry.build(config), ApiBinder(kube), metrics, ready=ready), None
+    metrics.leader.set(0)
+    elector = LeaderElector(
+        kube,
+        election.namespace,
+        election.name,
+        election.identity,
+        election.url,
+        election.timing,
+        can_lead=ready,
+        on_change=lambda leading: metrics.leader.set(1 if leading else 0),
+    )
+    routing = LeaderRouting(elector)
+    elector.start()
+    # Ready (in the Service) when a verb sent here is answered: by this replica or by the leader.
+    service = ExtenderService(
+        state, registry.build(config), ApiBinder(kube), metrics, ready=lambda: ready() and routing.has_leader()
+    )
+    return service, routing
+
+
+def advertised_url(address: str, port: int) -> str:
+    host = address if address not in ("", "0.0.0.0", "::") else socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,19 +120,60 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("GPUSCHED_LEASE_NAMESPACE", "gpusched-system"),
         help="where the agents renew their nodes' Leases (default: gpusched-system)",
     )
+    election = parser.add_argument_group("leader election (kube-scheduler's flags and defaults)")
+    election.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run as one of several replicas: the Lease holder answers, the others forward to it",
+    )
+    election.add_argument("--leader-elect-resource-name", default="gpusched-extender", help="the Lease's name")
+    election.add_argument(
+        "--leader-elect-resource-namespace",
+        default=os.environ.get("POD_NAMESPACE", "gpusched-system"),
+        help="the Lease's namespace (default: $POD_NAMESPACE, else gpusched-system)",
+    )
+    election.add_argument(
+        "--leader-elect-identity",
+        default=os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4()}",
+        help="this replica's holderIdentity (default: $POD_NAME, else hostname_uuid)",
+    )
+    election.add_argument(
+        "--advertise-address",
+        default=os.environ.get("POD_IP", ""),
+        help="the address standbys forward verbs to, with --port (default: $POD_IP, else --host)",
+    )
+    election.add_argument("--leader-elect-lease-duration", type=float, default=Timing.lease_duration_s)
+    election.add_argument("--leader-elect-renew-deadline", type=float, default=Timing.renew_deadline_s)
+    election.add_argument("--leader-elect-retry-period", type=float, default=Timing.retry_period_s)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config_file(args.config)
         if args.cluster_file:
             scenario = yaml.safe_load(Path(args.cluster_file).read_text()) or {}
-            service = build_offline(config, scenario)
+            service, routing = build_offline(config, scenario), None
         else:
-            service = build_live(config, args.kubeconfig, args.lease_namespace)
-    except (ConfigError, ScenarioError, OSError, yaml.YAMLError) as exc:
+            elect = None
+            if args.leader_elect:
+                elect = Election(
+                    args.leader_elect_resource_namespace,
+                    args.leader_elect_resource_name,
+                    args.leader_elect_identity,
+                    advertised_url(args.advertise_address or args.host, args.port),
+                    Timing(
+                        args.leader_elect_lease_duration,
+                        args.leader_elect_renew_deadline,
+                        args.leader_elect_retry_period,
+                    ),
+                )
+            service, routing = build_live(config, args.kubeconfig, args.lease_namespace, elect)
+    except (ConfigError, ScenarioError, OSError, ValueError, yaml.YAMLError) as exc:
         print(f"gpusched-extender: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+    app = create_app(service, routing)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+    if routing is not None:  # shut down (SIGTERM): hand the Lease over rather than let it expire
+        routing.elector.stop(release=True)
     return 0
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,15 @@ FAST_BACKOFF = {"podInitialBackoffSeconds": 1, "podMaxBackoffSeconds": 2}
 class Extender:
     """`gpusched-extender --kubeconfig` in its own process; restartable."""
 
-    def __init__(self, cluster: LocalCluster, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        workdir: Path,
+        config: Mapping[str, Any] | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         self.cluster = cluster
+        self.args = list(args)
         self.port = free_port()
         self.workdir = workdir
         self.config_path = workdir / "gpusched-config.yaml"
@@ -59,6 +66,7 @@ class Extender:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

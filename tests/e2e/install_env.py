@@ -42,6 +42,7 @@ from tests.prometheus import MANIFESTS, StandIn, loopback_address
 NAMESPACE = "gpusched-system"
 REPORTS = "/apis/gpusched.io/v1alpha1/gpunodereports"
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/gpusched-scheduler"
+EXTENDER_LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/gpusched-extender"
 GiB = 1 << 30
 IMAGE = "ghcr.io/acme/llm-server:1.4"
 MODEL_REPO = "acme/llm-8b"
@@ -270,7 +271,16 @@ def start(env: Installed) -> None:
     token = service_account_token(api, "gpusched-extender")
     config = kubeconfig(workdir / "extender.kubeconfig", cluster, "gpusched-extender", token)
     cmd = install.local_command(
-        objects, deploy, workdir / "extender", flags={"--host": env.extender_ip}, extra=[f"--kubeconfig={config}"]
+        objects,
+        deploy,
+        workdir / "extender",
+        flags={"--host": env.extender_ip},
+        extra=[f"--kubeconfig={config}"],
+        field_refs={
+            "metadata.name": "gpusched-extender-0",
+            "metadata.namespace": deploy["metadata"]["namespace"],
+            "status.podIP": env.extender_ip,
+        },
     )
     port = next(a.split("=")[1] for a in cmd.argv if a.startswith("--port="))
     env.extender_url = f"http://{env.extender_ip}:{port}"
@@ -312,7 +322,7 @@ def uninstall(env: Installed) -> None:
     applier = install.Applier(env.api)
     kept = {"Namespace", "CustomResourceDefinition"}
     applier.delete([o for o in env.objects if o["kind"] not in kept])
-    for path in [LEASE, *(f"{REPORTS}/{n}" for n in NODES)]:
+    for path in [LEASE, EXTENDER_LEASE, *(f"{REPORTS}/{n}" for n in NODES)]:
         try:
             k8s.request(env.api, "DELETE", path)
         except ApiException as exc:

@@ -17,7 +17,7 @@ import yaml
 from localcluster import k8s
 from scheduler.core.scenario import pod_object
 from tests import install
-from tests.e2e.install_env import LEASE, MANIFESTS, REPORTS, Installed, installed, wait_http
+from tests.e2e.install_env import EXTENDER_LEASE, LEASE, MANIFESTS, REPORTS, Installed, installed, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -96,6 +96,11 @@ def test_components_run_with_the_manifests_rbac(installed: Installed) -> None:
     # Leader election on the manifests' Lease, as the gpusched-scheduler ServiceAccount.
     lease = k8s.request(installed.api, "GET", LEASE)
     assert lease["spec"].get("holderIdentity")
+    # The extender's own election, as the gpusched-extender ServiceAccount: its pod name holds it,
+    # with the address standbys forward to (its pod IP and port).
+    lease = k8s.request(installed.api, "GET", EXTENDER_LEASE)
+    assert lease["spec"]["holderIdentity"] == "gpusched-extender-0"
+    assert lease["metadata"]["annotations"]["gpusched.io/leader-url"] == installed.extender_url
     # The agents' reports were written with their node-bound tokens, through the admission policy.
     for node in ("gpu-a", "gpu-b"):
         report = k8s.request(installed.api, "GET", f"{REPORTS}/{node}")
