@@ -120,13 +120,23 @@ def manifest_config() -> dict[str, Any]:
     return config
 
 
-def scrape_config_for(workdir: Path, stand_ins: Iterable[StandIn], interval: str = "1s") -> dict[str, Any]:
-    """The manifest's prometheus.yml with pod discovery served from a file and a short interval."""
+def scrape_config_for(
+    workdir: Path, stand_ins: Iterable[StandIn], interval: str = "1s", token: str = "no-token"
+) -> dict[str, Any]:
+    """The manifest's prometheus.yml with pod discovery served from a file and a short interval.
+
+    A job's ServiceAccount token file (``authorization.credentials_file``) becomes a file holding
+    `token`, as the kubelet would mount Prometheus's own.
+    """
     config = copy.deepcopy(manifest_config())
+    token_file = workdir / "serviceaccount-token"
+    token_file.write_text(token)
     config["global"] = {**config.get("global", {}), "scrape_interval": interval, "evaluation_interval": interval}
     config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config.get("rule_files") or []]
     stand_ins = list(stand_ins)
     for job in config["scrape_configs"]:
+        if "credentials_file" in job.get("authorization", {}):
+            job["authorization"]["credentials_file"] = str(token_file)
         sd_configs = job.pop("kubernetes_sd_configs")
         groups = []
         for sd in sd_configs:

@@ -24,8 +24,8 @@ copies charges a placement for the shares it makes unfillable and for the CPU it
 that then cannot be used: where a share fits exactly, where CPU-heavy pods go. On the Alibaba trace
 it lowers the GPUs left unallocated on every bundled workload (`gpusched-sim fgd-table`).
 
-A FragmentationState lives in its snapshot's memo and refreshes only the nodes whose free GPU
-shares or CPU changed since it last looked.
+A FragmentationState lives in its snapshot's memo and refreshes only the nodes whose occupancy
+changed since it last looked (ClusterSnapshot.changed_at).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def integer_weights(pods: Sequence[TypicalPod]) -> np.ndarray:
 
 
 class FragmentationState:
-    """The measure over one snapshot, updated only for the nodes whose GPUs or CPU changed.
+    """The measure over one snapshot, updated only for the nodes whose occupancy changed.
 
     Per node and class u of typical pods (one share and model set) it keeps count[u], the GPUs
     that can host u's share, and sum_ge[u], their free milli-GPU. FGD's measure is then
@@ -156,7 +156,7 @@ class FragmentationState:
         elig = np.repeat(usable[None], u_count, axis=0)
         for (_, models), u in classes.items():
             if models:
-                elig[u] &= np.isin(snapshot.gpu_model, [snapshot.model_id(m) for m in models])
+                elig[u] &= np.isin(snapshot.gpu_model, snapshot.model_ids(models))
         self.elig: np.ndarray = elig  # (U, N, G): GPUs that may host each class
         # Counts are small whole numbers: float32 is exact for them and halves the arrays' size.
         self.count_type = np.float32 if copies else np.int64
@@ -186,35 +186,27 @@ class FragmentationState:
         slots_per_gpu = MILLI // np.maximum(self.class_milli, 1) if copies else np.ones(u_count, dtype=np.int64)
         self.whole_slots = slots_per_gpu.astype(self.count_type)
         n = len(snapshot)
-        self.free = np.full_like(snapshot.gpu_milli_free, -1)
-        self.cpu = np.full(n, -1, dtype=np.int64)
+        self.cpu = np.zeros(n, dtype=np.int64)
         self.count = np.zeros((n, u_count), dtype=self.count_type)
         self.sum_ge = np.zeros((n, u_count))
         self.total = np.zeros(n)
         self.frag = np.zeros(n)
-        self.generation = 0
-        self.stamp = np.zeros(n, dtype=np.int64)  # generation at which each node last changed
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        # Whole-GPU and CPU-only pods: per (GPUs, milli-CPU), the measure after placing such a pod on
-        # each node, and the generation it was computed at; recomputed only for nodes changed since.
-        self._after: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        self.refresh()
+        self.seen = snapshot.changes  # the snapshot's change count at the last refresh
+        self._compute(np.arange(n, dtype=np.intp))
 
     # ------------------------------------------------------------ the measure
     def refresh(self) -> None:
-        """Recompute the nodes whose free GPU shares or CPU differ from the last look."""
+        """Recompute the nodes whose occupancy changed since the last look."""
         snap = self.snapshot
-        gpu_changed = np.flatnonzero(self.free != snap.gpu_milli_free)  # flat (node, GPU) indices
-        cpu_changed = np.flatnonzero(self.cpu != snap.cpu_free)
-        if gpu_changed.size == 0 and cpu_changed.size == 0:
+        if snap.changes == self.seen:
             return
-        if gpu_changed.size + cpu_changed.size <= 64:  # usually one node: a set beats sorting
-            rows = {*(gpu_changed // self.free.shape[1]).tolist(), *cpu_changed.tolist()}
-            changed = np.fromiter(sorted(rows), dtype=np.intp, count=len(rows))
-        else:
-            changed = np.union1d(gpu_changed // self.free.shape[1], cpu_changed)
-        self.generation += 1
-        self.stamp[changed] = self.generation
+        changed = np.flatnonzero(snap.changed_at > self.seen)
+        self.seen = snap.changes
+        self._compute(changed)
+
+    def _compute(self, changed: np.ndarray) -> None:
+        snap = self.snapshot
         free = snap.gpu_milli_free[changed].astype(np.int64)
         milli = self.class_milli[:, None, None]
         if self.copies:
@@ -226,7 +218,6 @@ class FragmentationState:
             self.sum_ge[changed] = (ge * free[None]).sum(axis=2).T
         usable = snap.gpu_valid[changed] & snap.gpu_healthy[changed]
         self.total[changed] = np.where(usable, free, 0).sum(axis=1)
-        self.free[changed] = snap.gpu_milli_free[changed]
         self.cpu[changed] = snap.cpu_free[changed]
         self.frag[changed] = self.measure(
             self.total[changed], self.cpu[changed], self.count[changed], self.sum_ge[changed]
@@ -255,50 +246,6 @@ class FragmentationState:
         return self.frag[nodes] / self.w_all
 
     # ------------------------------------------------------------ placements
-    def _after_whole(self, nodes: np.ndarray, k: int, cpu_milli: int) -> np.ndarray:
-        """The measure after placing a pod of k whole GPUs (0: CPU only) and `cpu_milli` on each of
-        `nodes` (single-model nodes), from the cache where the node has not changed since."""
-        key = (k, cpu_milli)
-        entry = self._after.get(key)
-        if entry is None:
-            if len(self._after) >= 512:  # bounded: at most about 40 MB on a 1,213-node trace
-                self._after.clear()
-            entry = self._after[key] = (np.zeros(len(self.total)), np.full(len(self.total), -1, dtype=np.int64))
-        after, at = entry
-        stale = nodes[at[nodes] < self.stamp[nodes]]
-        if stale.size:
-            taken = k * self.node_ok[stale]
-            count = self.count[stale] - taken * self.whole_slots
-            sum_ge = None if self.copies else self.sum_ge[stale] - MILLI * taken
-            after[stale] = self.measure(self.total[stale] - MILLI * k, self.cpu[stale] - cpu_milli, count, sum_ge)
-            at[stale] = self.generation
-        return after[nodes]
-
-    def _after_share(self, nodes: np.ndarray, milli: int, cpu_milli: int) -> np.ndarray:
-        """(nodes, GPUs): the measure after placing a share of `milli` and `cpu_milli` on each GPU of
-        each node (single-model nodes; rows of other nodes are stale), cached as `_after_whole`.
-        Values for GPUs the share does not fit are computed but never read."""
-        key = (-milli, cpu_milli)
-        entry = self._after.get(key)
-        n, g = self.free.shape
-        if entry is None:
-            if len(self._after) >= 512:  # bounded: at most about 40 MB on a 1,213-node trace
-                self._after.clear()
-            entry = self._after[key] = (np.zeros((n, g)), np.full(n, -1, dtype=np.int64))
-        after, at = entry
-        stale = nodes[at[nodes] < self.stamp[nodes]]
-        if stale.size:
-            rows = np.repeat(stale, g)
-            f = np.clip(self.free[stale], 0, MILLI).reshape(-1)
-            d_count, d_sum = self._share_tables(milli)
-            on = self.node_ok[rows]
-            count = self.count[rows] + d_count[f] * on
-            sum_ge = None if self.copies else self.sum_ge[rows] + d_sum[f] * on
-            values = self.measure(self.total[rows] - milli, self.cpu[rows] - cpu_milli, count, sum_ge)
-            after[stale] = values.reshape(stale.size, g)
-            at[stale] = self.generation
-        return after
-
     def _share_tables(self, milli: int) -> tuple[np.ndarray, np.ndarray]:
         """Per free share f (0..1000) of the GPU taken, the change in each class's count and sum."""
         if milli not in self._tables:
@@ -315,39 +262,18 @@ class FragmentationState:
             self._tables[milli] = (d_count, d_sum)
         return self._tables[milli]
 
-    def deltas(
-        self, cycle: Cycle, nodes: np.ndarray, every_gpu: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def deltas(self, cycle: Cycle, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(position in `nodes`, GPU or -1, frag before - after, x w_all) per way to place the pod.
 
-        A GPU share gives one row per fitting GPU (always with every_gpu=True), or, where nodes
-        have many, one per distinct free share on each node with GPU -1 (equal shares give equal
-        fragmentation); other pods one row per node.
+        A GPU share gives one row per fitting GPU; other pods one row per node.
         """
         self.refresh()
-        pod, snap = cycle.pod, self.snapshot
+        pod = cycle.pod
         cpu = self.cpu[nodes] - pod.cpu_milli
         if pod.gpu_milli:
-            everywhere = np.arange(len(snap), dtype=np.intp)
-            # Over most nodes, reuse the mask the filter computed for all of them (memoised).
-            eligible = cycle.eligible(everywhere)[nodes] if nodes.size * 4 >= everywhere.size else cycle.eligible(nodes)
-            if not self.any_mixed:  # every fitting GPU is a row, its value from the per-shape cache
-                pos, gpu = np.nonzero(eligible)
-                node = nodes[pos]
-                return pos, gpu, self.frag[node] - self._after_share(nodes, pod.gpu_milli, pod.cpu_milli)[node, gpu]
-            free = snap.gpu_milli_free[nodes]
-            if every_gpu or self.any_mixed or np.count_nonzero(eligible) <= 2 * nodes.size:
-                pos, gpu = np.nonzero(eligible)  # few fitting GPUs per node: every one is a row
-                f = free[pos, gpu]
-            else:  # one row per distinct fitting share of a node: sort each row, keep changes
-                shares = np.where(eligible, free, -1)
-                shares.sort(axis=1)
-                fresh = shares >= 0
-                fresh[:, 1:] &= shares[:, 1:] != shares[:, :-1]
-                pos, col = np.nonzero(fresh)
-                f = shares[pos, col]
-                gpu = np.full(pos.size, -1)
+            pos, gpu = np.nonzero(cycle.eligible(nodes))
             node = nodes[pos]
+            f = self.snapshot.gpu_milli_free[node, gpu]
             d_count, d_sum = self._share_tables(pod.gpu_milli)
             on: np.ndarray = self.elig[:, node, gpu].T.astype(self.count_type) if self.any_mixed else self.node_ok[node]
             count = self.count[node] + d_count[f] * on
@@ -357,32 +283,34 @@ class FragmentationState:
         pos = np.arange(nodes.size)
         gpu = np.full(nodes.size, -1)
         k = pod.gpu_count
-        if not self.any_mixed:
-            return pos, gpu, self.frag[nodes] - self._after_whole(nodes, k, pod.cpu_milli)
-        if k == 0:
-            after = self.measure(self.total[nodes], cpu, self.count[nodes], None if self.copies else self.sum_ge[nodes])
-            return pos, gpu, self.frag[nodes] - after
         taken = self.node_ok[nodes] if k == 1 else k * self.node_ok[nodes]
-        if self.any_mixed:
-            for row in np.flatnonzero(self.mixed[nodes]):
-                at = int(nodes[row])
-                fitting = np.flatnonzero(cycle.eligible(np.array([at], dtype=np.intp))[0])[:k]
-                taken[row] = self.elig[:, at, fitting].sum(axis=1)
+        for row in np.flatnonzero(self.mixed[nodes]) if k and self.any_mixed else ():
+            at = int(nodes[row])
+            fitting = np.flatnonzero(cycle.eligible(np.array([at], dtype=np.intp))[0])[:k]
+            taken[row] = self.elig[:, at, fitting].sum(axis=1)
         count = self.count[nodes] - taken * self.whole_slots
         sum_ge = None if self.copies else self.sum_ge[nodes] - MILLI * taken
         after = self.measure(self.total[nodes] - MILLI * k, cpu, count, sum_ge)
         return pos, gpu, self.frag[nodes] - after
 
 
-def best_per_node(pos: np.ndarray, values: np.ndarray, n: int, floor: float) -> np.ndarray:
-    """Max of `values` per node position (rows sorted by position); `floor` where a node has none."""
-    if pos.size == n and (n == 0 or pos[-1] == n - 1):  # one row per node, in order
-        return np.asarray(values, dtype=np.float64)
-    out = np.full(n, floor, dtype=np.float64)
-    if pos.size:
-        starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
-        out[pos[starts]] = np.maximum.reduceat(values, starts)
-    return out
+def best_per_node(
+    pos: np.ndarray, gpu: np.ndarray, values: np.ndarray, n: int, g: int, free: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per node position 0..n-1, the largest of its rows' `values` (0 where it has none) and that
+    row's GPU (-1 where none). Rows are (position, GPU 0..g-1), each pair at most once. Among rows
+    within 1e-9 of the largest, the GPU with the least `free` (n, g) share wins when `free` is given,
+    else the largest exactly; the first GPU on ties."""
+    grid = np.full((n, g), -np.inf)
+    grid[pos, gpu] = values
+    best = grid.max(axis=1, initial=-np.inf)
+    some = best > -np.inf
+    if free is None:
+        chosen = np.argmax(grid >= best[:, None], axis=1)
+    else:
+        near = grid >= (best - 1e-9)[:, None]
+        chosen = np.argmin(np.where(near, free, np.iinfo(np.int64).max), axis=1)
+    return np.where(some, best, 0.0), np.where(some, chosen, -1)
 
 
 class TypicalPodsSource:

@@ -29,7 +29,7 @@ def eligible_gpus(snapshot: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray)
     if pod.gpu_memory:
         ok &= snapshot.gpu_memory[rows] >= pod.gpu_memory
     if pod.gpu_models:
-        ids = [snapshot.model_id(m) for m in pod.gpu_models]
+        ids = snapshot.model_ids(pod.gpu_models)
         ok &= np.isin(snapshot.gpu_model[rows], ids)
     return ok
 

@@ -1,7 +1,8 @@
 """gpu-fit (filter): the node has enough usable GPUs for the pod.
 
 A GPU is usable when it is valid, healthy, has the pod's share free (1000 milli for whole GPUs),
-has at least `gpusched.io/gpu-memory` of memory, and is one of `gpusched.io/gpu-models`. The node
+has at least `gpusched.io/gpu-memory` of memory, and is one of `gpusched.io/gpu-models` (as users write
+them, "H100" or "H100-80GB" for "NVIDIA H100 80GB HBM3": scheduler/core/gpu_models.py). The node
 must be Ready and schedulable, have `gpus_needed` usable GPUs, and have that many whole GPUs left
 of its allocatable count (what kube-scheduler counts). GPUs reserved for a gang are held in the
 snapshot like any other, so they are not usable.
@@ -10,6 +11,8 @@ that names a model or a memory floor does not fit it (the reason says so).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -41,7 +44,7 @@ class GpuFit(FilterPlugin):
         if pod.gpu_memory:
             ok &= snap.gpu_memory[node] >= pod.gpu_memory
         if pod.gpu_models:
-            ok &= np.isin(snap.gpu_model[node], [snap.model_id(m) for m in pod.gpu_models])
+            ok &= np.isin(snap.gpu_model[node], snap.model_ids(pod.gpu_models))
         return int(ok.sum()) >= pod.gpus_needed
 
     def resolvable_nodes(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
@@ -50,7 +53,7 @@ class GpuFit(FilterPlugin):
         if pod.gpu_memory:
             ok &= snap.gpu_memory[nodes] >= pod.gpu_memory
         if pod.gpu_models:
-            ok &= np.isin(snap.gpu_model[nodes], [snap.model_id(m) for m in pod.gpu_models])
+            ok &= np.isin(snap.gpu_model[nodes], snap.model_ids(pod.gpu_models))
         return snap.ready[nodes] & (snap.gpu_alloc[nodes] >= pod.gpu_count) & (ok.sum(axis=1) >= pod.gpus_needed)
 
     def reasons(self, cycle: Cycle, nodes: np.ndarray) -> list[str]:
@@ -70,7 +73,7 @@ class GpuFit(FilterPlugin):
             np.where(free, snap.gpu_memory[nodes], 0).max(axis=1),
         ]
         if pod.gpu_models:
-            ids = [snap.model_id(m) for m in pod.gpu_models]
+            ids = snap.model_ids(pod.gpu_models)
             features.append((free & np.isin(snap.gpu_model[nodes], ids)).sum(axis=1))
             features.extend(np.where(free, snap.gpu_model[nodes], -9).T)  # which models are free
         table = np.column_stack([np.asarray(f, dtype=np.int64) for f in features])
@@ -105,7 +108,7 @@ class GpuFit(FilterPlugin):
             known = [snap.model_names[m] for m in set(snap.gpu_model[node][free].tolist()) if m >= 0]
             if not known:
                 return f"needs GPU model {'|'.join(pod.gpu_models)}, model unknown (no GPUNodeReport)"
-            in_model = free & np.isin(snap.gpu_model[node], [snap.model_id(m) for m in pod.gpu_models])
+            in_model = free & np.isin(snap.gpu_model[node], snap.model_ids(pod.gpu_models))
             if in_model.sum() < pod.gpus_needed:
                 return f"needs {what} of model {'|'.join(pod.gpu_models)}, node has {', '.join(sorted(known))}"
         if pod.gpu_memory:
@@ -113,11 +116,19 @@ class GpuFit(FilterPlugin):
             if not snap.has_report[node] or not mem.any():
                 return f"needs {format_bytes(pod.gpu_memory)} per GPU, GPU memory unknown (no GPUNodeReport)"
             enough = int((cycle.eligible(row)[0]).sum())
+            largest = int(np.argmax(np.where(free, snap.gpu_memory[node], -1)))
+            model = snap.model_names[snap.gpu_model[node, largest]] if snap.gpu_model[node, largest] >= 0 else "?"
             return (
                 f"needs {what} with {format_bytes(pod.gpu_memory)} each, {enough} free have it"
-                f" (largest {format_bytes(int(mem.max()))})"
+                f" (largest {_gib_down(int(snap.gpu_memory[node, largest]))}, {model})"
             )
         return f"needs {what}, too few usable"
+
+
+def _gib_down(size: int) -> str:
+    """Bytes in GiB, rounded down to a tenth: a GPU just short of the floor never reads as meeting it
+    (an "80GB" H100's 85,520,809,984 bytes are 79.6GiB)."""
+    return f"{math.floor(size * 10 / 2**30) / 10:.1f}GiB"
 
 
 def _gpus(count: int) -> str:

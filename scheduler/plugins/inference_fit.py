@@ -147,7 +147,7 @@ class InferenceFit(FilterPlugin, ScorePlugin):
         if pod.gpu_memory:
             ok &= snap.gpu_memory[nodes] >= pod.gpu_memory
         if pod.gpu_models:
-            ok &= np.isin(snap.gpu_model[nodes], [snap.model_id(m) for m in pod.gpu_models])
+            ok &= np.isin(snap.gpu_model[nodes], snap.model_ids(pod.gpu_models))
         usable = snap.gpu_memory[nodes] * self.utilization
         if pod.gpu_milli:
             usable = usable * (pod.gpu_milli / 1000.0)

@@ -61,7 +61,6 @@ def test_kustomization_renders_every_piece_once(objects: list[dict[str, Any]]) -
         ("CustomResourceDefinition", "", "gpunodereports.gpusched.io"),
         ("Deployment", NAMESPACE, "gpusched-extender"),
         ("Service", NAMESPACE, "gpusched-extender"),
-        ("PodDisruptionBudget", NAMESPACE, "gpusched-extender"),
         ("Deployment", NAMESPACE, "gpusched-scheduler"),
         ("DaemonSet", NAMESPACE, "gpusched-agent"),
         ("ValidatingAdmissionPolicy", "", "gpusched-agent-own-node-report"),
@@ -93,29 +92,12 @@ def test_the_renderer_refuses_what_it_does_not_render(tmp_path: Path) -> None:
         install.build(tmp_path)
 
 
-def test_extender_deployment_runs_two_replicas_with_leader_election_hardened(objects: list[dict[str, Any]]) -> None:
+def test_extender_deployment_runs_one_replica_hardened(objects: list[dict[str, Any]]) -> None:
     deploy = install.find(objects, "Deployment", "gpusched-extender")
-    assert deploy["spec"]["replicas"] == 2
-    # Surge first: the old leader goes only once a new replica is Ready to take over.
-    assert deploy["spec"]["strategy"] == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-    }
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
     pod = deploy["spec"]["template"]["spec"]
     c = install.container(deploy)
-    assert "--leader-elect" in c["args"]
-    field_refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
-    assert field_refs == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "POD_IP": "status.podIP"}
-    labels = deploy["spec"]["selector"]["matchLabels"]
-    (spread,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
-    assert spread["podAffinityTerm"] == {
-        "topologyKey": "kubernetes.io/hostname",
-        "labelSelector": {"matchLabels": labels},
-    }
-    pdb = install.find(objects, "PodDisruptionBudget", "gpusched-extender")
-    assert pdb["spec"]["selector"]["matchLabels"] == labels
-    # One replica at a time; a replica that is not Ready never blocks a drain.
-    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     port = int(flag(c, "--port"))
     assert [p["containerPort"] for p in c["ports"]] == [port]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -157,15 +139,6 @@ def test_extender_rbac_is_exactly_what_it_uses(objects: list[dict[str, Any]]) ->
     binding = install.find(objects, "ClusterRoleBinding", "gpusched-extender")
     sa = install.find(objects, "Deployment", "gpusched-extender")["spec"]["template"]["spec"]["serviceAccountName"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
-    # In its namespace: the agents' Leases (read), and its own leader election Lease, by name.
-    leases = install.find(objects, "Role", "gpusched-extender-leases")
-    assert rules(leases) == {
-        ("coordination.k8s.io", "leases", "list", ""),
-        ("coordination.k8s.io", "leases", "watch", ""),
-        ("coordination.k8s.io", "leases", "create", ""),
-        ("coordination.k8s.io", "leases", "get", "gpusched-extender"),
-        ("coordination.k8s.io", "leases", "patch", "gpusched-extender"),
-    }
 
 
 def test_second_scheduler_profile_calls_the_extender_service(objects: list[dict[str, Any]]) -> None:
@@ -213,9 +186,18 @@ def test_second_scheduler_profile_calls_the_extender_service(objects: list[dict[
 
 
 def test_scrape_config_keeps_the_annotated_pods(objects: list[dict[str, Any]]) -> None:
-    config = manifest_config()
-    (job,) = config["scrape_configs"]
+    jobs = {job["job_name"]: job for job in manifest_config()["scrape_configs"]}
+    assert sorted(jobs) == ["gpusched", "gpusched-inference", "gpusched-scheduler"]
+    job = jobs["gpusched"]
     assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [NAMESPACE]
+    # Inference pods run in their users' namespaces: that job looks in all of them.
+    assert "namespaces" not in jobs["gpusched-inference"]["kubernetes_sd_configs"][0]
+    # The scheduler job keeps the Deployment's pods by their label and the name of the secure port.
+    scheduler = install.find(objects, "Deployment", "gpusched-scheduler")
+    (port,) = install.container(scheduler)["ports"]
+    keep = jobs["gpusched-scheduler"]["relabel_configs"][0]
+    assert keep["action"] == "keep" and keep["regex"] == f"gpusched-scheduler;{port['name']}"
+    assert scheduler["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "gpusched-scheduler"
     for kind, name, port_flag in (
         ("Deployment", "gpusched-extender", "--port"),
         ("DaemonSet", "gpusched-agent", "--metrics-port"),
@@ -276,7 +258,7 @@ def test_every_extender_metric_a_dashboard_reads_exists() -> None:
     metrics.requests.labels("filter", "ok")
     metrics.filter_rejections.labels("gpu-fit")
     metrics.binds.labels("bound")
-    metrics.predicted_cold_start.labels("inference")
+    metrics.predicted_cold_start.labels("inference", "acme/llm-8b@main")
     text = generate_latest(metrics.registry).decode()
     exposed = set().union(*(metric_names(line.split()[2]) for line in text.splitlines() if line.startswith("# TYPE")))
     wanted = set().union(*(metric_names(expr) for _, _, expr in dashboard_queries()))

@@ -88,7 +88,7 @@ PODS = {p["name"]: p for p in SCENARIO["pods"]}
 def test_promtool_checks_the_alerting_rules() -> None:
     result = promtool("check", "rules", "gpusched-alerts.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_every_alert() -> None:
@@ -225,6 +225,7 @@ def test_gangs_and_cold_starts_are_counted(scraped: Scraped) -> None:
     assert prom.finite('gpusched_predicted_cold_start_seconds_count{workload="inference"}') == [2.0]
     assert prom.finite('sum(gpusched_filter_rejections_total{plugin="gpu-fit"})')[0] >= 4
     assert prom.finite("gpusched_cluster_stale_reports") == [1.0]
+    assert prom.finite("gpusched_cluster_gpu_nodes_without_fresh_report") == [1.0]  # l4-0, 600 s old
     (ratio,) = prom.finite("gpusched_cluster_gpu_fragmentation_ratio")
     assert 0.0 <= ratio <= 1.0
 
@@ -233,7 +234,7 @@ def test_every_panel_the_extender_feeds_returns_data(scraped: Scraped) -> None:
     checked, empty = [], []
     for board, title, expr in dashboard_queries():
         names = metric_names(expr)
-        if any(n.startswith("gpusched_agent_") for n in names) or names & LIVE_ONLY:
+        if any(n.startswith(("gpusched_agent_", "gpusched_inference_")) for n in names) or names & LIVE_ONLY:
             continue
         checked.append((board, title))
         if not scraped.prometheus.finite(grafana_expr(expr)):

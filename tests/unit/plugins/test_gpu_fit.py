@@ -49,6 +49,14 @@ def holding(node: str, *gpu_ids: int, milli: int = 0) -> PodRequest:
     )
 
 
+H100_BYTES = 85_520_809_984  # an H100 80GB's memory as NVML reports it (gpu_agent/fake_nvml/machines/dgx-h100.json)
+
+
+def sized(name: str, model: str, memory_bytes: int, gpus: int = 8) -> NodeState:
+    """A node of `gpus` GPUs of `model` with `memory_bytes` each."""
+    return replace(gpu_node(name, gpus), gpus=tuple(GpuInfo(i, model, memory_bytes) for i in range(gpus)))
+
+
 def mixed(name: str = "mixed") -> NodeState:
     """8 GPUs: 0 and 1 of 80 GiB, the others of 40 GiB."""
     gpus = tuple(GpuInfo(i, "X", (80 if i < 2 else 40) * GiB) for i in range(8))
@@ -160,12 +168,46 @@ def run(nodes: list[NodeState], p: PodRequest, pods: tuple[PodRequest, ...] = ()
             id="model not allowed",
         ),
         pytest.param(
+            [sized("h100", "NVIDIA H100 80GB HBM3", H100_BYTES), sized("nvl", "NVIDIA H100 NVL", 94 * GiB)],
+            req(1, models=("H100",)),
+            (),
+            [True, False],
+            {"nvl": "needs 1 GPU of model H100, node has NVIDIA H100 NVL"},  # NVL is a product of its own
+            id="model as users write it",
+        ),
+        pytest.param(
+            [sized("h100", "NVIDIA H100 80GB HBM3", H100_BYTES), sized("gfd", "NVIDIA H100 80GB HBM3", H100_BYTES)],
+            req(1, models=("NVIDIA-H100-80GB-HBM3",)),  # GPU Feature Discovery's label form
+            (),
+            [True, True],
+            {},
+            id="model in GFD's label form",
+        ),
+        pytest.param(
+            [sized("h100", "NVIDIA H100 80GB HBM3", H100_BYTES)],
+            req(1, memory_gib=80),
+            (),
+            [False],
+            # 85,520,809,984 bytes / 2**30 = 79.65 GiB < 80 GiB: "80GB" is 80e9 bytes, not 80 GiB
+            {"h100": "needs 1 GPU with 80.0GiB each, 0 free have it (largest 79.6GiB, NVIDIA H100 80GB HBM3)"},
+            id="memory just above the GPU's real size",
+        ),
+        pytest.param(
+            [sized("a", "X", 80 * GiB - 2**20)],
+            req(1, memory_gib=80),
+            (),
+            [False],
+            # 80 GiB - 1 MiB = 79.999 GiB: rounded down, never shown as the 80.0 it lacks
+            {"a": "needs 1 GPU with 80.0GiB each, 0 free have it (largest 79.9GiB, X)"},
+            id="memory a hair short",
+        ),
+        pytest.param(
             [gpu_node("h100"), gpu_node("a100", model="A100-40GB", memory_gib=40)],
             req(1, memory_gib=60),
             (),
             [True, False],
             # 40 GiB < 60 GiB on every GPU of a100
-            {"a100": "needs 1 GPU with 60.0GiB each, 0 free have it (largest 40.0GiB)"},
+            {"a100": "needs 1 GPU with 60.0GiB each, 0 free have it (largest 40.0GiB, A100-40GB)"},
             id="memory floor",
         ),
         pytest.param(
@@ -174,7 +216,7 @@ def run(nodes: list[NodeState], p: PodRequest, pods: tuple[PodRequest, ...] = ()
             (),
             [False],
             # only GPUs 0 and 1 have 80 GiB >= 60 GiB: 2 < 4
-            {"mixed": "needs 4 GPUs with 60.0GiB each, 2 free have it (largest 80.0GiB)"},
+            {"mixed": "needs 4 GPUs with 60.0GiB each, 2 free have it (largest 80.0GiB, X)"},
             id="memory floor met by too few GPUs",
         ),
         pytest.param([mixed()], req(2, memory_gib=60), (), [True], {}, id="memory floor met by just enough GPUs"),
@@ -216,7 +258,7 @@ def test_pod_annotations_reach_the_filter() -> None:
     assert ok == [False, True, False]
     assert reasons == {
         "h100": "needs 2 GPUs of model A100-40GB, node has H100-80GB",
-        "a100-2": "needs 2 GPUs with 30.0GiB each, 0 free have it (largest 20.0GiB)",  # 20 GiB < 30 GiB
+        "a100-2": "needs 2 GPUs with 30.0GiB each, 0 free have it (largest 20.0GiB, A100-40GB)",  # 20 GiB < 30 GiB
     }
 
 
