@@ -3,15 +3,17 @@
 Each pod of the Indexed Job (or JobSet) runs this once. It works out the pod's place in the gang
 and execs torchrun, which starts one `workloads.training.train` process per local GPU:
 
-- node rank: gpusched's planned rank (annotation `gpusched.io/rank`, written when the gang was
-  planned, read from the downward-API file) so that consecutive ranks sit on the nodes the planner
-  placed close together; else the Job's completion index (env JOB_COMPLETION_INDEX, or the
-  `batch.kubernetes.io/job-completion-index` annotation).
+- node rank: gpusched's planned rank (annotation `gpusched.io/rank`, read from the downward-API
+  file), else the Job's completion index (env JOB_COMPLETION_INDEX, or the
+  `batch.kubernetes.io/job-completion-index` annotation). gpusched plans rank = index and
+  MASTER_ADDR names index 0's pod, so when both are present and differ the launch fails rather
+  than start a second rank 0 or none.
 - node count: env NNODES, else the gang size `gpusched.io/min-member`, else 1.
 - master: env MASTER_ADDR / MASTER_PORT (the templates point them at rank 0's stable name behind
   the headless Service); with one node it defaults to 127.0.0.1.
-- processes per node: env NPROC_PER_NODE, else the GPUs visible (CUDA_VISIBLE_DEVICES or torch),
-  else 1 on a CPU-only node.
+- processes per node: env NPROC_PER_NODE, else the GPUs CUDA can use, else 1 on a CPU-only node.
+- GPUs: a pod given GPUs (gpusched's `gpusched.io/gpu-ids`) fails to launch when CUDA can use fewer
+  (the device plugin exposed fewer, or CUDA failed to initialise), instead of training on the CPU.
 
 The planned node and topology path travel to the trainer as GPUSCHED_PLANNED_NODE and
 GPUSCHED_TOPOLOGY_PATH so its logs say where the planner put it.
@@ -33,6 +35,7 @@ ANN_PLANNED_NODE = "gpusched.io/planned-node"
 ANN_TOPOLOGY_PATH = "gpusched.io/topology-path"
 ANN_MIN_MEMBER = "gpusched.io/min-member"
 ANN_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+ANN_GPU_IDS = "gpusched.io/gpu-ids"
 DEFAULT_MASTER_PORT = 29500
 TRAIN_MODULE = "workloads.training.train"
 
@@ -167,7 +170,10 @@ def plan_launch(env: Mapping[str, str], annotations: Mapping[str, str], gpus_vis
     if annotations.get(ANN_RANK, "").strip():
         node_rank, rank_source = _int(annotations[ANN_RANK], ANN_RANK), ANN_RANK
         if index is not None and index != node_rank:
-            warnings.append(f"planned rank {node_rank} differs from completion index {index}; using the planned rank")
+            raise LaunchError(
+                f"{ANN_RANK} {node_rank} differs from the completion index {index} ({index_source}); "
+                "MASTER_ADDR names index 0's pod, so rank and index must agree"
+            )
     elif index is not None:
         node_rank, rank_source = index, index_source
     elif nnodes == 1:
@@ -188,6 +194,12 @@ def plan_launch(env: Mapping[str, str], annotations: Mapping[str, str], gpus_vis
         _int(env["MASTER_PORT"], "MASTER_PORT", 1) if env.get("MASTER_PORT", "").strip() else DEFAULT_MASTER_PORT
     )
 
+    given = [g for g in annotations.get(ANN_GPU_IDS, "").split(",") if g.strip()]
+    if len(given) > gpus_visible:
+        raise LaunchError(
+            f"the pod was given {len(given)} GPUs ({ANN_GPU_IDS} {','.join(given)}) but CUDA can use "
+            f"{gpus_visible}: the device plugin exposed fewer or CUDA failed to initialise"
+        )
     raw_nproc = env.get("NPROC_PER_NODE", "").strip()
     nproc = _int(raw_nproc, "NPROC_PER_NODE", 1) if raw_nproc and raw_nproc != "auto" else max(gpus_visible, 1)
 
@@ -209,10 +221,13 @@ def plan_launch(env: Mapping[str, str], annotations: Mapping[str, str], gpus_vis
 
 
 def visible_gpus(env: Mapping[str, str]) -> int:
-    """GPUs this container may use: CUDA_VISIBLE_DEVICES when set, else what torch sees."""
-    if "CUDA_VISIBLE_DEVICES" in env:
-        devices = [d for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
-        return len(devices)
+    """GPUs CUDA can use in this container (torch initialises CUDA, within CUDA_VISIBLE_DEVICES).
+
+    CUDA_VISIBLE_DEVICES only says which GPUs may be used, not that CUDA works: it is trusted
+    alone only when it names none ("" or "-1"), which spares importing torch on CPU runs.
+    """
+    if env.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return 0
     try:
         import torch
     except ImportError:

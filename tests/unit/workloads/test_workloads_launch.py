@@ -45,7 +45,7 @@ def test_read_annotations_missing_file_is_empty(tmp_path: Path) -> None:
     ("env", "annotations", "rank", "source"),
     [
         ({"JOB_COMPLETION_INDEX": "3"}, {}, 3, "JOB_COMPLETION_INDEX"),
-        ({"JOB_COMPLETION_INDEX": "3"}, {"gpusched.io/rank": "1"}, 1, "gpusched.io/rank"),
+        ({"JOB_COMPLETION_INDEX": "3"}, {"gpusched.io/rank": "3"}, 3, "gpusched.io/rank"),
         ({}, {"gpusched.io/rank": "2"}, 2, "gpusched.io/rank"),
         ({}, {"batch.kubernetes.io/job-completion-index": "0"}, 0, "batch.kubernetes.io/job-completion-index"),
         (
@@ -64,10 +64,37 @@ def test_node_rank_prefers_the_planned_rank(
     assert plan.nnodes == 4 and plan.nproc_per_node == 8
 
 
-def test_planned_rank_that_differs_from_the_index_is_reported() -> None:
-    plan = plan_launch({**BASE_ENV, "JOB_COMPLETION_INDEX": "0"}, {"gpusched.io/rank": "3"}, 8)
-    assert plan.node_rank == 3
-    assert any("differs from completion index 0" in w for w in plan.warnings)
+@pytest.mark.parametrize(
+    ("env", "annotations"),
+    [
+        ({"JOB_COMPLETION_INDEX": "0"}, {"gpusched.io/rank": "3"}),
+        ({}, {"batch.kubernetes.io/job-completion-index": "2", "gpusched.io/rank": "0"}),
+    ],
+)
+def test_planned_rank_that_differs_from_the_index_fails(env: dict[str, str], annotations: dict[str, str]) -> None:
+    """MASTER_ADDR names index 0's pod: a rank 0 elsewhere would start a second rendezvous."""
+    with pytest.raises(LaunchError, match="differs from the completion index"):
+        plan_launch({**BASE_ENV, **env}, annotations, 8)
+
+
+@pytest.mark.parametrize(
+    ("gpu_ids", "usable", "fails"),
+    [
+        ("0,1,2,3", 4, False),
+        ("0,1,2,3", 8, False),  # NPROC_PER_NODE unset: one process per usable GPU
+        ("0,1,2,3", 3, True),  # the device plugin exposed 3
+        ("5", 0, True),  # CUDA failed to initialise: never train on the CPU
+        ("", 0, False),  # not placed by gpusched: nothing to check against
+    ],
+)
+def test_fewer_usable_gpus_than_given_fails(gpu_ids: str, usable: int, fails: bool) -> None:
+    env = {**BASE_ENV, "JOB_COMPLETION_INDEX": "0"}
+    annotations = {"gpusched.io/gpu-ids": gpu_ids}
+    if fails:
+        with pytest.raises(LaunchError, match=f"given {len(gpu_ids.split(','))} GPUs .* CUDA can use {usable}"):
+            plan_launch(env, annotations, usable)
+    else:
+        assert plan_launch(env, annotations, usable).nproc_per_node == max(usable, 1)
 
 
 def test_node_count_falls_back_to_min_member_then_one() -> None:
@@ -140,9 +167,26 @@ def test_torchrun_command() -> None:
     ]
 
 
-@pytest.mark.parametrize(("value", "count"), [("0,1,2", 3), ("", 0), ("-1", 0), ("GPU-abc", 1)])
-def test_visible_gpus_from_cuda_visible_devices(value: str, count: int) -> None:
-    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": value}) == count
+@pytest.mark.parametrize("value", ["", "-1", " "])
+def test_visible_gpus_none_when_cuda_visible_devices_names_none(value: str) -> None:
+    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": value}) == 0
+
+
+def test_main_fails_when_cuda_can_use_fewer_gpus_than_the_pod_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CUDA_VISIBLE_DEVICES names GPUs, but CUDA itself decides: one more GPU than it can use here."""
+    import torch
+
+    usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    given = ",".join(str(i) for i in range(usable + 1))
+    ann = tmp_path / "annotations"
+    ann.write_text(f'gpusched.io/gpu-ids="{given}"\n')
+    for key in ("NNODES", "NPROC_PER_NODE", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", given)
+    assert launch.main(["--annotations", str(ann), "--dry-run"]) == 2
+    assert f"given {usable + 1} GPUs" in capsys.readouterr().err
 
 
 def test_main_dry_run_prints_plan(
