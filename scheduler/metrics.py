@@ -115,6 +115,13 @@ class ExtenderMetrics:
         self.requests = Counter(
             "gpusched_extender_requests_total", "Extender requests by verb and outcome", ["verb", "outcome"], registry=r
         )
+        self.forwarded = Counter(
+            "gpusched_extender_forwarded_total", "Verbs a standby replica passed on to the leader", ["verb"], registry=r
+        )
+        self.leader = Gauge(
+            "gpusched_extender_leader", "1 while this replica answers the verbs itself (holds the Lease)", registry=r
+        )
+        self.leader.set(1)  # without leader election the only replica answers
         self.filter_rejections = Counter(
             "gpusched_filter_rejections_total", "Nodes turned away by a filter plugin", ["plugin"], registry=r
         )

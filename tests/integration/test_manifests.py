@@ -61,6 +61,7 @@ def test_kustomization_renders_every_piece_once(objects: list[dict[str, Any]]) -
         ("CustomResourceDefinition", "", "gpunodereports.gpusched.io"),
         ("Deployment", NAMESPACE, "gpusched-extender"),
         ("Service", NAMESPACE, "gpusched-extender"),
+        ("PodDisruptionBudget", NAMESPACE, "gpusched-extender"),
         ("Deployment", NAMESPACE, "gpusched-scheduler"),
         ("DaemonSet", NAMESPACE, "gpusched-agent"),
         ("ValidatingAdmissionPolicy", "", "gpusched-agent-own-node-report"),
@@ -92,12 +93,29 @@ def test_the_renderer_refuses_what_it_does_not_render(tmp_path: Path) -> None:
         install.build(tmp_path)
 
 
-def test_extender_deployment_runs_one_replica_hardened(objects: list[dict[str, Any]]) -> None:
+def test_extender_deployment_runs_two_replicas_with_leader_election_hardened(objects: list[dict[str, Any]]) -> None:
     deploy = install.find(objects, "Deployment", "gpusched-extender")
-    assert deploy["spec"]["replicas"] == 1
-    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    assert deploy["spec"]["replicas"] == 2
+    # Surge first: the old leader goes only once a new replica is Ready to take over.
+    assert deploy["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = deploy["spec"]["template"]["spec"]
     c = install.container(deploy)
+    assert "--leader-elect" in c["args"]
+    field_refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
+    assert field_refs == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "POD_IP": "status.podIP"}
+    labels = deploy["spec"]["selector"]["matchLabels"]
+    (spread,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert spread["podAffinityTerm"] == {
+        "topologyKey": "kubernetes.io/hostname",
+        "labelSelector": {"matchLabels": labels},
+    }
+    pdb = install.find(objects, "PodDisruptionBudget", "gpusched-extender")
+    assert pdb["spec"]["selector"]["matchLabels"] == labels
+    # One replica at a time; a replica that is not Ready never blocks a drain.
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     port = int(flag(c, "--port"))
     assert [p["containerPort"] for p in c["ports"]] == [port]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -139,6 +157,16 @@ def test_extender_rbac_is_exactly_what_it_uses(objects: list[dict[str, Any]]) ->
     binding = install.find(objects, "ClusterRoleBinding", "gpusched-extender")
     sa = install.find(objects, "Deployment", "gpusched-extender")["spec"]["template"]["spec"]["serviceAccountName"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+    # In its namespace: the agents' Leases (read), and its own leader election Lease, by name.
+    leases = install.find(objects, "Role", "gpusched-extender-leases")
+    assert rules(leases) == {
+        ("coordination.k8s.io", "leases", "list", ""),
+        ("coordination.k8s.io", "leases", "watch", ""),
+        ("coordination.k8s.io", "leases", "create", ""),
+        ("coordination.k8s.io", "leases", "get", "gpusched-extender"),
+        ("coordination.k8s.io", "leases", "patch", "gpusched-extender"),
+    }
+
 
 
 def test_second_scheduler_profile_calls_the_extender_service(objects: list[dict[str, Any]]) -> None:
