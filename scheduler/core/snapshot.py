@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from scheduler.core.gpu_models import matching_ids
+from scheduler.core.gpu_assignment import GpuAssignments
 from scheduler.core.images import normalize_image
 from scheduler.core.quantity import version_code
 from scheduler.core.types import LINK_AFFINITY, NodeState, PodRequest
@@ -78,6 +78,7 @@ class ClusterSnapshot:
         nodes: Sequence[NodeState],
         pods: Iterable[PodRequest] = (),
         tiers: Sequence[str] = DEFAULT_TIERS,
+        assignments: GpuAssignments | None = None,
     ) -> None:
         self.nodes = list(nodes)
         self.names = [n.name for n in self.nodes]
@@ -138,6 +139,9 @@ class ClusterSnapshot:
         self.owner_pods: dict[str, dict[int, int]] = {}
         # Pods the API shows on a node that has no room left for them: pod key -> why.
         self.conflicts: dict[str, str] = {}
+        # Pods whose gpusched.io/gpu-ids the kubelet contradicts (core/gpu_assignment.py); given by
+        # the caller when it must outlive this snapshot.
+        self.assignments = assignments if assignments is not None else GpuAssignments()
         for pod in pods:
             self.place_bound(pod)
 
@@ -197,14 +201,17 @@ class ClusterSnapshot:
 
     def place_bound(self, pod: PodRequest) -> Placement | None:
         """Place a pod the API (or the assume-cache) shows on a node: on the GPUs the node's report
-        says it holds, else those gpusched chose, else any free ones; record a conflict when none fit.
-        None when its node is unknown or it does not fit."""
+        says it holds (the kubelet's choice wins over gpusched's annotation, and a difference is
+        recorded in `assignments`), else those gpusched chose, else any free ones; record a conflict
+        when none fit. None when its node is unknown or it does not fit."""
         at = self.index.get(pod.node_name)
         if at is None:
             return None
         self.conflicts.pop(pod.key, None)
+        kubelet = self.kubelet_gpus(at, pod.key)
+        self.assignments.observe(pod.key, pod.gpu_ids, kubelet)
         try:
-            return self.place(pod, at, self.kubelet_gpus(at, pod.key) or pod.gpu_ids or None)
+            return self.place(pod, at, kubelet or pod.gpu_ids or None)
         except SnapshotError:
             # The GPUs it names are taken (or gone): hold any free ones, else record it.
             try:
@@ -285,10 +292,11 @@ class ClusterSnapshot:
             return value
 
     # ------------------------------------------------------------- occupancy
-    def model_ids(self, wanted: Sequence[str]) -> list[int]:
-        """Ids (`gpu_model` values) of the reported models that any of the `wanted` names names, by
-        core/gpu_models.py's rule ("H100" names "NVIDIA H100 80GB HBM3"); none is an empty list."""
-        return matching_ids(wanted, self.model_names)
+    def model_id(self, model: str) -> int:
+        try:
+            return self.model_names.index(model)
+        except ValueError:
+            return -2  # matches no GPU
 
     def gpu_free_count(self) -> np.ndarray:
         """Whole GPUs free per node: fully free, healthy, and within the API's allocatable."""

@@ -31,6 +31,7 @@ import numpy as np
 
 from scheduler.core.framework import Decision, Framework
 from scheduler.core.gang import Admission, GangManager
+from scheduler.core.gpu_assignment import describe
 from scheduler.core.podspec import ANN_GPU_IDS, parse_pod
 from scheduler.core.snapshot import ClusterSnapshot, SnapshotError
 from scheduler.core.types import PodRequest
@@ -364,5 +365,7 @@ class ExtenderService:
                 best = decision.best()
                 if best is not None:
                     out["gpus"] = list(self.framework.choose_gpus(snap, pod, best))
+            # Where it is placed: the GPUs its annotation names, those the kubelet says, those counted.
+            out["gpuIds"] = describe(snap, key)
         out["boundTo"] = pod.node_name or None
         return out

@@ -4,7 +4,9 @@
 
 Affinity is 1.0 for NVLink/NVSwitch, 0.4 same PCIe switch, 0.35 several switches, 0.25 same host
 bridge, 0.15 same NUMA node, 0.0 across sockets (types.LINK_AFFINITY). The set is the best one
-among the pod's usable GPUs (core/gpusets.py), the same set that bind hands to the pod.
+among the pod's usable GPUs (core/gpusets.py), the set bind recommends in gpusched.io/gpu-ids.
+The score picks the node; on it the device plugin's preferred allocation picks the devices, and
+the agent's report corrects gpusched's view where they differ (core/gpu_assignment.py).
 Pods of one GPU or a share score 100 everywhere (no pairs). Range 0..100.
 Fallback: without a report the links are unknown and count as 0 (when no candidate has any
 known link, every node scores 0 without searching the sets).

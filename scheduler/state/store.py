@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from scheduler.core.config import SchedulerConfig
+from scheduler.core.gpu_assignment import GpuAssignments
 from scheduler.core.objects import node_from_object, parse_time, with_report
 from scheduler.core.podspec import ANN_GPU_MILLI, parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
@@ -73,6 +74,9 @@ class ClusterState:
         self.generation = 0  # moves on every change that can alter a decision
         self.rebuilds = 0  # full snapshot builds (relists, nodes added or deleted)
         self.pull = PullThroughput()  # learned from kubelet "Pulled" events; overrides reported rates
+        # Pods whose gpusched.io/gpu-ids the kubelet contradicts: kept across snapshots, so a
+        # relist does not count a disagreement again.
+        self.gpu_assignments = GpuAssignments()
 
     @property
     def changes(self) -> int:
@@ -267,6 +271,7 @@ class ClusterState:
         if self.assumed.pop(key, None) is not None:
             self.generation += 1
         self._taken_over = {r: k for r, k in self._taken_over.items() if k != key}
+        self.gpu_assignments.forget(key)
         self._sync_pod(key)
 
     # ---------------------------------------------------------------- assume-cache
@@ -452,7 +457,8 @@ class ClusterState:
         self._report_times = np.array([self._report_time(n.name, n) for n in nodes], dtype=np.float64)
         holding = [p for p in (self._holding(k) for k in [*self.pods, *self.assumed]) if p is not None]
         unique = list({p.key: p for p in holding}.values())
-        return ClusterSnapshot(nodes, unique, self.config.tiers)
+        self.gpu_assignments.retain(p.key for p in unique)
+        return ClusterSnapshot(nodes, unique, self.config.tiers, self.gpu_assignments)
 
     def pod_by_uid(self, uid: str) -> PodRequest | None:
         with self.lock:

@@ -570,3 +570,20 @@ def test_a_bad_quantity_is_named_in_the_filter_error_and_a_bound_pod_with_one_ke
     good = filter_(service, pod("good", gpus=1), ["n0"])
     assert not good.node_names  # n0's only GPU is the holder's: never given twice
     assert free_gpus(service) == {"n0": 0}
+
+
+# ----------------------------------------------------------------------------- the kubelet's GPU ids
+def test_explain_and_metrics_show_where_the_kubelet_contradicts_the_annotation() -> None:
+    config = registry.config_from(None)
+    state = ClusterState(config)
+    state.replace_nodes([node_object("n0", gpus=2)])
+    service = ExtenderService(state, registry.build(config), _binder_protocol(FakeBinder()), ExtenderMetrics())
+    state.upsert_pod(pod("p", gpus=1, node="n0", gpuIds=[0]))
+    state.replace_reports([report_object("n0", gpus=2)])
+    assert service.explain("default", "p")["gpuIds"] == {"annotation": [0], "kubelet": [], "counted": [0]}
+    assert service.metrics.registry.get_sample_value("gpusched_gpu_assignment_disagreements_total") == 0.0
+
+    state.upsert_report(report_object("n0", gpus=2, holders={1: ["default/p"]}))  # the device plugin chose 1
+    assert service.explain("default", "p")["gpuIds"] == {"annotation": [0], "kubelet": [1], "counted": [1]}
+    assert service.metrics.registry.get_sample_value("gpusched_gpu_assignment_disagreements_total") == 1.0
+    assert held(service)["default/p"] == ("n0", (1,), 1000)  # GPU 0 is the free one now

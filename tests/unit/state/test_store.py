@@ -134,3 +134,19 @@ def test_a_node_recreated_under_the_same_name_starts_without_the_old_report() ->
     state.upsert_node(node_object("n0", gpus=4))
     snap = state.snapshot()
     assert snap.has_report.tolist() == [False] and snap.report_age.tolist() == [float("inf")]
+
+
+def test_a_kubelet_contradicting_the_annotation_is_counted_once_and_forgotten_with_the_pod() -> None:
+    state, _ = state_with(1)
+    state.upsert_pod(pod("p", gpus=1, node="n0", gpuIds=[0]))
+    state.replace_reports([report_object("n0", gpus=4, holders={3: ["default/p"]})])
+    assert state.snapshot().placements["default/p"].gpus == (3,)
+    assert state.gpu_assignments.total == 1
+    # A changed report (its node's pods placed again) and a relist (a new snapshot): still one.
+    state.upsert_report(report_object("n0", gpus=4, holders={3: ["default/p"]}, cuda="12.5"))
+    state.replace_pods([pod("p", gpus=1, node="n0", gpuIds=[0])])
+    assert state.snapshot().placements["default/p"].gpus == (3,)
+    assert state.gpu_assignments.total == 1
+    state.delete_pod(pod("p"))
+    assert state.gpu_assignments.disagreements == {}
+    assert state.gpu_assignments.total == 1
