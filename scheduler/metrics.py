@@ -123,6 +123,13 @@ class ExtenderMetrics:
         self.requests = Counter(
             "gpusched_extender_requests_total", "Extender requests by verb and outcome", ["verb", "outcome"], registry=r
         )
+        self.forwarded = Counter(
+            "gpusched_extender_forwarded_total", "Verbs a standby replica passed on to the leader", ["verb"], registry=r
+        )
+        self.leader = Gauge(
+            "gpusched_extender_leader", "1 while this replica answers the verbs itself (holds the Lease)", registry=r
+        )
+        self.leader.set(1)  # without leader election the only replica answers
         self.filter_rejections = Counter(
             "gpusched_filter_rejections_total", "Nodes turned away by a filter plugin", ["plugin"], registry=r
         )
@@ -144,8 +151,9 @@ class ExtenderMetrics:
         )
         self.predicted_cold_start = Histogram(
             "gpusched_predicted_cold_start_seconds",
-            "Predicted seconds to pull the image and fetch and load the weights of pods gpusched bound, by workload",
-            ["workload"],
+            "Predicted seconds to pull the image and fetch and load the weights of pods gpusched bound, by workload"
+            " and weights identity (gpusched.io/model, empty without one)",
+            ["workload", "model"],
             buckets=COLD_START_BUCKETS,
             registry=r,
         )
@@ -183,7 +191,7 @@ class ExtenderMetrics:
                 return
             seconds = float(predicted_seconds(snap, pod, np.array([node], dtype=np.intp), priors)[0])
             workload = pod.workload if pod.workload in WORKLOADS else "other"
-            self.predicted_cold_start.labels(workload).observe(seconds)
+            self.predicted_cold_start.labels(workload, pod.model).observe(seconds)
         except Exception:  # a metric must never turn a successful bind into an error
             log.exception("predicting the cold start of %s failed", pod.key)
 
@@ -197,6 +205,9 @@ class LayoutCollector(Collector):
       running now (one whole GPU when there are none).
     - gpusched_cluster_gpu_fragmentation_ratio: that over all free GPU capacity (0 when none is free).
     - gpusched_cluster_stale_reports: nodes whose GPUNodeReport is older than reportTTLSeconds.
+    - gpusched_cluster_gpu_nodes_without_fresh_report: GPU nodes (allocatable GPUs, or a report)
+      whose report is missing, unreadable or older than reportTTLSeconds: the agent never wrote,
+      cannot write, or is down.
     """
 
     def __init__(
@@ -219,9 +230,16 @@ class LayoutCollector(Collector):
         stale = GaugeMetricFamily(
             "gpusched_cluster_stale_reports", "Nodes whose GPUNodeReport is older than reportTTLSeconds"
         )
+        unreported = GaugeMetricFamily(
+            "gpusched_cluster_gpu_nodes_without_fresh_report",
+            "GPU nodes whose GPUNodeReport is missing, unreadable or older than reportTTLSeconds",
+        )
         with self.lock:
             snap = self.snapshot()
             if snap is not None and len(snap):
+                gpu_nodes = (snap.gpu_alloc > 0) | snap.has_report
+                fresh = snap.has_report & np.isfinite(snap.report_age) & (snap.report_age <= self.ttl)
+                unreported.add_metric([], float((gpu_nodes & ~fresh).sum()))
                 milli = self.typical.state(snap).milli(np.arange(len(snap), dtype=np.intp))
                 usable = snap.gpu_valid & snap.gpu_healthy
                 free = float(np.where(usable, snap.gpu_milli_free, 0).sum())
@@ -232,3 +250,4 @@ class LayoutCollector(Collector):
         yield fragmented
         yield ratio
         yield stale
+        yield unreported

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from scheduler.core.gpu_assignment import GpuAssignments
+from scheduler.core.gpu_models import matching_ids
 from scheduler.core.images import normalize_image
 from scheduler.core.quantity import version_code
 from scheduler.core.types import LINK_AFFINITY, NodeState, PodRequest
@@ -292,11 +293,10 @@ class ClusterSnapshot:
             return value
 
     # ------------------------------------------------------------- occupancy
-    def model_id(self, model: str) -> int:
-        try:
-            return self.model_names.index(model)
-        except ValueError:
-            return -2  # matches no GPU
+    def model_ids(self, wanted: Sequence[str]) -> list[int]:
+        """Ids (`gpu_model` values) of the reported models that any of the `wanted` names names, by
+        core/gpu_models.py's rule ("H100" names "NVIDIA H100 80GB HBM3"); none is an empty list."""
+        return matching_ids(wanted, self.model_names)
 
     def gpu_free_count(self) -> np.ndarray:
         """Whole GPUs free per node: fully free, healthy, and within the API's allocatable."""
