@@ -168,7 +168,6 @@ def test_extender_rbac_is_exactly_what_it_uses(objects: list[dict[str, Any]]) ->
     }
 
 
-
 def test_second_scheduler_profile_calls_the_extender_service(objects: list[dict[str, Any]]) -> None:
     deploy = install.find(objects, "Deployment", "gpusched-scheduler")
     c = install.container(deploy)
