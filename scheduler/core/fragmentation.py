@@ -309,7 +309,7 @@ def best_per_node(
         chosen = np.argmax(grid >= best[:, None], axis=1)
     else:
         near = grid >= (best - 1e-9)[:, None]
-        chosen = np.argmin(np.where(near, free, np.iinfo(np.int64).max), axis=1)
+        chosen = np.argmin(np.where(near, free, np.iinfo(free.dtype).max), axis=1)
     return np.where(some, best, 0.0), np.where(some, chosen, -1)
 
 

@@ -140,6 +140,11 @@ class ClusterSnapshot:
         self.owner_pods: dict[str, dict[int, int]] = {}
         # Pods the API shows on a node that has no room left for them: pod key -> why.
         self.conflicts: dict[str, str] = {}
+        # Occupancy changes: `changes` counts every place, remove and node reload, and `changed_at`
+        # holds each node's count at its last one, so that values derived per node (fragmentation)
+        # are computed again only for the nodes that changed since they last looked.
+        self.changes = 0
+        self.changed_at = np.zeros(n, dtype=np.int64)
         # Pods whose gpusched.io/gpu-ids the kubelet contradicts (core/gpu_assignment.py); given by
         # the caller when it must outlive this snapshot.
         self.assignments = assignments if assignments is not None else GpuAssignments()
@@ -254,6 +259,7 @@ class ClusterSnapshot:
         self.report_age[i] = np.inf
         self.nodes[i] = node
         self._load_node(i, node)
+        self._changed(i)
         wiring = self.link_affinity[i].tobytes()
         self.link_class[i] = self._link_classes.setdefault(wiring, len(self._link_classes))
         if node.labels != old.labels:
@@ -283,8 +289,9 @@ class ClusterSnapshot:
         """The value stored under `key`, built by `build(self)` on first use.
 
         For values that depend only on what the snapshot was built with (Node objects, labels), or
-        that keep themselves in step with its occupancy (FragmentationState refreshes from the
-        arrays). The one per-snapshot cache of the core and plugins: a snapshot's memo goes with it.
+        that keep themselves in step with its occupancy (FragmentationState refreshes the nodes
+        whose `changed_at` moved). The one per-snapshot cache of the core and plugins: a snapshot's
+        memo goes with it.
         """
         try:
             return self._memo[key]
@@ -336,6 +343,7 @@ class ClusterSnapshot:
         for table, key in self._indexed(pod):
             held = table.setdefault(key, {})
             held[node] = held.get(node, 0) + 1
+        self._changed(node)
         return placement
 
     def remove(self, key: str) -> PodRequest | None:
@@ -350,6 +358,7 @@ class ClusterSnapshot:
         self.memory_free[placement.node] += placement.memory
         self.gpu_used_api[placement.node] -= placement.gpu_count
         self.node_pods[placement.node].discard(key)
+        self._changed(placement.node)
         if pod is not None:
             for table, index_key in self._indexed(pod):
                 held = table.get(index_key, {})
@@ -361,6 +370,10 @@ class ClusterSnapshot:
                     if not held:
                         table.pop(index_key, None)
         return pod
+
+    def _changed(self, node: int) -> None:
+        self.changes += 1
+        self.changed_at[node] = self.changes
 
     def _indexed(self, pod: PodRequest) -> list[tuple[dict[str, dict[int, int]], str]]:
         """The (index, key) pairs a pod counts in: `serving` and `owner_pods`."""

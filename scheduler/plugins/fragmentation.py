@@ -43,6 +43,8 @@ Fallback: without `typicalPods` the typical pods come from the pods the snapshot
 extender: the pods running in the cluster), derived again whenever their number has halved or
 doubled; with no GPU pod among them, one whole GPU is the typical pod. Before and after are summed
 the same way, term by term, so a placement that changes nothing has a delta of exactly 0.
+A node's score and GPU depend only on the pod's shape and the node's own occupancy: they are kept
+per shape (core/shape_cache.py) and computed again only for the nodes that changed since.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from scheduler.core.config import SchedulerConfig
 from scheduler.core.fragmentation import FragmentationState, TypicalPodsArgs, best_per_node
 from scheduler.core.framework import Cycle, GpuChooser, ScorePlugin
 from scheduler.core.node_table import NodeTable
-from scheduler.core.types import PodRequest
+from scheduler.core.shape_cache import ShapeCache, ShapeValues, shape_key
 
 
 class FragmentationArgs(TypicalPodsArgs, frozen=True):
@@ -79,43 +81,38 @@ class Fragmentation(ScorePlugin, GpuChooser):
         self.scale = args.scale
         self.pack_delta = args.pack_delta
         self.order_span = 50.0 * self.pack_delta / self.scale
-        # The rows of the last score(), for choose_gpus right after it (same pod, nothing changed since).
-        self._last: tuple[FragmentationState, int, PodRequest, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
-        self._last = None
 
-    def _scores(
-        self, cycle: Cycle, nodes: np.ndarray, every_gpu: bool = False
+    def _rows(
+        self, cycle: Cycle, nodes: np.ndarray, states: tuple[FragmentationState, ...]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        state = self.source.state(cycle.snapshot)
-        pos, gpu, delta = state.deltas(cycle, nodes, every_gpu)
-        if len(self.sources) > 1:  # same rows (they follow the pod's eligible GPUs), same weights
-            delta = 0.5 * (delta + self.sources[1].state(cycle.snapshot).deltas(cycle, nodes, every_gpu)[2])
-        score = 50.0 + 50.0 * np.minimum(np.maximum(delta * (1.0 / (state.w_all * self.scale)), -1.0), 1.0)
+        """(position in `nodes`, GPU or -1, score) per way to place the pod (FragmentationState.deltas)."""
+        pos, gpu, delta = states[0].deltas(cycle, nodes)
+        if len(states) > 1:  # same rows (they follow the pod's eligible GPUs), same weights
+            delta = 0.5 * (delta + states[1].deltas(cycle, nodes)[2])
+        score = 50.0 + 50.0 * np.minimum(np.maximum(delta * (1.0 / (states[0].w_all * self.scale)), -1.0), 1.0)
         if self.order_span:
             rank = NodeTable.of(cycle.snapshot).fill_rank[nodes[pos]]
             score += self.order_span * (1.0 - rank / len(cycle.snapshot))
         return pos, gpu, score * (100.0 / (100.0 + self.order_span))
 
+    def _values(self, cycle: Cycle, nodes: np.ndarray) -> ShapeValues:
+        """Each node's score and, for a GPU share, its GPU; computed for the nodes that changed."""
+        snap = cycle.snapshot
+        states = tuple(source.state(snap) for source in self.sources)
+        values, stale = ShapeCache.of(snap, self).stale(snap, shape_key(cycle.pod), nodes, states)
+        if stale.size:
+            pos, gpu, score = self._rows(cycle, stale, states)
+            if cycle.pod.gpu_milli:
+                free = snap.gpu_milli_free[stale]
+                score, gpu = best_per_node(pos, gpu, score, stale.size, snap.max_gpus, free)
+            values.store(snap, stale, score, gpu)
+        return values
+
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
-        pos, gpu, score = self._scores(cycle, nodes)
-        if cycle.pod.gpu_milli:
-            state = self.source.state(cycle.snapshot)
-            self._last = (state, state.generation, cycle.pod, nodes, pos, gpu, score)
-        return best_per_node(pos, score, nodes.size, 0.0)
+        return self._values(cycle, nodes).value[nodes]
 
     def choose_gpus(self, cycle: Cycle, node: int) -> tuple[int, ...] | None:
         if not cycle.pod.gpu_milli:
             return None
-        state = self.source.state(cycle.snapshot)
-        state.refresh()
-        last, gpu = self._last, np.zeros(0, dtype=np.intp)
-        if last is not None and last[0] is state and last[1] == state.generation and last[2] is cycle.pod:
-            at = np.flatnonzero(last[3] == node)
-            rows = last[4] == (at[0] if at.size else -1)
-            gpu, score = last[5][rows], last[6][rows]
-        if not gpu.size or (gpu < 0).any():  # not scored just now, or one row per distinct share
-            _, gpu, score = self._scores(cycle, np.array([node], dtype=np.intp), every_gpu=True)
-        if not gpu.size:
-            return ()
-        tied = gpu[score >= score.max() - 1e-9]  # equally good: the tightest fit, then the first
-        return (int(tied[int(np.argmin(cycle.snapshot.gpu_milli_free[node, tied]))]),)
+        gpu = int(self._values(cycle, np.array([node], dtype=np.intp)).gpu[node])
+        return (gpu,) if gpu >= 0 else ()

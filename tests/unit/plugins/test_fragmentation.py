@@ -154,3 +154,33 @@ def test_scores_stay_within_0_and_100(nodes: list[tuple[list[int], int]], pod: P
     raw = np.asarray(fw.scores[0][0].score(Cycle(snap, pod, fw.config), np.arange(len(snap))))
     assert np.isfinite(raw).all()
     assert ((raw >= 0) & (raw <= 100)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nodes=st.lists(node_st, min_size=2, max_size=5),
+    pods=st.lists(
+        st.tuples(st.sampled_from([(0, 0), (1, 0), (2, 0), (0, 250), (0, 500)]), st.sampled_from([0, 1000, 4000])),
+        min_size=2,
+        max_size=10,
+    ),
+    measure=st.sampled_from(["both", "multi-copy", "fgd"]),
+)
+def test_kept_scores_and_gpus_equal_a_fresh_plugins_after_every_placement(
+    nodes: list[tuple[list[int], int]], pods: list[tuple[tuple[int, int], int]], measure: str
+) -> None:
+    """The plugin keeps each shape's scores and GPUs per node and computes again only the nodes
+    that changed; after every placement they equal, exactly, those of a plugin built afresh."""
+    snap = snapshot_with([f for f, _ in nodes], [c for _, c in nodes])
+    typical = [SHARE500, WHOLE, CPU_ONLY, TypicalPod(4000, 2, 1000, (), 1)]
+    kept = framework("fragmentation", typical, measure=measure)
+    everywhere = np.arange(len(snap))
+    for n, ((gpus, milli), cpu) in enumerate(pods):
+        pod = req(f"p{n}", gpus=gpus, milli=milli, cpu=cpu)
+        fresh = framework("fragmentation", typical, measure=measure)
+        want = fresh.scores[0][0].score(Cycle(snap, pod, fresh.config), everywhere).tolist()
+        assert kept.scores[0][0].score(Cycle(snap, pod, kept.config), everywhere).tolist() == want
+        assert [kept.choose_gpus(snap, pod, i) for i in range(len(snap))] == [
+            fresh.choose_gpus(snap, pod, i) for i in range(len(snap))
+        ]
+        kept.place_best(snap, pod)  # the next pod sees this one placed (when it fit)
