@@ -28,11 +28,18 @@ ANN_CUDA = PREFIX + "cuda"
 ANN_WORKLOAD = PREFIX + "workload"
 ANN_MIN_MEMBER = PREFIX + "min-member"
 ANN_GPU_IDS = PREFIX + "gpu-ids"  # written by gpusched at bind time
+# Written on every gang member before the first of its Bindings, so that a restarted extender
+# finishes a gang whose binding was under way.
+ANN_GANG_PLAN = PREFIX + "gang-plan"
+ANN_PLANNED_NODE = PREFIX + "planned-node"
+ANN_RANK = PREFIX + "rank"
+ANN_TOPOLOGY_PATH = PREFIX + "topology-path"
 LABEL_POD_GROUP = "scheduling.x-k8s.io/pod-group"
 RANK_KEYS = (
     "batch.kubernetes.io/job-completion-index",
     "apps.kubernetes.io/pod-index",
     "jobset.sigs.k8s.io/job-index",
+    ANN_RANK,  # written by gpusched with the gang's plan
 )
 WORKLOADS = ("training", "inference")
 
@@ -202,6 +209,9 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
         pod_group=labels.get(LABEL_POD_GROUP, ""),
         min_member=min_member,
         rank=rank,
+        priority=priority if isinstance(priority := spec.get("priority"), int) else 0,
+        planned_node=annotations.get(ANN_PLANNED_NODE, "") if annotations.get(ANN_GANG_PLAN) else "",
+        gang_plan=annotations.get(ANN_GANG_PLAN, ""),
         owner=owner,
         node_name=node_name,
         gpu_ids=gpu_ids,

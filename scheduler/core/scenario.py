@@ -164,6 +164,19 @@ def pod_object(entry: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -
     if entry.get("gpus"):
         limits[gpu_resource] = str(entry["gpus"])
     requests = {"cpu": str(entry.get("cpu", "1")), "memory": str(entry.get("memory", "1Gi"))}
+    spec: dict[str, Any] = {
+        "nodeName": entry.get("node") or None,
+        "schedulerName": str(entry.get("schedulerName", "default-scheduler")),
+        "containers": [
+            {
+                "name": "main",
+                "image": str(entry.get("image", "registry.k8s.io/pause:3.10")),
+                "resources": {"limits": limits, "requests": requests},
+            }
+        ],
+    }
+    if entry.get("priority") is not None:
+        spec["priority"] = int(entry["priority"])
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -174,17 +187,7 @@ def pod_object(entry: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -
             "labels": {str(k): str(v) for k, v in (entry.get("labels") or {}).items()},
             "annotations": annotations,
         },
-        "spec": {
-            "nodeName": entry.get("node") or None,
-            "schedulerName": str(entry.get("schedulerName", "default-scheduler")),
-            "containers": [
-                {
-                    "name": "main",
-                    "image": str(entry.get("image", "registry.k8s.io/pause:3.10")),
-                    "resources": {"limits": limits, "requests": requests},
-                }
-            ],
-        },
+        "spec": spec,
     }
 
 

@@ -38,6 +38,9 @@ class PodRequest:
     pod_group: str = ""
     min_member: int = 0
     rank: int | None = None
+    priority: int = 0  # spec.priority: who may preempt whom
+    planned_node: str = ""  # gang members: the node of the gang's plan, once written on the pod
+    gang_plan: str = ""  # gang members: id of the plan written on the pod before its gang's binds
     owner: str = ""  # "Kind/name" of the controller, for replica spreading
     node_name: str = ""  # set once bound
     gpu_ids: tuple[int, ...] = ()  # GPUs gpusched chose at bind time, if any

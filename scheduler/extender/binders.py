@@ -23,6 +23,15 @@ class ApiBinder:
                 return None
             raise
 
+    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
+        """Merge `annotations` into the pod (refused if the pod was replaced: uid precondition)."""
+        body = (
+            {"metadata": {"uid": uid, "annotations": annotations}}
+            if uid
+            else {"metadata": {"annotations": annotations}}
+        )
+        self.kube.patch(f"/api/v1/namespaces/{namespace}/pods/{name}", body, "application/merge-patch+json")
+
     def bind(self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None:
         body = {
             "apiVersion": "v1",
@@ -34,13 +43,18 @@ class ApiBinder:
 
 
 class OfflineBinder:
-    """Offline mode: a bind only updates gpusched's own view (the assume-cache keeps the pod placed)."""
+    """Offline mode: a bind only updates gpusched's own view (the assume-cache keeps the pod placed
+    for good); the pods gpusched knows are those the filter verb saw (ExtenderService offline)."""
 
     def __init__(self) -> None:
         self.bound: dict[str, str] = {}
+        self.annotations: dict[str, dict[str, str]] = {}
 
     def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         return None
+
+    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
+        self.annotations.setdefault(f"{namespace}/{name}", {}).update(annotations)
 
     def bind(self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None:
         self.bound[f"{namespace}/{name}"] = node

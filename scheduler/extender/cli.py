@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from scheduler.extender.routing import LeaderRouting
 from scheduler.extender.service import ExtenderService
 from scheduler.metrics import ExtenderMetrics
 from scheduler.plugins import registry
-from scheduler.state.informer import start_informers
+from scheduler.state.informer import stale_views, start_informers
 from scheduler.state.kube import Kube, load_api_client
 from scheduler.state.leader import LeaderElector, Timing
 from scheduler.state.store import ClusterState
@@ -39,7 +40,7 @@ def load_config_file(path: str | None) -> SchedulerConfig:
 def build_offline(config: SchedulerConfig, scenario: dict[str, Any]) -> ExtenderService:
     state = ClusterState(config)
     state.load_static(load_nodes(scenario), load_pods(scenario, config.gpu_resource))
-    return ExtenderService(state, registry.build(config), OfflineBinder(), ExtenderMetrics())
+    return ExtenderService(state, registry.build(config), OfflineBinder(), ExtenderMetrics(), offline=True)
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,10 @@ def build_live(
     kubeconfig: str | None,
     lease_namespace: str = "gpusched-system",
     election: Election | None = None,
-) -> tuple[ExtenderService, LeaderRouting | None]:
+) -> tuple[ExtenderService, LeaderRouting | None, Callable[[], dict[str, str]]]:
     """The service over live informers; with `election`, also the elector (started) and the routing
-    that sends verbs to the leader. A replica campaigns only once its informers have synced."""
+    that sends verbs to the leader. A replica campaigns only once its informers have synced.
+    Also the informers' stale views (kind -> why), for the app to refuse to decide from them."""
     kube = Kube(load_api_client(kubeconfig))
     state = ClusterState(config)
     metrics = ExtenderMetrics()
@@ -71,14 +73,18 @@ def build_live(
         lease_namespace=lease_namespace,
     )
 
-    def ready() -> bool:
+    def stale() -> dict[str, str]:
+        views = stale_views(informers, config.informer_grace_s)
         for informer in informers:
-            metrics.informer_synced.labels(informer.kind).set(1 if informer.synced.is_set() else 0)
-        # Pull events only refine cold-start estimates: they do not hold readiness back.
-        return all(i.synced.is_set() for i in informers if i.kind != "events")
+            current = informer.synced.is_set() and not informer.stale(config.informer_grace_s)
+            metrics.informer_synced.labels(informer.kind).set(1 if current else 0)
+        return views
+
+    def ready() -> bool:
+        return not stale()
 
     if election is None:
-        return ExtenderService(state, registry.build(config), ApiBinder(kube), metrics, ready=ready), None
+        return ExtenderService(state, registry.build(config), ApiBinder(kube), metrics, ready=ready), None, stale
     metrics.leader.set(0)
     elector = LeaderElector(
         kube,
@@ -96,7 +102,12 @@ def build_live(
     service = ExtenderService(
         state, registry.build(config), ApiBinder(kube), metrics, ready=lambda: ready() and routing.has_leader()
     )
-    return service, routing
+    return service, routing, stale
+
+
+def no_stale_views() -> dict[str, str]:
+    """Offline, the scenario is the whole view: never stale."""
+    return {}
 
 
 def advertised_url(address: str, port: int) -> str:
@@ -151,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config_file(args.config)
         if args.cluster_file:
             scenario = yaml.safe_load(Path(args.cluster_file).read_text()) or {}
-            service, routing = build_offline(config, scenario), None
+            service, routing, stale = build_offline(config, scenario), None, no_stale_views
         else:
             elect = None
             if args.leader_elect:
@@ -166,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
                         args.leader_elect_retry_period,
                     ),
                 )
-            service, routing = build_live(config, args.kubeconfig, args.lease_namespace, elect)
+            service, routing, stale = build_live(config, args.kubeconfig, args.lease_namespace, elect)
     except (ConfigError, ScenarioError, OSError, ValueError, yaml.YAMLError) as exc:
         print(f"gpusched-extender: {exc}", file=sys.stderr)
         return 2
-    app = create_app(service, routing)
+    app = create_app(service, routing, stale)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
     if routing is not None:  # shut down (SIGTERM): hand the Lease over rather than let it expire
         routing.elector.stop(release=True)

@@ -12,10 +12,21 @@ Verb behaviour (also in the README):
   with the GPUs in annotation gpusched.io/gpu-ids; if the pod no longer fits, answers Error.
 - preempt: keeps only the nodes where evicting kube-scheduler's victims makes the pod fit by
   gpusched's filters too, with the same victims.
-- gang members (label scheduling.x-k8s.io/pod-group): the first member's filter plans the whole
-  gang and reserves its GPUs (scheduler/core/gang.py); each member then filters to its planned node
-  only, and is told to wait (Error) until all members exist. Bind writes the rank, planned node
-  and topology path onto the pod.
+- gang members (label scheduling.x-k8s.io/pod-group): see scheduler/core/gang.py. Until every
+  member exists, each is Unschedulable ("waiting for members", unresolvable: preemption cannot
+  help) and nothing is held. The first filter after that plans the whole gang inside the nodes
+  kube-scheduler offered and reserves its GPUs; a gang that does not fit is Unschedulable on every
+  node (resolvable: preemption and cluster-autoscaler may help). Each member then passes its
+  planned node only; a planned node kube-scheduler no longer offers is planned anew at once. At
+  bind, members are refused (Error, kube-scheduler retries them) until every member has reached
+  bind on its planned node; the bind of the last one writes the plan on every member pod
+  (gang-plan, rank, planned node, topology path, GPU ids) and then binds them all. Errors are
+  kept for waits that clear by themselves: members waiting for the rest at bind, a gang being
+  bound, a malformed request.
+- preempt for a gang member: the gang is planned as if every pod of lower priority were gone; the
+  member's node in that plan is kept (with kube-scheduler's victims there, if they make the member
+  fit), every other node is dropped; no node at all when the gang would not fit even then, or when
+  a victim belongs to a gang with members beyond that node's victims.
 """
 
 from __future__ import annotations
@@ -25,27 +36,41 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from scheduler.core.framework import Decision, Framework
-from scheduler.core.gang import Admission, GangManager
+from scheduler.core.gang import (
+    RESERVATION_PREFIX,
+    ActiveGang,
+    Admission,
+    GangManager,
+    GangRefusal,
+    plan_gang,
+    rank_members,
+)
 from scheduler.core.gpu_assignment import describe
-from scheduler.core.podspec import ANN_GPU_IDS, parse_pod
+from scheduler.core.podspec import (
+    ANN_GANG_PLAN,
+    ANN_GPU_IDS,
+    ANN_PLANNED_NODE,
+    ANN_RANK,
+    ANN_TOPOLOGY_PATH,
+    parse_pod,
+)
 from scheduler.core.snapshot import ClusterSnapshot, SnapshotError
 from scheduler.core.types import PodRequest
 from scheduler.extender import wire
 from scheduler.metrics import ExtenderMetrics
+from scheduler.state.kube import KubeError
 from scheduler.state.store import ClusterState
 
 log = logging.getLogger("gpusched.extender")
 
 SCORE_SPAN = 20.0
 NAME_CACHE = 4  # node-name lists remembered with their snapshot indices
-ANN_RANK = "gpusched.io/rank"
-ANN_PLANNED_NODE = "gpusched.io/planned-node"
-ANN_TOPOLOGY_PATH = "gpusched.io/topology-path"
 MAX_EXTENDER_SCORE = 10
 
 
@@ -61,6 +86,8 @@ def summarize(reasons: Iterable[str], most: int = 4) -> str:
 class Binder(Protocol):
     def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
+    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None: ...
+
     def bind(self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None: ...
 
 
@@ -72,8 +99,12 @@ class ExtenderService:
         binder: Binder,
         metrics: ExtenderMetrics,
         ready: Callable[[], bool] = lambda: True,
+        offline: bool = False,
     ) -> None:
         self.state = state
+        # Offline (a scenario file, no informers): the pods the filter verb sees are the pods
+        # gpusched knows, so that bind finds them and gangs find their members.
+        self.offline = offline
         self.framework = framework
         self.binder = binder
         self.metrics = metrics
@@ -108,12 +139,25 @@ class ExtenderService:
             gc.unfreeze()
             gc.collect()
             gc.freeze()
+            self._restore_gangs(snap)
         if self.state.changes != self._changes_seen:
             self._changes_seen = self.state.changes
             self.last_change_at = time.time()
         self.metrics.snapshot_age.set(time.time() - self.last_change_at)
         self.metrics.assumed_pods.set(len(self.state.assumed))
         return snap
+
+    def _restore_gangs(self, snap: ClusterSnapshot) -> None:
+        """Gangs whose binding was under way when the last extender stopped hold their plan's GPUs
+        again before any decision is made (their members carry the plan)."""
+        groups: dict[tuple[str, str], list[PodRequest]] = {}
+        for p in self.state.pods.values():
+            if p.pod_group:
+                groups.setdefault((p.namespace, p.pod_group), []).append(p)
+        now = self.state.clock()
+        for members in groups.values():
+            if any(m.gang_plan and m.node_name for m in members) and not all(m.node_name for m in members):
+                self.gangs.restore(snap, members, now)
 
     def _candidates(self, snap: ClusterSnapshot, names: list[str]) -> tuple[np.ndarray, list[str]]:
         """Snapshot indices of the named nodes, and the names gpusched does not know.
@@ -149,16 +193,21 @@ class ExtenderService:
     def _decide(self, snap: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray) -> Decision:
         return self.framework.decide(snap, pod, nodes, on_filter=self._count_rejection, score=False)
 
-    def _admit(self, snap: ClusterSnapshot, pod: PodRequest) -> Admission:
-        """The gang member's planned slot (planning the gang if needed), or why it must wait."""
-        members = [p for p in self.state.pods.values() if p.namespace == pod.namespace and p.pod_group == pod.pod_group]
-        if all(m.key != pod.key for m in members):
-            members.append(pod)
-        admission = self.gangs.admit(snap, pod, members, self.state.clock())
-        if admission.slot is not None and admission.slot.node not in snap.index:
-            self.gangs.release(pod.namespace, pod.pod_group)
-            return Admission(None, f"gang {pod.pod_group}: planned node {admission.slot.node} is gone; planning again")
-        return admission
+    def _members(self, pod: PodRequest) -> list[PodRequest]:
+        """The pod's gang as the informer sees it, the pod itself included (in its latest copy);
+        a member gpusched bound that the informer does not show bound yet counts as bound."""
+        members = [
+            p
+            for p in self.state.pods.values()
+            if p.namespace == pod.namespace and p.pod_group == pod.pod_group and p.key != pod.key
+        ]
+        members.append(self.state.pods.get(pod.key) or pod)
+        assumed = self.state.assumed
+        return [assumed[m.key][0] if not m.node_name and m.key in assumed else m for m in members]
+
+    def _admit(self, snap: ClusterSnapshot, pod: PodRequest, offered: np.ndarray | None = None) -> Admission:
+        """The gang member's planned slot (planning the gang if needed), or why it cannot pass."""
+        return self.gangs.admit(snap, pod, self._members(pod), self.state.clock(), offered)
 
     def _count_rejection(self, plugin: str, nodes: int) -> None:
         self.metrics.filter_rejections.labels(plugin).inc(nodes)
@@ -176,6 +225,8 @@ class ExtenderService:
     # -------------------------------------------------------------------- verbs
     def filter(self, args: wire.ExtenderArgs) -> wire.ExtenderFilterResult:
         pod = parse_pod(args.pod, self.state.config.gpu_resource)
+        if self.offline and not pod.node_name:
+            self.state.upsert_pod(args.pod)
         names = self._names(args)
         with self.state.lock:
             snap = self._snapshot()
@@ -183,7 +234,16 @@ class ExtenderService:
             nodes, unknown = self._candidates(snap, names)
             failed = dict.fromkeys(unknown, "gpusched: unknown to gpusched (no Node in its cache yet)")
             if pod.pod_group and not pod.errors:
-                admission = self._admit(snap, pod)
+                admission = self._admit(snap, pod, nodes)
+                if admission.slot is None and admission.unschedulable:
+                    # Per-node failures: kube-scheduler marks the pod Unschedulable, so preemption
+                    # (when it may help) and cluster-autoscaler see it.
+                    reason = f"gpusched: {admission.error}"
+                    refused = dict.fromkeys(snap.name_array[nodes].tolist(), reason)
+                    if admission.resolvable:
+                        failed.update(refused)
+                        return self._filter_result(args, [], failed, {})
+                    return self._filter_result(args, [], failed, refused)
                 if admission.slot is None:
                     return wire.ExtenderFilterResult(node_names=None, error=f"gpusched: {admission.error}")
                 planned = snap.index[admission.slot.node]
@@ -213,6 +273,12 @@ class ExtenderService:
                 if self.state.generation == generation:
                     self._passed = (pod, generation, snap, decision.feasible)
                     self._remember_names(passed, snap, decision.feasible, [])
+        return self._filter_result(args, passed, failed, unresolvable)
+
+    @staticmethod
+    def _filter_result(
+        args: wire.ExtenderArgs, passed: list[str], failed: dict[str, str], unresolvable: dict[str, str]
+    ) -> wire.ExtenderFilterResult:
         if args.node_names is None and args.nodes is not None:
             keep = set(passed)
             items = [i for i in args.nodes.items if (i.get("metadata") or {}).get("name") in keep]
@@ -259,8 +325,9 @@ class ExtenderService:
                 self.metrics.binds.labels("pod_not_found").inc()
                 return wire.ExtenderBindingResult(error=f"gpusched: pod {key} not found")
             pod = parse_pod(obj, self.state.config.gpu_resource)
+        if pod.pod_group and not pod.errors:
+            return self._bind_gang(args, pod)
         annotations: dict[str, str] = {}
-        rank = -1
         with self.state.lock:
             snap = self._snapshot()
             node = snap.index.get(args.node)
@@ -271,56 +338,165 @@ class ExtenderService:
             if key in snap.placements:
                 self.state.forget_assumed(key)  # a retry of a pod we already assumed: choose afresh
                 snap = self._snapshot()
-            release: list[str] = []
-            planned: tuple[int, ...] = ()
-            if pod.pod_group and not pod.errors:
-                admission = self._admit(snap, pod)
-                if admission.slot is None or admission.slot.node != args.node:
-                    self.metrics.binds.labels("not_planned").inc()
-                    # The manager's errors name the gang already.
-                    which = admission.slot.rank if admission.slot else "?"
-                    why = admission.error or f"gang {pod.pod_group}: rank {which} is planned elsewhere"
-                    return wire.ExtenderBindingResult(error=f"gpusched: {why}")
-                release, planned, rank = [admission.reservation_key], admission.slot.gpus, admission.slot.rank
-                annotations = {
-                    ANN_RANK: str(rank),
-                    ANN_PLANNED_NODE: admission.slot.node,
-                    ANN_TOPOLOGY_PATH: admission.slot.path,
-                }
-            with snap.without(release):
-                decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp), score=False)
-                gpus = planned or (self.framework.choose_gpus(snap, pod, node) if decision.feasible.size else ())
+            decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp), score=False)
+            gpus = self.framework.choose_gpus(snap, pod, node) if decision.feasible.size else ()
             if pod.wants_gpu and (not gpus or not decision.feasible.size):
                 self.state.restore_assumed(previous)
                 self.metrics.binds.labels("no_longer_fits").inc()
                 why = decision.error or decision.reasons.get(node, "no usable GPUs left")
                 return wire.ExtenderBindingResult(error=f"gpusched: {key} no longer fits {args.node}: {why}")
             try:
-                self.state.assume(pod, args.node, gpus, replaces=release[0] if release else "")
+                self.state.assume(pod, args.node, gpus)
             except SnapshotError as exc:
                 self.state.mark_changed()
                 self.metrics.binds.labels("no_longer_fits").inc()
                 return wire.ExtenderBindingResult(error=f"gpusched: {exc}")
         if gpus:
             annotations[ANN_GPU_IDS] = ",".join(str(g) for g in gpus)
+        error = self._create_binding(pod, args.pod_uid, args.node, annotations, previous)
+        if error:
+            return wire.ExtenderBindingResult(error=error)
+        self._bound(snap, pod, node, gpus)
+        return wire.ExtenderBindingResult()
+
+    def _create_binding(
+        self,
+        pod: PodRequest,
+        uid: str,
+        node: str,
+        annotations: dict[str, str],
+        previous: tuple[PodRequest, float] | None = None,
+    ) -> str:
+        """Create the pod's Binding (its GPUs already assumed); '' when bound, else why not."""
         try:
-            self.binder.bind(args.pod_namespace, args.pod_name, args.pod_uid, args.node, annotations)
-        except Exception as exc:  # any failure: release the GPUs and let kube-scheduler retry
-            self.state.forget_assumed(key)
+            self.binder.bind(pod.namespace, pod.name, uid, node, annotations)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) or (isinstance(exc, KubeError) and exc.outcome_unknown):
+                # No answer: the pod may be bound. Its GPUs stay held for a while; the informer
+                # settles it sooner if the Binding took.
+                self.state.bind_outcome_unknown(pod.key)
+                self.metrics.binds.labels("outcome_unknown").inc()
+                log.warning("bind %s -> %s failed, outcome unknown: %s", pod.key, node, exc)
+                return f"gpusched: binding {pod.key} to {node} failed: {exc} (held in case it took)"
+            # The API answered no (or was never reached): release the GPUs, kube-scheduler retries.
+            self.state.forget_assumed(pod.key)
             # A retry that failed leaves the pod where the bind before it put it (the API may
             # well have it bound there: a 409 says so).
             self.state.restore_assumed(previous)
             self.metrics.binds.labels("api_error").inc()
-            log.warning("bind %s -> %s failed: %s", key, args.node, exc)
-            return wire.ExtenderBindingResult(error=f"gpusched: binding {key} to {args.node} failed: {exc}")
-        if rank >= 0:
-            with self.state.lock:
-                self.gangs.bound(pod, rank)
+            log.warning("bind %s -> %s failed: %s", pod.key, node, exc)
+            return f"gpusched: binding {pod.key} to {node} failed: {exc}"
+        return ""
+
+    def _bound(self, snap: ClusterSnapshot, pod: PodRequest, node: int, gpus: tuple[int, ...]) -> None:
         self.metrics.binds.labels("bound").inc()
         with self.state.lock:  # the snapshot changes in place under the informers
             self.metrics.observe_bound(snap, pod, node, self.state.config)
-        log.info("bound %s to %s gpus=%s", key, args.node, list(gpus))
-        return wire.ExtenderBindingResult()
+        log.info("bound %s to %s gpus=%s", pod.key, snap.names[node], list(gpus))
+
+    def _bind_gang(self, args: wire.ExtenderBindingArgs, pod: PodRequest) -> wire.ExtenderBindingResult:
+        """Whole or nothing: refuse members until all reached bind, then bind them all (plan first)."""
+        key = pod.key
+        with self.state.lock:
+            snap = self._snapshot()
+            node = snap.index.get(args.node)
+            if node is None:
+                self.metrics.binds.labels("unknown_node").inc()
+                return wire.ExtenderBindingResult(error=f"gpusched: node {args.node} is unknown to gpusched")
+            where = self._bound_to(key)
+            if where:
+                # Bound with its gang already (kube-scheduler's copy of the pod is late).
+                if where == args.node:
+                    return wire.ExtenderBindingResult()
+                return wire.ExtenderBindingResult(error=f"gpusched: {key} is already bound to {where}")
+            now = self.state.clock()
+            members = self._members(pod)
+            admission = self.gangs.admit(snap, pod, members, now)
+            if admission.slot is None or admission.slot.node != args.node:
+                self.metrics.binds.labels("not_planned").inc()
+                why = admission.error
+                if admission.slot is not None:
+                    why = f"gang {pod.pod_group}: rank {admission.slot.rank} is planned on {admission.slot.node}"
+                return wire.ExtenderBindingResult(error=f"gpusched: {why}")
+            rank = admission.slot.rank
+            with snap.without([admission.reservation_key]):
+                decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp), score=False)
+            if pod.wants_gpu and not decision.feasible.size:
+                self.gangs.not_ready(pod, rank)
+                self.metrics.binds.labels("no_longer_fits").inc()
+                why = decision.error or decision.reasons.get(node, "no usable GPUs left")
+                return wire.ExtenderBindingResult(error=f"gpusched: {key} no longer fits {args.node}: {why}")
+            step = self.gangs.reach_bind(pod, rank, members, now)
+            if not step.bind:
+                self.metrics.binds.labels("gang_waiting").inc()
+                return wire.ExtenderBindingResult(error=f"gpusched: {step.wait}")
+            gang = self.gangs.active[(pod.namespace, pod.pod_group)]
+            latest = {m.key: m for m in members}
+            latest[key] = replace(latest.get(key, pod), uid=args.pod_uid or pod.uid)
+            jobs = [(r, latest[k], gang.slot(r)) for r, k in step.bind if k in latest]
+        try:
+            return self._bind_members(gang, pod, jobs)
+        finally:
+            with self.state.lock:
+                self.gangs.binding_done(pod)
+
+    def _bound_to(self, key: str) -> str:
+        """Where the API (or a bind of gpusched's own under way) has the pod; '' when unbound."""
+        live = self.state.pods.get(key)
+        if live is not None and live.node_name:
+            return live.node_name
+        held = self.state.assumed.get(key)
+        return held[0].node_name if held is not None else ""
+
+    def _bind_members(
+        self, gang: ActiveGang, caller: PodRequest, jobs: list[tuple[int, PodRequest, Any]]
+    ) -> wire.ExtenderBindingResult:
+        """Write the plan on every member pod, then create their Bindings; the caller's outcome."""
+        annotations = {
+            member.key: {
+                ANN_GANG_PLAN: gang.plan_id,
+                ANN_RANK: str(rank),
+                ANN_PLANNED_NODE: slot.node,
+                ANN_TOPOLOGY_PATH: slot.path,
+                ANN_GPU_IDS: ",".join(str(g) for g in slot.gpus),
+            }
+            for rank, member, slot in jobs
+        }
+        if not gang.durable:
+            for rank, member, _ in jobs:
+                try:
+                    self.binder.annotate(member.namespace, member.name, member.uid, annotations[member.key])
+                except Exception as exc:  # nothing is bound yet: the gang stays whole, this member comes again
+                    with self.state.lock:
+                        self.gangs.not_ready(member, rank)
+                    self.metrics.binds.labels("gang_plan_not_written").inc()
+                    log.warning("gang %s: writing the plan on %s failed: %s", gang.group, member.key, exc)
+                    why = f"writing the plan on {member.key} failed, nothing bound: {exc}"
+                    return wire.ExtenderBindingResult(error=f"gpusched: gang {gang.group}: {why}")
+            with self.state.lock:
+                self.gangs.made_durable(caller)
+        outcome = ""
+        for rank, member, slot in jobs:
+            with self.state.lock:
+                snap = self._snapshot()
+                try:
+                    self.state.assume(member, slot.node, slot.gpus, replaces=gang.reservation_key(rank))
+                except SnapshotError as exc:
+                    self.state.mark_changed()
+                    error = f"gpusched: {exc}"
+                else:
+                    error = ""
+            error = error or self._create_binding(member, member.uid, slot.node, annotations[member.key])
+            with self.state.lock:
+                if error:
+                    self.gangs.not_ready(member, rank)
+                else:
+                    self.gangs.bound(member, rank)
+            if not error:
+                self._bound(snap, member, snap.index[slot.node], slot.gpus)
+            if member.key == caller.key:
+                outcome = error
+        return wire.ExtenderBindingResult(error=outcome)
 
     def preempt(self, args: wire.ExtenderPreemptionArgs) -> wire.ExtenderPreemptionResult:
         pod = parse_pod(args.pod, self.state.config.gpu_resource)
@@ -340,6 +516,9 @@ class ExtenderService:
         result: dict[str, wire.MetaVictims] = {}
         with self.state.lock:
             snap = self._snapshot()
+            if pod.pod_group:
+                keep = self._gang_preemption_node(snap, pod, victims)
+                victims = {keep: victims[keep]} if keep else {}
             for node_name, uids in victims.items():
                 index = snap.index.get(node_name)
                 if index is None:
@@ -350,6 +529,43 @@ class ExtenderService:
                 if decision.feasible.size:
                     result[node_name] = meta[node_name]
         return wire.ExtenderPreemptionResult(node_name_to_meta_victims=result)
+
+    def _gang_preemption_node(self, snap: ClusterSnapshot, pod: PodRequest, victims: dict[str, list[str]]) -> str:
+        """The one node where preemption may help this gang member ('' for none).
+
+        The gang is planned as if every placed pod of lower priority were gone; the member's node
+        in that plan is the only candidate. None when the gang would not fit even then, or when a
+        victim there belongs to a gang whose bound members are not all among the victims.
+        """
+        members = self._members(pod)
+        ranks = rank_members(members, pod.min_member)
+        if pod.min_member < 1 or pod.key not in ranks or len(ranks) < pod.min_member:
+            return ""
+        lower = [
+            k for k, p in snap.pods.items() if p.priority < pod.priority and not p.name.startswith(RESERVATION_PREFIX)
+        ]
+        template = replace(pod, rank=None, node_name="", gpu_ids=(), name=f"{pod.pod_group}-member")
+        fixed = [
+            (ranks[m.key], snap.index[m.node_name], snap.placements[m.key].gpus)
+            for m in members
+            if m.node_name in snap.index and m.key in snap.placements
+        ]
+        with snap.without(lower):
+            plan = plan_gang(snap, self.framework, template, pod.min_member, self.gangs.max_span, fixed)
+        if isinstance(plan, GangRefusal):
+            return ""
+        node = next(s.node for s in plan.slots if s.rank == ranks[pod.key])
+        if node not in victims:
+            return ""
+        evicted = [p for p in (self.state.pod_by_uid(u) for u in victims[node]) if p is not None]
+        keys = {p.key for p in evicted}
+        for group in {(p.namespace, p.pod_group) for p in evicted if p.pod_group}:
+            bound = {k for k, p in self.state.pods.items() if (p.namespace, p.pod_group) == group and p.node_name}
+            if not bound <= keys:
+                return ""  # a victim gang goes whole or not at all
+        with snap.without(list(keys)):
+            decision = self.framework.decide(snap, pod, np.array([snap.index[node]], dtype=np.intp), score=False)
+        return node if decision.feasible.size else ""
 
     def explain(self, namespace: str, name: str) -> dict[str, Any] | None:
         key = f"{namespace}/{name}"

@@ -17,12 +17,19 @@ from kubernetes import config as k8s_config
 CONNECTIONS = 64  # to the API server: watches, binds in flight, and reads
 
 
+# urllib3 errors raised before a request left this process: nothing reached the API server.
+NOT_SENT = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+
+
 class KubeError(Exception):
     """An API answer other than success; `status` is the HTTP code (0 when the API was not reached)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, outcome_unknown: bool = False) -> None:
         super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
+        # The request may have reached the API server and taken effect (a read timed out, the
+        # connection broke after sending): a write's outcome is unknown.
+        self.outcome_unknown = outcome_unknown
 
 
 def load_api_client(kubeconfig: str | None = None, *, retries: bool | None = None) -> k8s_client.ApiClient:
@@ -77,8 +84,10 @@ class Kube:
                 timeout=timeout,
                 preload_content=False,
             )
-        except Exception as exc:  # urllib3 raises many types; all mean "API not reached"
-            raise KubeError(0, f"{method} {path}: {exc}") from exc
+        except Exception as exc:  # urllib3 raises many types; all mean "no answer from the API"
+            cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+            unknown = not isinstance(cause, NOT_SENT)
+            raise KubeError(0, f"{method} {path}: {exc}", outcome_unknown=unknown) from exc
 
     def _json(self, resp: Any, what: str) -> Any:
         data = resp.read()

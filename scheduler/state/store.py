@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from scheduler.core.config import SchedulerConfig
+from scheduler.core.gang import RESERVATION_PREFIX
 from scheduler.core.gpu_assignment import GpuAssignments
 from scheduler.core.objects import node_from_object, parse_time, with_report
 from scheduler.core.podspec import ANN_GPU_MILLI, parse_pod
@@ -41,7 +42,6 @@ from scheduler.core.types import NodeState, PodRequest
 from scheduler.state.pull_throughput import PullThroughput, event_node
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
-RESERVATION_PREFIX = "gang:"  # names of the virtual pods that hold a gang's reserved GPUs (core/gang.py)
 ASSUME_TTL_S = 60.0
 
 
@@ -276,14 +276,16 @@ class ClusterState:
 
     # ---------------------------------------------------------------- assume-cache
     def assume(self, pod: PodRequest, node: str, gpus: tuple[int, ...], replaces: str = "") -> None:
-        """Hold `gpus` on `node` for `pod` until the API shows it bound (or the TTL passes).
+        """Hold `gpus` on `node` for `pod` until the API shows it bound, the pod is deleted, or its
+        bind fails (`forget_assumed`), as kube-scheduler's assumed pods. Only a bind whose outcome
+        is unknown (`bind_outcome_unknown`) is held for a limited time.
 
         `replaces` names a gang reservation whose GPUs the pod takes over: it is not counted
         again while the bind is under way, nor after the API shows the pod bound.
         """
         with self.lock:
             placed = replace(pod, node_name=node, gpu_ids=gpus)
-            self.assumed[pod.key] = (placed, self.clock() + ASSUME_TTL_S)
+            self.assumed[pod.key] = (placed, np.inf)
             if replaces:
                 self._taken_over[replaces] = pod.key
             self.generation += 1
@@ -291,6 +293,14 @@ class ClusterState:
                 if replaces:
                     self._snapshot.remove(replaces)
                 self._sync_pod(pod.key)
+
+    def bind_outcome_unknown(self, key: str) -> None:
+        """The bind call ended without an answer (timeout, connection lost): the pod may be bound.
+        Hold its GPUs for ASSUME_TTL_S from now; the informer settles it sooner if it was."""
+        with self.lock:
+            entry = self.assumed.get(key)
+            if entry is not None:
+                self.assumed[key] = (entry[0], self.clock() + ASSUME_TTL_S)
 
     def restore_assumed(self, entry: tuple[PodRequest, float] | None) -> None:
         """Put back an assume-cache entry (pod with node and GPUs, deadline) taken out earlier."""

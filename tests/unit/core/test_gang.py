@@ -15,7 +15,11 @@ FW = registry.build(CONFIG)
 
 def racks(per_rack: int = 4, racks: int = 2, gpus: int = 8) -> list:
     return [
-        gpu_node(f"r{r}-n{i}", gpus, labels={"gpusched.io/rack": f"r{r}", "gpusched.io/block": "b0"})
+        gpu_node(
+            f"r{r}-n{i}",
+            gpus,
+            labels={"network.topology.nvidia.com/leaf": f"r{r}", "network.topology.nvidia.com/spine": "b0"},
+        )
         for r in range(racks)
         for i in range(per_rack)
     ]
@@ -38,9 +42,11 @@ def test_gang_lands_whole_in_the_rack_that_holds_it() -> None:
     plan = plan_gang(snap, FW, member("t", 4), 4)
     assert isinstance(plan, GangPlan)
     assert {s.node for s in plan.slots} == {"r1-n0", "r1-n1", "r1-n2", "r1-n3"}
-    assert plan.span == "rack"
+    assert plan.span == "leaf switch"
     assert [s.rank for s in plan.slots] == [0, 1, 2, 3]
-    assert plan.slots[0].path == "-/b0/r1/r1-n0"
+    # the default tiers' values, outermost first: zone, core, spine, leaf, accelerator, GKE block,
+    # subblock, host, NVLink clique, hostname ("-": not labelled)
+    assert plan.slots[0].path == "-/-/b0/r1/-/-/-/-/-/r1-n0"
 
 
 def test_consecutive_ranks_share_a_node() -> None:
@@ -49,7 +55,7 @@ def test_consecutive_ranks_share_a_node() -> None:
     assert isinstance(plan, GangPlan)
     by_rank = {s.rank: s.node for s in plan.slots}
     assert by_rank[0] == by_rank[1] and by_rank[2] == by_rank[3] and by_rank[0] != by_rank[2]
-    assert plan.span == "rack"
+    assert plan.span == "leaf switch"
     gpus = {s.rank: s.gpus for s in plan.slots}
     assert set(gpus[0]).isdisjoint(gpus[1])
 
@@ -61,11 +67,11 @@ def test_gang_that_fits_on_one_node_spans_only_that_node() -> None:
 
 
 def test_partial_fit_is_refused_with_the_best_count() -> None:
-    cfg = registry.config_from({"gang": {"maxSpanTier": "gpusched.io/rack"}})
+    cfg = registry.config_from({"gang": {"maxSpanTier": "network.topology.nvidia.com/leaf"}})
     snap = ClusterSnapshot(racks(per_rack=3))
-    result = plan_gang(snap, registry.build(cfg), member("t", 4), 4, max_span="gpusched.io/rack")
+    result = plan_gang(snap, registry.build(cfg), member("t", 4), 4, max_span="network.topology.nvidia.com/leaf")
     assert isinstance(result, GangRefusal)
-    assert result.reason == "gang of 4 x 8 GPUs does not fit in one rack (best: 3)"
+    assert result.reason == "gang of 4 x 8 GPUs does not fit in one leaf switch (best: 3)"
     # Across racks it fits.
     assert isinstance(plan_gang(snap, FW, member("t", 4), 4), GangPlan)
 
@@ -89,15 +95,17 @@ def manager(snap_nodes: list, ttl: float = 60.0) -> tuple[GangManager, ClusterSn
     return GangManager(FW, ttl_s=ttl), ClusterSnapshot(snap_nodes)
 
 
-def test_waits_for_all_members_but_holds_the_gpus_meanwhile() -> None:
+def test_nothing_is_planned_or_held_until_every_member_exists() -> None:
     gm, snap = manager(racks(per_rack=2, racks=1))
     first = member("w-0", 2, rank=0)
     adm = gm.admit(snap, first, [first], now=0)
-    assert adm.slot is None and "waiting for members (1 of 2 present)" in adm.error
-    assert snap.gpu_free_count().tolist() == [0, 0]  # both nodes reserved for the gang
+    assert adm.slot is None and adm.unschedulable and not adm.resolvable
+    assert "waiting for members (1 of 2 exist)" in adm.error
+    assert snap.gpu_free_count().tolist() == [8, 8] and gm.reservations() == []
     second = member("w-1", 2, rank=1)
     adm = gm.admit(snap, second, [first, second], now=1)
     assert adm.slot is not None and adm.slot.rank == 1 and adm.reservation_key.endswith("gang:g:1")
+    assert snap.gpu_free_count().tolist() == [0, 0]  # both nodes reserved for the gang
 
 
 def test_two_gangs_that_cannot_both_fit_never_deadlock() -> None:
@@ -113,19 +121,58 @@ def test_two_gangs_that_cannot_both_fit_never_deadlock() -> None:
     assert gm.placed_total == 1 and gm.pending() == 0
 
 
-def test_reservation_expires_and_frees_the_gpus() -> None:
+def test_reservation_expires_without_progress_and_frees_the_gpus() -> None:
     gm, snap = manager(racks(per_rack=2, racks=1), ttl=30)
-    lone = member("x-0", 2, rank=0, group="x")
-    gm.admit(snap, lone, [lone], now=0)
+    both = [member("x-0", 2, rank=0, group="x"), member("x-1", 2, rank=1, group="x")]
+    gm.admit(snap, both[0], both, now=0)
     assert len(gm.reservations()) == 2
-    assert gm.expire(now=31) == 1
+    gm.admit(snap, both[1], both, now=20)  # rank 1's first filter: progress
+    gm.admit(snap, both[0], both, now=45)  # rank 0 again: no progress
+    assert gm.expire(now=50) == 0  # 30 s after the last progress at 20
+    assert gm.expire(now=51) == 1
     assert gm.reservations() == [] and gm.expired_total == 1
-    # The lone member asks again: nothing is reserved until the whole gang exists.
-    snap = ClusterSnapshot(racks(per_rack=2, racks=1))
-    again = gm.admit(snap, lone, [lone], now=40)
-    assert again.slot is None and "no GPUs are held" in again.error and gm.reservations() == []
-    both = [lone, member("x-1", 2, rank=1, group="x")]
-    assert gm.admit(snap, both[1], both, now=41).slot is not None
+
+
+def test_reaching_bind_waits_for_every_rank_then_gives_them_all() -> None:
+    gm, snap = manager(racks(per_rack=2, racks=1))
+    both = [member("x-0", 2, rank=0, group="x"), member("x-1", 2, rank=1, group="x")]
+    gm.admit(snap, both[0], both, now=0)
+    first = gm.reach_bind(both[0], 0, both, now=1)
+    assert first.bind == () and "1 of 2 members ready to bind" in first.wait
+    assert gm.reach_bind(both[0], 0, both, now=2).bind == ()  # again: still waiting
+    last = gm.reach_bind(both[1], 1, both, now=3)
+    assert last.bind == ((0, "default/x-0"), (1, "default/x-1"))
+    # While those binds run, another member's call is told so; none is handed out twice.
+    assert "being bound" in gm.reach_bind(both[0], 0, both, now=4).wait
+    gm.made_durable(both[1])
+    gm.bound(both[0], 0)
+    gm.bound(both[1], 1)
+    gm.binding_done(both[1])
+    assert gm.placed_total == 1 and gm.pending() == 0 and gm.reservations() == []
+
+
+def test_a_ready_member_that_was_deleted_must_come_again() -> None:
+    gm, snap = manager(racks(per_rack=2, racks=1))
+    both = [member("x-0", 2, rank=0, group="x"), member("x-1", 2, rank=1, group="x")]
+    gm.admit(snap, both[0], both, now=0)
+    gm.reach_bind(both[0], 0, both, now=1)
+    replacement = member("x-0b", 2, rank=0, group="x")  # the Job made a new pod for index 0
+    members = [replacement, both[1]]
+    assert gm.reach_bind(both[1], 1, members, now=2).bind == ()
+    assert gm.reach_bind(replacement, 0, members, now=3).bind == ((0, "default/x-0b"), (1, "default/x-1"))
+
+
+def test_a_durable_gang_never_expires_and_binds_each_member_as_it_comes() -> None:
+    gm, snap = manager(racks(per_rack=2, racks=1), ttl=30)
+    both = [member("x-0", 2, rank=0, group="x"), member("x-1", 2, rank=1, group="x")]
+    gm.admit(snap, both[0], both, now=0)
+    gm.reach_bind(both[0], 0, both, now=1)
+    gm.reach_bind(both[1], 1, both, now=2)
+    gm.made_durable(both[0])
+    gm.bound(both[0], 0)
+    gm.binding_done(both[0])  # rank 1's Binding failed
+    assert gm.expire(now=1000) == 0 and len(gm.reservations()) == 1
+    assert gm.reach_bind(both[1], 1, both, now=1001).bind == ((1, "default/x-1"),)
 
 
 def test_restart_mid_gang_keeps_bound_members_and_plans_the_rest_nearby() -> None:

@@ -15,15 +15,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-from scheduler.core.podspec import ANN_GPU_IDS
+from scheduler.core.podspec import ANN_GANG_PLAN, ANN_GPU_IDS, ANN_PLANNED_NODE, ANN_RANK, ANN_TOPOLOGY_PATH
 from scheduler.core.scenario import load_nodes, load_pods
 from scheduler.core.types import NodeState, PodRequest
 from scheduler.extender import wire
-from scheduler.extender.service import ANN_PLANNED_NODE, ANN_RANK, ANN_TOPOLOGY_PATH, Binder, ExtenderService
+from scheduler.extender.service import Binder, ExtenderService
 from scheduler.metrics import ExtenderMetrics
 from scheduler.plugins import registry
 from scheduler.state.kube import KubeError
-from scheduler.state.store import ClusterState
+from scheduler.state.store import ASSUME_TTL_S, ClusterState
 from tests.builders import gpu_node, node_object, pod, report_object
 
 WAIT_S = 10.0  # the longest any test waits for another thread; a pass never comes near it
@@ -43,14 +43,18 @@ class BindCall(NamedTuple):
 class FakeBinder:
     """The Binder protocol in memory.
 
-    `objects` answers get_pod. `fail` makes every bind raise it (after recording the call).
+    `objects` answers get_pod. `fail` makes every bind raise it (after recording the call);
+    `fail_on` limits that to the pods named.
     A bind of a pod named in `hold` blocks until `release()`: `entered` is set once it blocks.
     """
 
     objects: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     fail: Exception | None = None
+    fail_on: set[str] | None = None
     hold: set[str] = field(default_factory=set)
     calls: list[BindCall] = field(default_factory=list)
+    annotated: list[BindCall] = field(default_factory=list)  # annotate() calls (node empty)
+    fail_annotate: set[str] | None = None  # pod names whose annotate() the API refuses
     lookups: list[str] = field(default_factory=list)
     entered: threading.Event = field(default_factory=threading.Event)
     _released: threading.Event = field(default_factory=threading.Event)
@@ -59,13 +63,18 @@ class FakeBinder:
         self.lookups.append(f"{namespace}/{name}")
         return self.objects.get(f"{namespace}/{name}")
 
+    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
+        self.annotated.append(BindCall(namespace, name, uid, "", dict(annotations)))
+        if self.fail_annotate is not None and name in self.fail_annotate:
+            raise KubeError(404, f'pods "{name}" not found')
+
     def bind(self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]) -> None:
         self.calls.append(BindCall(namespace, name, uid, node, dict(annotations)))
         if name in self.hold:
             self.entered.set()
             if not self._released.wait(WAIT_S):
                 raise TimeoutError("the test never released the bind")
-        if self.fail is not None:
+        if self.fail is not None and (self.fail_on is None or name in self.fail_on):
             raise self.fail
 
     def release(self) -> None:
@@ -235,10 +244,9 @@ def test_a_refused_bind_says_why_calls_no_binder_and_holds_nothing(case: Refused
     [
         KubeError(409, 'Operation cannot be fulfilled on pods/binding "p": pod p is already assigned to node "n9"'),
         KubeError(0, "connection refused"),
-        TimeoutError("read timed out"),
         RuntimeError("a bug in the binder"),
     ],
-    ids=["conflict", "api-unreachable", "timeout", "any-exception"],
+    ids=["conflict", "api-unreachable", "any-exception"],
 )
 def test_binder_failure_rolls_back_and_the_gpus_serve_the_next_pod(
     failure: Exception, caplog: pytest.LogCaptureFixture
@@ -260,6 +268,41 @@ def test_binder_failure_rolls_back_and_the_gpus_serve_the_next_pod(
     assert filter_(service, pod("q", 4), ["n0"]).node_names == ["n0"]
     assert bind(service, pod("q", 4), "n0").error == ""
     assert gpu_ids(binder.calls[1]) == (0, 1, 2, 3) and held(service) == {"default/q": ("n0", (0, 1, 2, 3), 1000)}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [TimeoutError("read timed out"), KubeError(0, "POST binding: connection reset", outcome_unknown=True)],
+    ids=["timeout", "reset-after-sending"],
+)
+def test_a_bind_without_an_answer_holds_the_gpus_for_the_ttl_from_its_end(failure: Exception) -> None:
+    clock = [1000.0]
+    service, binder = offline_service([gpu_node("n0", 4)])
+    service.state.clock = lambda: clock[0]
+    service.state.upsert_pod(pod("p", 4))
+    binder.fail = failure
+    answer = bind(service, pod("p", 4), "n0")
+    assert answer.error == f"gpusched: binding default/p to n0 failed: {failure} (held in case it took)"
+    assert binds(service, "outcome_unknown") == 1
+    # The Binding may have taken: the GPUs stay held ASSUME_TTL_S from the failed call's end.
+    clock[0] += ASSUME_TTL_S - 1
+    assert held(service) == {"default/p": ("n0", (0, 1, 2, 3), 1000)}
+    clock[0] += 2
+    assert held(service) == {} and free_gpus(service) == {"n0": 4}
+
+
+def test_a_successful_bind_is_held_until_the_informer_shows_it_however_late() -> None:
+    clock = [1000.0]
+    service, _ = offline_service([gpu_node("n0", 4)])
+    service.state.clock = lambda: clock[0]
+    service.state.upsert_pod(pod("p", 4))
+    assert bind(service, pod("p", 4), "n0").error == ""
+    clock[0] += 10 * ASSUME_TTL_S  # the informer lags far behind
+    assert held(service) == {"default/p": ("n0", (0, 1, 2, 3), 1000)}
+    assert filter_(service, pod("q", 1), ["n0"]).node_names == []
+    # The informer catches up: its copy takes over, nothing is counted twice.
+    service.state.upsert_pod(pod("p", 4, node="n0", gpuIds=[0, 1, 2, 3]))
+    assert service.state.assumed == {} and held(service) == {"default/p": ("n0", (0, 1, 2, 3), 1000)}
 
 
 def run_in_thread(work: Callable[[], wire.ExtenderBindingResult]) -> tuple[threading.Thread, list[str]]:
@@ -343,133 +386,270 @@ def reservations(service: ExtenderService) -> dict[str, tuple[str, tuple[int, ..
     return {k: v for k, v in held(service).items() if k.startswith("default/gang:")}
 
 
-def test_a_gang_member_waits_for_the_others_while_the_gang_holds_its_gpus() -> None:
+def planned_nodes(service: ExtenderService) -> dict[int, str]:
+    """Rank -> node of the gang's reservations."""
+    return {int(k.rsplit(":", 1)[1]): v[0] for k, v in reservations(service).items()}
+
+
+def as_bound(obj: dict[str, Any], call: BindCall) -> dict[str, Any]:
+    """The pod as the API shows it after the Binding `call` (annotations copied, node set)."""
+    bound = {**obj, "metadata": {**obj["metadata"]}, "spec": {**obj["spec"], "nodeName": call.node}}
+    bound["metadata"]["annotations"] = {**obj["metadata"].get("annotations", {}), **call.annotations}
+    return bound
+
+
+def as_annotated(obj: dict[str, Any], call: BindCall) -> dict[str, Any]:
+    """The pod as the API shows it after the plan was written on it."""
+    out = {**obj, "metadata": {**obj["metadata"]}}
+    out["metadata"]["annotations"] = {**obj["metadata"].get("annotations", {}), **call.annotations}
+    return out
+
+
+def test_gang_members_are_unschedulable_until_all_exist_and_nothing_is_held() -> None:
     service, binder = offline_service([gpu_node("a", 8), gpu_node("b", 8), gpu_node("c", 8)])
-    first, second = member("g-0", 2, 8, 0), member("g-1", 2, 8, 1)
+    first = member("g-0", 2, 8, 0)
     service.state.upsert_pod(first)
 
     early = filter_(service, first, ["a", "b", "c"])
-    assert early.node_names is None
-    assert early.error == "gpusched: gang g: waiting for members (1 of 2 present); GPUs reserved for 120s more"
-    planned = {rank: node for rank, node in ((int(k[-1]), v[0]) for k, v in reservations(service).items())}
-    assert sorted(planned) == [0, 1] and planned[0] != planned[1]
-    # A bind that comes early anyway is refused: nothing reaches the API, the reservation stays.
-    assert "waiting for members (1 of 2 present)" in bind(service, first, planned[0]).error
-    assert binder.calls == [] and binds(service, "not_planned") == 1
-    assert sorted(v[0] for v in reservations(service).values()) == sorted(planned.values())
-    # The reserved GPUs are not free for others: a plain 8-GPU pod fits only on the third node.
-    (spare,) = {"a", "b", "c"} - set(planned.values())
-    assert filter_(service, pod("plain", 8), ["a", "b", "c"]).node_names == [spare]
+    # Per-node failures (kube-scheduler: Unschedulable), unresolvable: preemption cannot make
+    # the missing member exist.
+    why = "gpusched: gang g: waiting for members (1 of 2 exist); nothing is held until all exist"
+    assert early.error == "" and early.node_names == [] and early.failed_nodes == {}
+    assert early.failed_and_unresolvable_nodes == dict.fromkeys("abc", why)
+    assert reservations(service) == {} and service.gangs.pending() == 0
+    assert filter_(service, pod("plain", 8), ["a", "b", "c"]).node_names == ["a", "b", "c"]
+    assert bind(service, first, "a").error == "gpusched: " + why.removeprefix("gpusched: ")
+    assert binder.calls == [] and binder.annotated == []
 
-    service.state.upsert_pod(second)
-    for obj, rank in ((first, 0), (second, 1)):
-        answer = filter_(service, obj, ["a", "b", "c"])
+
+def test_a_gang_is_bound_whole_by_the_bind_of_its_last_member() -> None:
+    service, binder = offline_service([gpu_node("a", 8), gpu_node("b", 8), gpu_node("c", 8)])
+    first, second = member("g-0", 2, 8, 0), member("g-1", 2, 8, 1)
+    for obj in (first, second):
+        service.state.upsert_pod(obj)
+
+    answers = [filter_(service, obj, ["a", "b", "c"]) for obj in (first, second)]
+    planned = planned_nodes(service)
+    assert sorted(planned) == [0, 1] and planned[0] != planned[1]
+    for rank, answer in enumerate(answers):
         assert answer.error == "" and answer.node_names == [planned[rank]]
         assert answer.failed_nodes == {
             n: f"gpusched: gang g: rank {rank} is planned on {planned[rank]}" for n in "abc" if n != planned[rank]
         }
-    # Binding to a node other than the planned one is refused.
-    assert bind(service, first, spare).error == "gpusched: gang g: rank 0 is planned elsewhere"
-    assert binder.calls == []
+    (spare,) = {"a", "b", "c"} - set(planned.values())
+    # The reserved GPUs are not free for others: a plain 8-GPU pod fits only on the third node.
+    assert filter_(service, pod("plain", 8), ["a", "b", "c"]).node_names == [spare]
+    assert bind(service, first, spare).error == f"gpusched: gang g: rank 0 is planned on {planned[0]}"
 
-    for obj, rank in ((first, 0), (second, 1)):
-        assert bind(service, obj, planned[rank]).error == ""
+    # The first member to reach bind is refused (kube-scheduler retries it); nothing reaches the API.
+    early = bind(service, first, planned[0])
+    assert early.error == (
+        "gpusched: gang g: 1 of 2 members ready to bind; all are bound when the last one is (ranks missing: 1)"
+    )
+    assert binder.calls == [] and binder.annotated == [] and binds(service, "gang_waiting") == 1
+
+    # The last one binds both: the plan is written on every member first, then the Bindings.
+    assert bind(service, second, planned[1]).error == ""
+    assert [c.name for c in binder.annotated] == ["g-0", "g-1"]
     assert [(c.name, c.node) for c in binder.calls] == [("g-0", planned[0]), ("g-1", planned[1])]
-    for call, rank in zip(binder.calls, (0, 1), strict=True):
-        assert call.annotations == {
-            ANN_RANK: str(rank),
-            ANN_PLANNED_NODE: planned[rank],
-            ANN_TOPOLOGY_PATH: f"-/-/-/{planned[rank]}",
-            ANN_GPU_IDS: "0,1,2,3,4,5,6,7",
-        }
+    plan_id = binder.annotated[0].annotations[ANN_GANG_PLAN]
+    for written, call, rank in zip(binder.annotated, binder.calls, (0, 1), strict=True):
+        assert (
+            written.annotations
+            == call.annotations
+            == {
+                ANN_GANG_PLAN: plan_id,
+                ANN_RANK: str(rank),
+                ANN_PLANNED_NODE: planned[rank],
+                ANN_TOPOLOGY_PATH: "-/" * 9 + planned[rank],  # ten default tiers, only the hostname labelled
+                ANN_GPU_IDS: "0,1,2,3,4,5,6,7",
+            }
+        )
     assert reservations(service) == {} and service.gangs.pending() == 0 and service.gangs.placed_total == 1
     assert held(service) == {
         "default/g-0": (planned[0], tuple(range(8)), 1000),
         "default/g-1": (planned[1], tuple(range(8)), 1000),
     }
+    # kube-scheduler retries the first member before its informer shows it bound: the answer is
+    # yes, with no second Binding.
+    assert bind(service, first, planned[0]).error == "" and len(binder.calls) == 2
     assert service.state.snapshot().over_committed() == []
 
 
-def test_an_early_gang_bind_names_the_gang_once() -> None:
+def test_a_gang_that_does_not_fit_is_unschedulable_on_every_node_and_holds_nothing() -> None:
     service, _ = offline_service([gpu_node("a", 8), gpu_node("b", 8)])
-    first = member("g-0", 2, 8, 0)
-    service.state.upsert_pod(first)
-    assert bind(service, first, "a").error.startswith("gpusched: gang g: waiting for members (1 of 2 present)")
+    members = [member(f"big-{r}", 3, 8, r, group="big") for r in range(3)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    answer = filter_(service, members[0], ["a", "b"])
+    # Resolvable: preemption or a new node (cluster-autoscaler) could make it fit.
+    why = "gpusched: gang of 3 x 8 GPUs does not fit in the cluster (best: 2)"
+    assert answer.error == "" and answer.node_names == []
+    assert answer.failed_nodes == {"a": why, "b": why} and answer.failed_and_unresolvable_nodes == {}
+    assert reservations(service) == {} and service.gangs.pending() == 0
 
 
-def test_a_failed_gang_bind_gives_the_gpus_back_to_the_gang_not_to_others() -> None:
+def test_a_planned_node_kube_scheduler_no_longer_offers_is_planned_anew_at_once() -> None:
+    service, binder = offline_service([gpu_node("a", 8), gpu_node("b", 8), gpu_node("c", 8)])
+    members = [member(f"g-{r}", 2, 8, r) for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    assert filter_(service, members[0], ["a", "b", "c"]).node_names == ["a"]
+    assert planned_nodes(service) == {0: "a", 1: "b"}
+    # b was tainted: kube-scheduler's own filters offer a and c only.
+    answer = filter_(service, members[1], ["a", "c"])
+    assert answer.error == "" and planned_nodes(service) == {0: "a", 1: "c"} and answer.node_names == ["c"]
+    assert service.gangs.replans_total == 1
+    assert bind(service, members[0], "a").error.startswith("gpusched: gang g: 1 of 2 members ready")
+    assert bind(service, members[1], "c").error == ""
+    assert [(c.name, c.node) for c in binder.calls] == [("g-0", "a"), ("g-1", "c")]
+
+
+def test_the_plan_stays_inside_the_offered_nodes_and_their_cpu() -> None:
+    nodes = [gpu_node("a", 8), gpu_node("b", 8), gpu_node("c", 8)]
+    service, _ = offline_service(nodes)
+    members = [member(f"g-{r}", 2, 4, r) for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    # Two members of 4 GPUs pack one node; the first in order would be a, which is not offered.
+    assert filter_(service, members[0], ["b", "c"]).node_names == ["b"]
+    assert planned_nodes(service) == {0: "b", 1: "b"}
+
+    nodes = [gpu_node("a", 8, cpu_milli=8000), gpu_node("b", 8)]
+    service, _ = offline_service(nodes)
+    members = [member(f"h-{r}", 2, 4, r, group="h", cpu="6") for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    # a has the GPUs for both members but the CPU for one (8 // 6 = 1): both go to b.
+    filter_(service, members[0], ["a", "b"])
+    assert planned_nodes(service) == {0: "b", 1: "b"}
+
+
+def test_a_plan_that_cannot_be_written_binds_nothing_and_the_gang_stays_planned() -> None:
     service, binder = offline_service([gpu_node("a", 8)])
     members = [member(f"g-{r}", 2, 4, r) for r in range(2)]
     for obj in members:
         service.state.upsert_pod(obj)
     assert filter_(service, members[0], ["a"]).node_names == ["a"]
     planned = reservations(service)
-    assert sorted(planned) == ["default/gang:g:0", "default/gang:g:1"]
-    binder.fail = KubeError(0, "connection reset by peer")
-
-    answer = bind(service, members[0], "a")
-
-    assert answer.error == "gpusched: binding default/g-0 to a failed: connection reset by peer"
-    assert reservations(service) == planned and "default/g-0" not in held(service)
+    binder.fail_annotate = {"g-1"}
+    assert bind(service, members[0], "a").error.startswith("gpusched: gang g: 1 of 2 members ready")
+    answer = bind(service, members[1], "a")
+    assert answer.error == (
+        'gpusched: gang g: writing the plan on default/g-1 failed, nothing bound: HTTP 404: pods "g-1" not found'
+    )
+    assert binder.calls == [] and reservations(service) == planned
     assert filter_(service, pod("plain", 1), ["a"]).node_names == []  # still the gang's
-    binder.fail = None
-    assert bind(service, members[0], "a").error == ""
+    binder.fail_annotate = None
     assert bind(service, members[1], "a").error == ""
-    first, second = binder.calls[1:]
-    assert gpu_ids(first) == planned["default/gang:g:0"][1] and gpu_ids(second) == planned["default/gang:g:1"][1]
-    assert first.annotations[ANN_RANK] == "0" and second.annotations[ANN_RANK] == "1"
+    assert [c.name for c in binder.calls] == ["g-0", "g-1"]
+
+
+def test_a_binding_that_fails_midway_is_completed_by_the_members_next_bind() -> None:
+    service, binder = offline_service([gpu_node("a", 8)])
+    members = [member(f"g-{r}", 2, 4, r) for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    assert filter_(service, members[0], ["a"]).node_names == ["a"]
+    planned = reservations(service)
+    binder.fail, binder.fail_on = KubeError(0, "connection reset by peer"), {"g-1"}
+    bind(service, members[0], "a")
+    answer = bind(service, members[1], "a")
+    assert answer.error == "gpusched: binding default/g-1 to a failed: connection reset by peer"
+    # g-0 is bound; g-1's GPUs stay the gang's, and its next bind goes through at once.
+    assert reservations(service) == {"default/gang:g:1": planned["default/gang:g:1"]}
+    assert filter_(service, pod("plain", 1), ["a"]).node_names == []
+    binder.fail = None
+    assert filter_(service, members[1], ["a"]).node_names == ["a"]
+    assert bind(service, members[1], "a").error == ""
+    assert [c.name for c in binder.calls] == ["g-0", "g-1", "g-1"]
+    assert gpu_ids(binder.calls[-1]) == planned["default/gang:g:1"][1]
     assert service.gangs.placed_total == 1 and reservations(service) == {}
     assert service.state.snapshot().over_committed() == []
 
 
+def restarted(nodes: Sequence[NodeState], objects: Iterable[dict[str, Any]]) -> tuple[ExtenderService, FakeBinder]:
+    """A new extender whose informer lists `objects` (the API's pods)."""
+    service, binder = offline_service(nodes)
+    service.state.replace_pods(list(objects))
+    return service, binder
+
+
+def test_a_restart_after_the_first_binding_completes_the_gang_by_its_written_plan() -> None:
+    nodes = [gpu_node("a", 8), gpu_node("b", 8), gpu_node("c", 8)]
+    service, binder = offline_service(nodes)
+    members = [member(f"g-{r}", 2, 8, r) for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    filter_(service, members[0], ["a", "b", "c"])
+    planned = planned_nodes(service)
+    binder.fail, binder.fail_on = KubeError(0, "extender killed"), {"g-1"}  # dies before g-1's Binding
+    bind(service, members[0], planned[0])
+    bind(service, members[1], planned[1])
+    api = [as_bound(members[0], binder.calls[0]), as_annotated(members[1], binder.annotated[1])]
+
+    # The new extender must not plan g-1 anew (a c node is as good): it completes the written plan.
+    service, binder = restarted(nodes, api)
+    assert filter_(service, members[1], ["a", "b", "c"]).node_names == [planned[1]]
+    assert bind(service, members[1], planned[1]).error == ""
+    assert [(c.name, c.node) for c in binder.calls] == [("g-1", planned[1])]
+    assert binder.annotated == []  # the plan is on the pod already
+    assert service.gangs.placed_total == 1 and reservations(service) == {}
+
+
+def test_a_restart_before_any_binding_plans_the_gang_afresh() -> None:
+    nodes = [gpu_node("a", 8), gpu_node("b", 8)]
+    service, binder = offline_service(nodes)
+    members = [member(f"g-{r}", 2, 8, r) for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    filter_(service, members[0], ["a", "b"])
+    binder.fail, binder.fail_on = KubeError(0, "extender killed"), {"g-0"}
+    bind(service, members[0], "a")
+    bind(service, members[1], "b")
+    api = [as_annotated(m, w) for m, w in zip(members, binder.annotated, strict=True)]
+
+    service, binder = restarted(nodes, api)
+    filter_(service, members[0], ["a", "b"])
+    assert bind(service, members[0], "a").error.startswith("gpusched: gang g: 1 of 2 members ready")
+    assert bind(service, members[1], "b").error == ""
+    assert [c.name for c in binder.calls] == ["g-0", "g-1"]
+    assert binder.calls[0].annotations[ANN_GANG_PLAN] != api[0]["metadata"]["annotations"][ANN_GANG_PLAN]
+
+
 def gang_with_rank_1_planned_on_a_node_that_goes(informer_caught_up: bool) -> tuple[ExtenderService, FakeBinder]:
-    """A gang of 2 x 8 GPUs over nodes a, b, c: rank 0 is bound to a, then rank 1's planned node b goes."""
+    """A gang of 2 x 8 GPUs over nodes a, b, c: rank 0 is bound to a, rank 1's Binding to b failed,
+    then node b goes."""
     service, binder = offline_service([gpu_node("a", 8), gpu_node("b", 8), gpu_node("c", 8)])
     first, second = member("g-0", 2, 8, 0), member("g-1", 2, 8, 1)
     for obj in (first, second):
         service.state.upsert_pod(obj)
     assert filter_(service, first, ["a", "b", "c"]).node_names == ["a"]
     assert filter_(service, second, ["a", "b", "c"]).node_names == ["b"]
-    assert bind(service, first, "a").error == ""
+    binder.fail, binder.fail_on = KubeError(500, "etcd timeout"), {"g-1"}
+    bind(service, first, "a")
+    assert bind(service, second, "b").error.startswith("gpusched: binding default/g-1 to b failed")
+    binder.fail = None
     if informer_caught_up:
-        service.state.upsert_pod(member("g-0", 2, 8, 0, node="a", gpuIds=list(range(8))))
+        service.state.upsert_pod(as_bound(first, binder.calls[0]))
     service.state.delete_node(node_object("b"))
     return service, binder
 
 
-def test_planned_node_gone_replans_the_rest_of_the_gang() -> None:
-    service, binder = gang_with_rank_1_planned_on_a_node_that_goes(informer_caught_up=True)
+@pytest.mark.parametrize("informer_caught_up", [True, False], ids=["bound", "only-assumed"])
+def test_planned_node_gone_replans_the_rest_of_the_gang_around_its_bound_member(informer_caught_up: bool) -> None:
+    service, binder = gang_with_rank_1_planned_on_a_node_that_goes(informer_caught_up)
     second = member("g-1", 2, 8, 1)
-
-    gone = filter_(service, second, ["a", "c"])
-    assert gone.node_names is None and gone.error == "gpusched: gang g: planned node b is gone; planning again"
-    assert reservations(service) == {}  # the old plan is dropped with its reservation
     # kube-scheduler's bind to the node it had picked before is refused, nothing reaches the API.
     assert bind(service, second, "b").error == "gpusched: node b is unknown to gpusched"
-    assert len(binder.calls) == 1
-
     again = filter_(service, second, ["a", "c"])
     assert again.error == "" and again.node_names == ["c"]
     assert again.failed_nodes == {"a": "gpusched: gang g: rank 1 is planned on c"}
     assert bind(service, second, "c").error == ""
+    assert binder.annotated[-1].name == "g-1" and binder.annotated[-1].annotations[ANN_PLANNED_NODE] == "c"
     assert binder.calls[-1].annotations[ANN_PLANNED_NODE] == "c" and binder.calls[-1].annotations[ANN_RANK] == "1"
     assert service.gangs.placed_total == 1 and reservations(service) == {}
     assert {k: v[0] for k, v in held(service).items()} == {"default/g-0": "a", "default/g-1": "c"}
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="a gang member gpusched bound but the informer does not show bound yet (assume-cache only) is not "
-    "kept as fixed when the gang is planned again: ExtenderService._admit passes state.pods (node_name empty) "
-    "to GangManager.admit, which plans rank 0 again, so the replan of 2 x 8 GPUs over a (held by rank 0) and c "
-    "is refused ('does not fit in the cluster (best: 1)') instead of placing rank 1 on c",
-)
-def test_planned_node_gone_replans_around_a_member_bound_but_only_assumed() -> None:
-    service, _ = gang_with_rank_1_planned_on_a_node_that_goes(informer_caught_up=False)
-    second = member("g-1", 2, 8, 1)
-    assert filter_(service, second, ["a", "c"]).error == "gpusched: gang g: planned node b is gone; planning again"
-    again = filter_(service, second, ["a", "c"])
-    assert again.error == "" and again.node_names == ["c"]
 
 
 def test_a_state_change_during_a_gang_bind_does_not_count_the_members_gpus_twice() -> None:
@@ -478,22 +658,79 @@ def test_a_state_change_during_a_gang_bind_does_not_count_the_members_gpus_twice
     for obj in members:
         service.state.upsert_pod(obj)
     assert filter_(service, members[0], ["a"]).node_names == ["a"]
-    binder.hold = {"g-0"}
-    thread, answers = run_in_thread(lambda: bind(service, members[0], "a"))
+    bind(service, members[0], "a")
+    binder.hold = {"g-1"}
+    thread, answers = run_in_thread(lambda: bind(service, members[1], "a"))
     try:
         assert binder.entered.wait(WAIT_S), "the bind never reached the binder"
-        ids = list(gpu_ids(binder.calls[0]))
-        # The API server's watch event for the Binding comes in before the binder's answer.
-        service.state.upsert_pod(member("g-0", 2, 4, 0, node="a", gpuIds=ids))
+        # The API server's watch event for g-0's Binding comes in while g-1's is in flight.
+        service.state.upsert_pod(as_bound(members[0], binder.calls[0]))
         snap = service.state.snapshot()
         used = {"over_committed": snap.over_committed(), "gpu_used_api": int(snap.gpu_used_api[0])}
-        meanwhile = filter_(service, members[1], ["a"])
+        meanwhile = filter_(service, pod("plain", 1), ["a"])
     finally:
         binder.release()
         thread.join(WAIT_S)
     assert answers == [""]
     assert used == {"over_committed": [], "gpu_used_api": 8}
-    assert meanwhile.error == "" and meanwhile.node_names == ["a"]
+    assert meanwhile.node_names == []  # all 8 GPUs are the gang's, counted once
+
+
+def test_a_gang_without_progress_for_the_ttl_lets_go_and_progress_renews_it() -> None:
+    clock = [0.0]
+    service, _ = offline_service([gpu_node("a", 8), gpu_node("b", 8)])
+    service.state.clock = lambda: clock[0]
+    members = [member(f"g-{r}", 2, 8, r) for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    ttl = service.gangs.ttl_s  # 120 s by default
+    filter_(service, members[0], ["a", "b"])  # planned at 0
+    clock[0] = ttl - 1
+    filter_(service, members[1], ["a", "b"])  # rank 1's first filter: progress at ttl - 1
+    clock[0] = ttl + 10
+    assert len(reservations(service)) == 2  # 11 s since the last progress
+    filter_(service, members[0], ["a", "b"])  # rank 0 again: no progress
+    clock[0] = 2 * ttl  # ttl + 1 s since the last progress: any verb lets the gang go
+    assert filter_(service, pod("plain", 8), ["a", "b"]).node_names == ["a", "b"]
+    assert reservations(service) == {} and service.gangs.expired_total == 1
+
+
+def test_gang_preemption_evicts_only_on_the_members_node_in_the_plan() -> None:
+    running = [
+        PodRequest("default", "low-a", uid="ua", gpu_count=8, node_name="a", gpu_ids=tuple(range(8))),
+        PodRequest("default", "low-b", uid="ub", gpu_count=8, node_name="b", gpu_ids=tuple(range(8))),
+        PodRequest("default", "low-c", uid="uc", gpu_count=4, node_name="c", gpu_ids=(0, 1, 2, 3)),
+    ]
+    leaf = "network.topology.nvidia.com/leaf"
+    nodes = [gpu_node(n, 8, labels={leaf: r}) for n, r in (("a", "l0"), ("b", "l0"), ("c", "l1"))]
+    service, _ = offline_service(nodes, running)
+    for p in running:
+        service.state.upsert_pod(
+            pod(p.name, p.gpu_count, node=p.node_name, gpuIds=list(p.gpu_ids), uid=p.uid, priority=0)
+        )
+    members = [member(f"hi-{r}", 2, 8, r, group="hi", priority=100) for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    assert filter_(service, members[0], ["a", "b", "c"]).node_names == []
+    victims = {n: wire.MetaVictims([wire.MetaPod(u)], 0) for n, u in (("a", "ua"), ("b", "ub"), ("c", "uc"))}
+    kept = {}
+    for obj in members:
+        answer = service.preempt(wire.ExtenderPreemptionArgs(pod=obj, node_name_to_meta_victims=victims))
+        kept[obj["metadata"]["name"]] = sorted(answer.node_name_to_meta_victims or {})
+    # Without the low pods the gang packs leaf l0 (a, b): c, where eviction would also make one
+    # member fit, is never offered.
+    assert kept == {"hi-0": ["a"], "hi-1": ["b"]}
+
+
+def test_gang_preemption_never_evicts_when_the_gang_would_still_not_fit() -> None:
+    running = [PodRequest("default", "low-a", uid="ua", gpu_count=8, node_name="a", gpu_ids=tuple(range(8)))]
+    service, _ = offline_service([gpu_node("a", 8)], running)
+    members = [member(f"hi-{r}", 2, 8, r, group="hi", priority=100) for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    victims = {"a": wire.MetaVictims([wire.MetaPod("ua")], 0)}
+    answer = service.preempt(wire.ExtenderPreemptionArgs(pod=members[0], node_name_to_meta_victims=victims))
+    assert answer.node_name_to_meta_victims == {}
 
 
 def test_the_offline_path_from_a_scenario_binds_around_running_pods() -> None:
@@ -580,10 +817,12 @@ def test_explain_and_metrics_show_where_the_kubelet_contradicts_the_annotation()
     service = ExtenderService(state, registry.build(config), _binder_protocol(FakeBinder()), ExtenderMetrics())
     state.upsert_pod(pod("p", gpus=1, node="n0", gpuIds=[0]))
     state.replace_reports([report_object("n0", gpus=2)])
-    assert service.explain("default", "p")["gpuIds"] == {"annotation": [0], "kubelet": [], "counted": [0]}
+    explained = service.explain("default", "p")
+    assert explained is not None and explained["gpuIds"] == {"annotation": [0], "kubelet": [], "counted": [0]}
     assert service.metrics.registry.get_sample_value("gpusched_gpu_assignment_disagreements_total") == 0.0
 
     state.upsert_report(report_object("n0", gpus=2, holders={1: ["default/p"]}))  # the device plugin chose 1
-    assert service.explain("default", "p")["gpuIds"] == {"annotation": [0], "kubelet": [1], "counted": [1]}
+    explained = service.explain("default", "p")
+    assert explained is not None and explained["gpuIds"] == {"annotation": [0], "kubelet": [1], "counted": [1]}
     assert service.metrics.registry.get_sample_value("gpusched_gpu_assignment_disagreements_total") == 1.0
     assert held(service)["default/p"] == ("n0", (1,), 1000)  # GPU 0 is the free one now

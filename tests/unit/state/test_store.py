@@ -32,11 +32,18 @@ def test_assumed_pod_holds_gpus_until_the_api_shows_it_bound() -> None:
     assert state.snapshot().gpu_free_count().tolist() == [1, 4]  # now held by the bound pod, once
 
 
-def test_assumed_pod_expires_if_the_api_never_confirms() -> None:
+def test_an_assumed_pod_is_held_until_its_bind_fails_or_has_no_known_outcome_for_the_ttl() -> None:
     state, clock = state_with()
     state.assume(parse_pod(pod("p", gpus=4)), "n1", (0, 1, 2, 3))
+    clock.now += 10 * ASSUME_TTL_S  # a bind under way, or done and the informer late: held
     assert state.snapshot().gpu_free_count().tolist() == [4, 0]
-    clock.now += ASSUME_TTL_S + 1
+    state.bind_outcome_unknown("default/p")  # the call ended without an answer: the TTL starts now
+    clock.now += ASSUME_TTL_S - 1
+    assert state.snapshot().gpu_free_count().tolist() == [4, 0]
+    clock.now += 2
+    assert state.snapshot().gpu_free_count().tolist() == [4, 4] and state.assumed == {}
+    state.assume(parse_pod(pod("q", gpus=4)), "n1", (0, 1, 2, 3))
+    state.forget_assumed("default/q")  # the API refused the bind
     assert state.snapshot().gpu_free_count().tolist() == [4, 4]
 
 
