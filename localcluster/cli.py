@@ -9,7 +9,8 @@ nodes (``nodeTypes``/``nodes`` of ``scheduler/core/scenario.py``) become fake Re
 ``nvidia.com/gpu`` capacity, Job pods finish after ``--job-seconds``, and a reporter keeps each
 node's GPUNodeReport fresh (:mod:`localcluster.reporter`). ``--gpusched`` starts the gpusched
 extender against the cluster and wires kube-scheduler to it, with a ``gpusched`` profile beside
-``default-scheduler``. The workdir defaults to ``$GPUSCHED_CLUSTER_WORKDIR`` when set.
+``default-scheduler`` (extenders apply to every profile, so both profiles' pods reach gpusched).
+The workdir defaults to ``$GPUSCHED_CLUSTER_WORKDIR`` when set.
 """
 
 from __future__ import annotations

@@ -98,7 +98,9 @@ def binary(name: str) -> Path:
 
 
 def extender_entry(url: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``extenders`` item for gpusched at ``url``; ``overrides`` replace any field."""
+    """The ``extenders`` item for gpusched at ``url``, as manifests/scheduler/kube-scheduler.yaml
+    has it: no ``managedResources``, so every pod of the scheduler's profiles reaches gpusched (GPU
+    shares too); ``overrides`` replace any field."""
     entry: dict[str, Any] = {
         "urlPrefix": url,
         "filterVerb": "filter",
@@ -109,7 +111,7 @@ def extender_entry(url: str, overrides: Mapping[str, Any] | None = None) -> dict
         "nodeCacheCapable": True,
         "enableHTTPS": False,
         "httpTimeout": "5s",
-        "managedResources": [{"name": DEFAULT_GPU_RESOURCE, "ignoredByScheduler": False}],
+        "ignorable": False,
     }
     entry.update(overrides or {})
     return entry

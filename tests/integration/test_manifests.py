@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from localcluster.cluster import DEFAULT_EXTENDER_WEIGHT
+from localcluster.cluster import DEFAULT_EXTENDER_WEIGHT, extender_entry
 from localcluster.versions import K8S_VERSION
 from scheduler.core.scenario import load_nodes
 from scheduler.extender.binders import OfflineBinder
@@ -188,10 +188,11 @@ def test_second_scheduler_profile_calls_the_extender_service(objects: list[dict[
     }
     assert extender["weight"] == DEFAULT_EXTENDER_WEIGHT == 100
     assert extender["nodeCacheCapable"] is True
-    gpu_resource = registry.config_from(
-        yaml.safe_load(install.find(objects, "ConfigMap", "gpusched-config")["data"]["config.yaml"])
-    ).gpu_resource
-    assert extender["managedResources"] == [{"name": gpu_resource, "ignoredByScheduler": False}]
+    # No managedResources: kube-scheduler then calls gpusched for every pod of the profile, GPU
+    # shares included (its HTTPExtender.IsInterested is true for every pod when the list is empty).
+    assert "managedResources" not in extender
+    # The local cluster's kube-scheduler calls gpusched as this one does.
+    assert extender_entry(extender["urlPrefix"]) == extender
     # Leader election on, on a Lease this ServiceAccount may update.
     election = config["leaderElection"]
     assert election["leaderElect"] is True and election["resourceNamespace"] == NAMESPACE
@@ -292,3 +293,22 @@ def test_every_extender_metric_a_dashboard_reads_exists() -> None:
     extender = {n for n in wanted if not n.startswith("gpusched_agent_")}
     assert extender, "no extender metrics on the dashboards"
     assert extender <= exposed, extender - exposed
+
+
+def test_device_plugin_config_advertises_gpu_shares_as_a_resource_of_their_own(objects: list[dict[str, Any]]) -> None:
+    # Plain file, not in the kustomization: the NVIDIA device plugin's chart reads it (config.name).
+    (config_map,) = yaml.safe_load_all((MANIFESTS / "device-plugin" / "nvidia-device-plugin-config.yaml").read_text())
+    assert config_map["kind"] == "ConfigMap"
+    configs = {name: yaml.safe_load(text) for name, text in config_map["data"].items()}
+    assert set(configs) == {"whole", "shared"}
+    assert "sharing" not in configs["whole"]
+    slicing = configs["shared"]["sharing"]["timeSlicing"]
+    # renameByDefault: the replicas are advertised as nvidia.com/gpu.shared, so a share pod never
+    # takes the place of a whole-GPU pod; failRequestsGreaterThanOne: a share is one replica.
+    assert slicing["renameByDefault"] is True and slicing["failRequestsGreaterThanOne"] is True
+    (resource,) = slicing["resources"]
+    assert resource["name"] == "nvidia.com/gpu"
+    # At least one replica per smallest share gpusched places (gpusched.io/gpu-milli of 100 here):
+    # 1000 / 100 = 10 shares of one GPU.
+    assert resource["replicas"] == 10
+    assert config_map["metadata"]["name"] not in {o["metadata"]["name"] for o in objects}
