@@ -2,7 +2,8 @@
 
 `NodeTable.of(snapshot)` builds, once per snapshot (ClusterSnapshot.memo), the allocatable CPU and
 memory, the usable GPUs and their capacity in milli-GPU, each node's single GPU model (or
-MIXED_MODELS) and a fixed first-fit order, for the plugins and the fragmentation measure.
+MIXED_MODELS), its largest GPU memory and whether every usable GPU has that size, and a fixed
+first-fit order, for the plugins and the fragmentation measure.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class NodeTable:
         first = models.max(axis=1)
         same = ((models == first[:, None]) | ~usable).all(axis=1)
         self.node_model = np.where(same, first, MIXED_MODELS)
+        # The largest GPU memory among the usable GPUs (-1: none), and whether all have that size.
+        self.gpu_memory_top = np.where(usable, snapshot.gpu_memory, -1).max(axis=1, initial=-1)
+        low = np.where(usable, snapshot.gpu_memory, np.iinfo(np.int64).max).min(axis=1, initial=np.iinfo(np.int64).max)
+        self.one_gpu_memory = self.gpu_memory_top == low
         # First-fit order: nodes with the smallest GPUs first (GPU memory, unknown counting as 0),
         # then the snapshot's order; rank 0 comes first.
         memory = np.where(usable, snapshot.gpu_memory, 0).max(axis=1)

@@ -56,6 +56,6 @@ class Freshness(FilterPlugin, ScorePlugin):
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap = cycle.snapshot
         # A report stamped ahead of this clock (node clock skew) counts as new, never newer.
-        age = np.clip(snap.report_age[nodes], 0.0, self.config.report_ttl_s)
+        age = np.minimum(np.maximum(snap.report_age[nodes], 0.0), self.config.report_ttl_s)
         fresh = 100.0 - 50.0 * age / self.config.report_ttl_s
         return np.where(snap.has_report[nodes], fresh, self.score_missing)

@@ -31,7 +31,7 @@ class GpuFit(FilterPlugin):
         ok = snap.ready[nodes].copy()
         if not pod.wants_gpu:
             return ok
-        ok &= cycle.eligible(nodes).sum(axis=1) >= pod.gpus_needed
+        ok &= cycle.eligible_count(nodes) >= pod.gpus_needed
         ok &= snap.gpu_alloc[nodes] - snap.gpu_used_api[nodes] >= pod.gpu_count
         return ok
 

@@ -22,8 +22,7 @@ import numpy as np
 from scheduler.core.args import PluginArgs
 from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, ScorePlugin
-
-_NONE = np.iinfo(np.int64).max  # "no usable GPU" for the smallest memory
+from scheduler.core.node_table import NodeTable
 
 
 class GpuMemoryPackingArgs(PluginArgs, frozen=True):
@@ -66,13 +65,10 @@ class GpuMemoryPacking(ScorePlugin):
         set is chosen, so the GPU sets are searched only when some node mixes sizes.
         """
         snap = cycle.snapshot
-        usable = snap.gpu_valid[nodes] & snap.gpu_healthy[nodes]
-        memory = snap.gpu_memory[nodes]
-        top = np.where(usable, memory, -1).max(axis=1, initial=-1)  # memory is never negative
-        low = np.where(usable, memory, _NONE).min(axis=1, initial=_NONE)
-        if nodes.size and bool((top == low).all()):
-            fits = cycle.eligible(nodes).sum(axis=1) >= cycle.pod.gpus_needed  # a set exists
-            return np.where(fits, top, 0).astype(np.float64)
+        table = NodeTable.of(snap)
+        if nodes.size and bool(table.one_gpu_memory[nodes].all()):
+            fits = cycle.eligible_count(nodes) >= cycle.pod.gpus_needed  # a set exists
+            return np.where(fits, table.gpu_memory_top[nodes], 0).astype(np.float64)
         _, chosen = cycle.gpu_sets(nodes)
         held = np.where(chosen >= 0, snap.gpu_memory[nodes[:, None], np.maximum(chosen, 0)], 0)
         return np.where((chosen >= 0).all(axis=1), held.min(axis=1), 0).astype(np.float64)

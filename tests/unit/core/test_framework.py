@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scheduler.core import gpusets
 from scheduler.core.args import PluginArgs
 from scheduler.core.config import ConfigError, SchedulerConfig
-from scheduler.core.framework import MAX_SCORE, SCORE_SLACK, Cycle, Framework, ScorePlugin
+from scheduler.core.framework import MAX_SCORE, SCORE_SLACK, Cycle, Framework, ScorePlugin, count_per_row
 from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.plugins import registry
@@ -220,3 +221,27 @@ def test_every_kind_of_bad_score_at_once_and_only_from_the_plugin_that_gave_it(
     # Counted per node and per decision: the metric keeps going up while the plugin misbehaves.
     fw.decide(snap, parse_pod(pod("q", 1)))
     assert fw.bad_scores == {"buggy": 8}
+
+
+# ---------------------------------------------------------------- eligible GPUs, counted per node
+@pytest.mark.parametrize("gpus", [1, 2, 3, 4, 8, 16])
+def test_count_per_row_counts_the_true_values_of_each_row(gpus: int) -> None:
+    mask = np.random.default_rng(gpus).random((50, gpus)) > 0.4
+    assert count_per_row(mask).tolist() == mask.sum(axis=1).tolist()  # bit counts (1, 2, 4, 8) or sums
+    assert count_per_row(mask[::2]).tolist() == mask[::2].sum(axis=1).tolist()  # not contiguous: summed
+    assert count_per_row(np.zeros((0, gpus), dtype=bool)).tolist() == []
+
+
+def test_eligible_gpus_read_from_every_node_equal_those_built_for_the_nodes_asked() -> None:
+    # 8 nodes of 8, 4 or 2 GPUs (padded to 8 columns), some GPUs taken; a 1-GPU pod.
+    snap = ClusterSnapshot([gpu_node(f"n{i}", (8, 4, 2)[i % 3], interconnect="pcie") for i in range(8)])
+    for node, gpus in ((0, (0, 1, 2)), (4, (3,)), (7, (0, 1))):
+        snap.place(parse_pod(pod(f"q{node}", len(gpus))), node, gpus)
+    one = parse_pod(pod("p", 1))
+    cycle = Cycle(snap, one, FW.config)
+    few, most = np.array([6, 1], dtype=np.intp), np.array([7, 0, 2, 4, 5], dtype=np.intp)
+    for nodes in (few, most, few):  # 2 of 8 nodes: built for them; 5 of 8: for every node, then read
+        want = gpusets.eligible_gpus(snap, one, nodes)
+        assert cycle.eligible(nodes).tolist() == want.tolist()
+        assert cycle.eligible_count(nodes).tolist() == want.sum(axis=1).tolist()
+    assert cycle.eligible_count(np.arange(8)).tolist() == [5, 4, 2, 8, 3, 2, 8, 2]  # 8-3, 4, 2, 8, 4-1, ...
