@@ -45,7 +45,7 @@ def cluster(n: int) -> tuple[ExtenderService, list[str]]:
     nodes = [
         NodeState(
             name=f"node-{i:05d}",
-            labels={"gpusched.io/rack": f"rack-{i // 16}"},
+            labels={"network.topology.nvidia.com/leaf": f"rack-{i // 16}"},
             gpu_count=8,
             cpu_milli=128_000,
             memory=1024 * GiB,

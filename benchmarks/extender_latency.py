@@ -50,7 +50,7 @@ def node_object(i: int) -> dict[str, Any]:
     return {
         "metadata": {
             "name": name,
-            "labels": {"kubernetes.io/hostname": name, "gpusched.io/rack": f"rack-{i // 16}"},
+            "labels": {"kubernetes.io/hostname": name, "network.topology.nvidia.com/leaf": f"rack-{i // 16}"},
         },
         "spec": {},
         "status": {

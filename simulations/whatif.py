@@ -19,10 +19,10 @@ the pod's image and weights, so later replicas there start warm.
 
 Measures, per policy: GPU allocation over time; stranded GPUs (free GPUs on nodes that are partly
 used, which a whole-node training member cannot use); pods pending at the end and why; for each
-gang whether it was placed whole, how many racks it spans and the innermost topology tier that
-holds it; and the predicted cold-start seconds of each inference pod (plugins/cold_start.py's
-formula at the moment of placement). The fragmentation plugins' typical pods are the shapes of every
-pod the scenario runs (its running pods and its workload).
+gang whether it was placed whole, how many racks (leaf switches or GKE subblocks) it spans and the
+innermost topology tier that holds it; and the predicted cold-start seconds of each inference pod
+(plugins/cold_start.py's formula at the moment of placement). The fragmentation plugins' typical
+pods are the shapes of every pod the scenario runs (its running pods and its workload).
 """
 
 from __future__ import annotations
@@ -42,13 +42,22 @@ from scheduler.core.images import normalize_image
 from scheduler.core.podspec import parse_pod
 from scheduler.core.scenario import ScenarioError, load_nodes, load_pods, pod_object
 from scheduler.core.snapshot import ClusterSnapshot
+from scheduler.core.topology import DEFAULT_TIERS, RACK_KEYS, TOPOGRAPH_LEAF
 from scheduler.core.types import NodeState, PodRequest
 from scheduler.plugins import registry
 from scheduler.plugins.cold_start import predicted_seconds
 from scheduler.plugins.disk_fit import DiskFit
 from simulations import policies
 
-RACK_LABEL = "gpusched.io/rack"
+
+def rack_of(node: NodeState) -> tuple[str, ...]:
+    """The node's rack: its leaf switch (Topograph) or subblock (GKE), within the tiers outside it
+    (subblock sb1 of block b1 is not sb1 of b2); a node without either is a rack of its own."""
+    for key in RACK_KEYS:
+        if key in node.labels:
+            outer = DEFAULT_TIERS[: DEFAULT_TIERS.index(key) + 1]
+            return tuple(f"{k}={node.labels.get(k, '')}" for k in outer)
+    return (node.name,)
 
 
 @dataclass(frozen=True)
@@ -289,7 +298,12 @@ def apply_changes(
         if kind not in types:
             raise ScenarioError(f"--add-nodes: unknown node type {kind!r} (known: {', '.join(types)})")
         nodes.append(
-            {"name": f"added-{kind}-{{i}}", "type": kind, "count": int(count), "labels": {RACK_LABEL: f"added-{kind}"}}
+            {
+                "name": f"added-{kind}-{{i}}",
+                "type": kind,
+                "count": int(count),
+                "labels": {TOPOGRAPH_LEAF: f"added-{kind}"},
+            }
         )
     out["nodes"] = nodes
     drained = set(drain)
@@ -448,11 +462,7 @@ class Replay:
                 placed = [o for o in outcomes[i] if o.node is not None]
                 gang.placed = len(placed)
                 gang.whole = gang.placed == gang.members
-                racks = {
-                    self.snapshot.nodes[self.snapshot.index[o.node]].labels.get(RACK_LABEL, o.node)
-                    for o in placed
-                    if o.node
-                }
+                racks = {rack_of(self.snapshot.nodes[self.snapshot.index[o.node]]) for o in placed if o.node}
                 gang.racks = len(racks)
                 if placed and not gang.span:
                     gang.span = tier_span(self.snapshot, [self.snapshot.index[o.node] for o in placed if o.node])

@@ -4,7 +4,9 @@ The file format (YAML or JSON, keys in camelCase like Kubernetes' own configs):
 
     gpuResource: nvidia.com/gpu
     reportTTLSeconds: 90
-    topologyTiers: [topology.kubernetes.io/zone, gpusched.io/block, gpusched.io/rack, kubernetes.io/hostname]
+    # node label keys, outermost first; the default reads the zone, Topograph's, GKE's, the NVLink
+    # clique and the hostname labels (scheduler/core/topology.py)
+    topologyTiers: [example.com/pod, example.com/rack, kubernetes.io/hostname]
     plugins:
       filter: [gpu-fit, cuda, freshness]
       score:
@@ -13,7 +15,7 @@ The file format (YAML or JSON, keys in camelCase like Kubernetes' own configs):
       freshness: {scoreMissing: 0}
     gang:
       reservationTTLSeconds: 120   # how long a gang's GPUs are held for members not yet bound
-      maxSpanTier: gpusched.io/rack  # outermost tier a gang may span (default: the whole cluster)
+      maxSpanTier: example.com/rack  # outermost tier a gang may span (default: the whole cluster)
 
 A score plugin without a positive weight, an unknown plugin, an unknown key or a malformed value is
 a start-up error that names the offending key.
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from scheduler.core.snapshot import DEFAULT_TIERS
+from scheduler.core.topology import DEFAULT_TIERS
 
 
 class ConfigError(ValueError):

@@ -6,7 +6,7 @@ NodeStates and Pod objects out; reading the file is the caller's business).
                  cpu: "224", memory: 2Ti, cuda: "12.4", driver: "550.54.15",
                  pullBandwidth: 100Mi, downloadBandwidth: 200Mi, diskBandwidth: 2Gi}
     nodes:
-      - {name: "h100-r1-{i}", count: 4, type: dgx-h100, labels: {gpusched.io/rack: r1},
+      - {name: "h100-r1-{i}", count: 4, type: dgx-h100, labels: {network.topology.nvidia.com/leaf: r1},
          images: {"ghcr.io/acme/llm-server:1.4": 15Gi}, models: {"meta-llama/Llama-3.1-8B@main": 16Gi},
          loraAdapters: {}, reportAgeSeconds: 0}        # reportAgeSeconds: null -> no report
     pods:                                               # pods already running

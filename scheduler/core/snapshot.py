@@ -18,14 +18,9 @@ from scheduler.core.gpu_assignment import GpuAssignments
 from scheduler.core.gpu_models import matching_ids
 from scheduler.core.images import normalize_image
 from scheduler.core.quantity import version_code
+from scheduler.core.topology import DEFAULT_TIERS
 from scheduler.core.types import LINK_AFFINITY, NodeState, PodRequest
 
-DEFAULT_TIERS = (
-    "topology.kubernetes.io/zone",
-    "gpusched.io/block",
-    "gpusched.io/rack",
-    "kubernetes.io/hostname",
-)
 UNKNOWN_MODEL = -1
 T = TypeVar("T")
 

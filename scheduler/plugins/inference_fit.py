@@ -28,7 +28,8 @@ keeps large GPUs for the models that need them. Pods of one GPU or a share score
 GPUs cannot hold the replica at the requested count scores 0. The GPUs used are those the pod would
 get (the core's GPU set), else the node's largest.
 `spread` spreads replicas of one controller (`PodRequest.owner`, within the namespace) across the
-failure domains of `spreadTiers` (default zone, then rack), outer tiers weighing twice the next: c_t
+failure domains of `spreadTiers` (default zone, then rack: Topograph's leaf switch or GKE's
+subblock, core/topology.py), outer tiers weighing twice the next one that is labelled: c_t
 is how many of the controller's pods run in the node's domain of tier t, max over the scored nodes
 (1 when no replica runs yet). A node without a tier's label is a domain of its own, and a tier no
 node is labelled with is skipped (it would make every node a domain of its own). Spreading is a
@@ -57,9 +58,10 @@ from scheduler.core.config import SchedulerConfig
 from scheduler.core.framework import Cycle, FilterPlugin, ScorePlugin
 from scheduler.core.quantity import format_bytes
 from scheduler.core.snapshot import ClusterSnapshot, owner_key, tier_domains
+from scheduler.core.topology import RACK_KEYS, ZONE
 from scheduler.core.types import PodRequest
 
-DEFAULT_SPREAD_TIERS = ("topology.kubernetes.io/zone", "gpusched.io/rack")
+DEFAULT_SPREAD_TIERS = (ZONE, *RACK_KEYS)
 
 
 def _gpus_for(need: np.ndarray | float, usable: np.ndarray | float, power_of_two: bool) -> np.ndarray:
@@ -226,10 +228,12 @@ class InferenceFit(FilterPlugin, ScorePlugin):
         domains = domain_ids(snap, self.tiers)
         total = np.zeros(nodes.size)
         weight_sum = 0.0
+        labelled = 0
         for t, label in enumerate(self.tiers):
             if not any(label in node.labels for node in snap.nodes):
                 continue  # a tier nobody labels says nothing about failure domains
-            weight = 0.5**t
+            weight = 0.5**labelled
+            labelled += 1
             per_domain = np.bincount(domains[where, t], weights=counts, minlength=int(domains[:, t].max()) + 1)
             here = per_domain[domains[nodes, t]]
             top = float(here.max(initial=0.0))

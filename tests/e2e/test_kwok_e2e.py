@@ -32,7 +32,12 @@ FREE_AT_START = 39
 JOB_SECONDS = 3  # how long a Job's pod runs unless its annotation says otherwise
 # Spelled out, so the test does not depend on gpusched's default topology tiers.
 GPUSCHED_CONFIG = {
-    "topologyTiers": ["topology.kubernetes.io/zone", "gpusched.io/block", "gpusched.io/rack", "kubernetes.io/hostname"]
+    "topologyTiers": [
+        "topology.kubernetes.io/zone",
+        "network.topology.nvidia.com/spine",
+        "network.topology.nvidia.com/leaf",
+        "kubernetes.io/hostname",
+    ]
 }
 
 
@@ -135,7 +140,7 @@ def test_scenario_nodes_are_ready_with_gpus_and_its_pod_runs(kwok: Kwok) -> None
         assert conditions["Ready"] == "True", name  # set by KWOK: localcluster creates nodes without conditions
         assert node["status"]["allocatable"]["nvidia.com/gpu"] == ("4" if name.startswith("l4") else "8")
         assert node["status"]["nodeInfo"]["kubeletVersion"].startswith("kwok-")
-    assert nodes["h100-r2-1"]["metadata"]["labels"]["gpusched.io/rack"] == "r2"
+    assert nodes["h100-r2-1"]["metadata"]["labels"]["network.topology.nvidia.com/leaf"] == "r2"
 
     pod = kwok.get("/api/v1/namespaces/default/pods/eval-0")
     assert pod["status"]["phase"] == "Running"

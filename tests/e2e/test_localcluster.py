@@ -54,7 +54,7 @@ def test_apiserver_reports_pinned_version(control_plane: LocalCluster) -> None:
 def test_scheduler_binds_gpu_pod_and_rejects_oversized_one(
     control_plane: LocalCluster, kube_scheduler: StartScheduler
 ) -> None:
-    control_plane.create_gpu_node("gpu-a", gpus=4, labels={"gpusched.io/rack": "r1"})
+    control_plane.create_gpu_node("gpu-a", gpus=4, labels={"network.topology.nvidia.com/leaf": "r1"})
     control_plane.create_gpu_node("gpu-b", gpus=8, images=[{"names": ["example/llm:1"], "sizeBytes": 10**9}])
     control_plane.create_namespace(NAMESPACE)
     kube_scheduler()

@@ -89,7 +89,7 @@ def test_readme_walkthrough_runs_start_to_finish(tmp_path: Path) -> None:
     paste = [line for line in up.splitlines() if line.startswith(f"KUBECONFIG={kubeconfig} ")]
     assert paste and paste[0].endswith("/kubectl get nodes"), up
 
-    nodes = table(out("kubectl get nodes -L gpusched.io/rack"))
+    nodes = table(out("kubectl get nodes -L network.topology.nvidia.com/leaf"))
     assert nodes[0][:2] == ["NAME", "STATUS"]
     assert {row[0]: (row[1], row[-1]) for row in nodes[1:]} == {
         "h100-r1-0": ("Ready", "r1"),

@@ -15,7 +15,7 @@ def test_readme_config_example_loads() -> None:
     block = re.search(r"takes YAML:\n\n```yaml\n(.*?)```", text, re.S)
     assert block is not None
     config = registry.config_from(yaml.safe_load(block.group(1)))
-    assert config.gang_max_span == "gpusched.io/rack"
+    assert config.gang_max_span == "network.topology.nvidia.com/leaf"
     assert dict(config.scores)["cold-start"] == 3.0
     assert config.filters == ("gpu-fit", "cuda", "freshness", "inference-fit", "disk-fit")
 

@@ -43,13 +43,13 @@ def test_place_refuses_what_does_not_fit() -> None:
 
 def test_tiers_qualify_inner_labels_by_outer_ones() -> None:
     nodes = [
-        gpu_node("a", labels={"topology.kubernetes.io/zone": "z1", "gpusched.io/rack": "r1"}),
-        gpu_node("b", labels={"topology.kubernetes.io/zone": "z2", "gpusched.io/rack": "r1"}),
-        gpu_node("c", labels={"topology.kubernetes.io/zone": "z1", "gpusched.io/rack": "r1"}),
+        gpu_node("a", labels={"topology.kubernetes.io/zone": "z1", "network.topology.nvidia.com/leaf": "r1"}),
+        gpu_node("b", labels={"topology.kubernetes.io/zone": "z2", "network.topology.nvidia.com/leaf": "r1"}),
+        gpu_node("c", labels={"topology.kubernetes.io/zone": "z1", "network.topology.nvidia.com/leaf": "r1"}),
         gpu_node("d"),
     ]
     snap = ClusterSnapshot(nodes)
-    rack = snap.tier_keys.index("gpusched.io/rack")
+    rack = snap.tier_keys.index("network.topology.nvidia.com/leaf")
     ids = snap.tier_ids[:, rack]
     assert ids[0] == ids[2] != ids[1]
     assert len(set(ids.tolist())) == 3  # d is alone in its rack

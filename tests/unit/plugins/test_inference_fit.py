@@ -16,7 +16,7 @@ from scheduler.plugins.inference_fit import InferenceFit, replica_shape
 from tests.builders import GiB, gpu_node, pod
 
 MODEL = "meta-llama/Llama-3.1-70B@main"
-ZONE, RACK = "topology.kubernetes.io/zone", "gpusched.io/rack"
+ZONE, RACK = "topology.kubernetes.io/zone", "network.topology.nvidia.com/leaf"
 
 
 def h100(name: str = "h100", **kw: Any) -> NodeState:
@@ -209,6 +209,20 @@ def test_replicas_spread_over_zones_then_racks() -> None:
     running = (replica(1, owner="ReplicaSet/web", name="web-0", node="n0"),)
     _, _, got = run(spread_nodes(), replica(1, owner="ReplicaSet/web"), pods=running)
     assert got == pytest.approx([0.0, 0.0, 100 * 0.5 / 1.5, 100.0, 100.0])
+
+
+def test_gke_subblocks_are_racks_with_the_weight_of_the_tier_after_the_zone() -> None:
+    subblock = "cloud.google.com/gce-topology-subblock"
+    nodes = [
+        h100("n0", labels={ZONE: "a", subblock: "s1"}),
+        h100("n1", labels={ZONE: "a", subblock: "s1"}),
+        h100("n2", labels={ZONE: "a", subblock: "s2"}),
+        h100("n3", labels={ZONE: "b", subblock: "s3"}),
+    ]
+    running = (replica(1, owner="ReplicaSet/web", name="web-0", node="n0"),)
+    _, _, got = run(nodes, replica(1, owner="ReplicaSet/web"), pods=running)
+    # No node has a leaf label, so the subblock tier weighs 0.5 (not 0.25): n2 = (1 * 0 + 0.5 * 1) / 1.5.
+    assert got == pytest.approx([0.0, 0.0, 100 * 0.5 / 1.5, 100.0])
 
 
 def test_spread_ignores_other_controllers_and_namespaces() -> None:

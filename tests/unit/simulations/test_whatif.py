@@ -1,19 +1,21 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from scheduler.core.scenario import ScenarioError
+from scheduler.core.types import NodeState
 from simulations.cli import main
-from simulations.whatif import Replay, apply_changes, compare, load_jobs, tier_span
+from simulations.whatif import Replay, apply_changes, compare, load_jobs, rack_of, tier_span
 
 DEMO = Path(__file__).resolve().parents[3] / "simulations" / "scenarios" / "demo.yaml"
 
 SMALL = {
     "nodeTypes": {"big": {"gpus": 8, "gpuModel": "H100", "gpuMemory": "80Gi", "interconnect": "nvswitch"}},
     "nodes": [
-        {"name": "r1-{i}", "count": 2, "type": "big", "labels": {"gpusched.io/rack": "r1"}},
-        {"name": "r2-{i}", "count": 2, "type": "big", "labels": {"gpusched.io/rack": "r2"}},
+        {"name": "r1-{i}", "count": 2, "type": "big", "labels": {"network.topology.nvidia.com/leaf": "r1"}},
+        {"name": "r2-{i}", "count": 2, "type": "big", "labels": {"network.topology.nvidia.com/leaf": "r2"}},
     ],
     "workload": [
         # Four unrelated single-GPU services (no shared owner, so nothing asks to spread them).
@@ -154,11 +156,11 @@ def test_small_scenarios_list_every_placement_and_the_gangs(capsys: pytest.Captu
 
 def test_gang_span_is_the_innermost_tier_holding_it() -> None:
     (ours,) = compare(SMALL, ["gpusched"])
-    assert {g.name: (g.racks, g.span) for g in ours.gangs} == {"gang": (1, "rack"), "late": (1, "rack")}
+    assert {g.name: (g.racks, g.span) for g in ours.gangs} == {"gang": (1, "leaf switch"), "late": (1, "leaf switch")}
     snap = Replay.from_scenario(SMALL, "gpusched").snapshot
     assert tier_span(snap, [snap.index["r1-0"]]) == "node"
-    assert tier_span(snap, [snap.index["r1-0"], snap.index["r1-1"]]) == "rack"
-    assert tier_span(snap, [snap.index["r1-0"], snap.index["r2-0"]]) == "cluster"  # no block or zone labels
+    assert tier_span(snap, [snap.index["r1-0"], snap.index["r1-1"]]) == "leaf switch"
+    assert tier_span(snap, [snap.index["r1-0"], snap.index["r2-0"]]) == "cluster"  # no spine or zone labels
 
 
 def test_fragmentation_learns_the_typical_pods_from_the_workload() -> None:
@@ -237,3 +239,47 @@ def test_demo_keeps_serving_pods_off_the_small_disk_nodes() -> None:
     assert not any((p.node or "").startswith("l4-edge") for p in serving)
     assert ours.summary()["pods_placed_where_disk_short"] == 0
     assert base.summary()["pods_kept_off_by_disk_fit"] == 0  # kube-default's stand-in has no disk-fit
+
+
+def readme_example(name: str) -> dict:
+    """The scenario of the README's "Topology labels" example."""
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    block = re.search(rf"```yaml\n# {re.escape(name)}\n(.*?)```", text, re.S)
+    assert block is not None, f"README has no {name} example"
+    scenario: dict = yaml.safe_load(block.group(1))
+    return scenario
+
+
+def test_readme_gke_example_keeps_the_gang_in_one_block_without_topology_tiers() -> None:
+    scenario = readme_example("gke-blocks.yaml")
+    assert "topologyTiers" not in scenario
+    base, ours = compare(scenario, ["kube-default", "gpusched"])
+    (gang,) = ours.gangs
+    assert {p.node for p in ours.pods} == {"b2-sb1-0", "b2-sb1-1", "b2-sb2-0", "b2-sb2-1"}
+    # The README's table cells: 4 placed, 2 subblocks (racks), held by one block.
+    assert (gang.placed, gang.racks, gang.span) == (4, 2, "block")
+    (theirs,) = base.gangs
+    assert (theirs.placed, theirs.racks, theirs.span) == (4, 3, "cluster")
+
+
+def test_demo_topograph_gangs_stay_in_one_leaf_switch() -> None:
+    scenario = yaml.safe_load(DEMO.read_text())
+    labels = {k for n in scenario["nodes"] for k in n.get("labels", {})}
+    assert labels == {
+        "topology.kubernetes.io/zone",
+        "network.topology.nvidia.com/spine",
+        "network.topology.nvidia.com/leaf",
+    }
+    (ours,) = compare(scenario, ["gpusched"])
+    assert ours.gangs and all((g.whole, g.racks, g.span) == (True, 1, "leaf switch") for g in ours.gangs)
+
+
+def test_racks_are_leaf_switches_or_subblocks_within_their_outer_tiers() -> None:
+    def node(labels: dict[str, str]) -> NodeState:
+        return NodeState(name="n", gpu_count=8, labels=labels)
+
+    leaf = "network.topology.nvidia.com/leaf"
+    sub, block = "cloud.google.com/gce-topology-subblock", "cloud.google.com/gce-topology-block"
+    assert rack_of(node({leaf: "l1"})) == rack_of(node({leaf: "l1", "kubernetes.io/hostname": "x"}))
+    assert rack_of(node({block: "b1", sub: "s1"})) != rack_of(node({block: "b2", sub: "s1"}))
+    assert rack_of(node({})) == ("n",)  # unlabelled: a rack of its own

@@ -248,7 +248,7 @@ def drop_report(node: str) -> Event:
 def relabel_node(node: str, rack: str, cpu: str) -> Event:
     def run(w: World) -> None:
         if node in w.nodes:
-            w.nodes[node]["metadata"]["labels"]["gpusched.io/rack"] = rack
+            w.nodes[node]["metadata"]["labels"]["network.topology.nvidia.com/leaf"] = rack
             w.nodes[node]["status"]["allocatable"]["cpu"] = cpu
             w.state.upsert_node(copy.deepcopy(w.nodes[node]))
 
