@@ -378,7 +378,8 @@ class GangManager:
         """Plan the pod's gang if needed and return the pod's slot, or why it cannot pass now.
 
         `offered`: snapshot indices of the nodes kube-scheduler let through for this member
-        (None: every node, as in the simulator).
+        (None: every node, as in the simulator). Nodes where other members are nominated count as
+        offered: kube-scheduler counts a nominated member there, so it turns them away for this one.
         """
         if pod.min_member < 1:
             return Admission(None, f"gang {pod.pod_group}: pod has no gpusched.io/min-member annotation")
@@ -393,6 +394,10 @@ class GangManager:
                 resolvable=False,
             )
         rank = ranks[pod.key]
+        if offered is not None:
+            nominated = [snapshot.index[m.nominated_node] for m in members if m.nominated_node in snapshot.index]
+            if nominated:
+                offered = np.union1d(offered, nominated)
         gang = self.active.get(key) or self._restore(snapshot, pod, members, ranks, now)
         if gang is not None:
             slot = gang.slot(rank)

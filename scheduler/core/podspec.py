@@ -212,6 +212,7 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
         priority=priority if isinstance(priority := spec.get("priority"), int) else 0,
         planned_node=annotations.get(ANN_PLANNED_NODE, "") if annotations.get(ANN_GANG_PLAN) else "",
         gang_plan=annotations.get(ANN_GANG_PLAN, ""),
+        nominated_node=str((pod.get("status") or {}).get("nominatedNodeName") or ""),
         owner=owner,
         node_name=node_name,
         gpu_ids=gpu_ids,

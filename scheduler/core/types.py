@@ -41,6 +41,7 @@ class PodRequest:
     priority: int = 0  # spec.priority: who may preempt whom
     planned_node: str = ""  # gang members: the node of the gang's plan, once written on the pod
     gang_plan: str = ""  # gang members: id of the plan written on the pod before its gang's binds
+    nominated_node: str = ""  # status.nominatedNodeName: where kube-scheduler's preemption made room
     owner: str = ""  # "Kind/name" of the controller, for replica spreading
     node_name: str = ""  # set once bound
     gpu_ids: tuple[int, ...] = ()  # GPUs gpusched chose at bind time, if any
