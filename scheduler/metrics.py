@@ -136,12 +136,15 @@ class ExtenderMetrics:
         self.binds = Counter("gpusched_binds_total", "Bind attempts by result", ["result"], registry=r)
         self.watch_restarts = Counter(
             "gpusched_watch_restarts_total",
-            "Informer restarts by resource and reason",
+            "Informer restarts by resource and cause (gone, connection, http_4xx, http_5xx, read, other)",
             ["resource", "reason"],
             registry=r,
         )
         self.informer_synced = Gauge(
-            "gpusched_informer_synced", "1 once the informer has listed its resource", ["resource"], registry=r
+            "gpusched_informer_synced",
+            "1 while the informer's view is current: listed, and not failing for over informerGraceSeconds",
+            ["resource"],
+            registry=r,
         )
         self.snapshot_age = Gauge(
             "gpusched_snapshot_age_seconds", "Seconds since the cluster view last changed", registry=r

@@ -4,6 +4,7 @@ The file format (YAML or JSON, keys in camelCase like Kubernetes' own configs):
 
     gpuResource: nvidia.com/gpu
     reportTTLSeconds: 90
+    informerGraceSeconds: 30   # how long a view may fail to refresh before gpusched stops deciding
     # node label keys, outermost first; the default reads the zone, Topograph's, GKE's, the NVLink
     # clique and the hostname labels (scheduler/core/topology.py)
     topologyTiers: [example.com/pod, example.com/rack, kubernetes.io/hostname]
@@ -64,13 +65,24 @@ class SchedulerConfig:
     plugin_args: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: DEFAULT_PLUGIN_ARGS)
     gang_ttl_s: float = 120.0
     gang_max_span: str | None = None
+    # Seconds an informer may keep failing (reconnecting, relisting) before its view counts as
+    # stale: /readyz answers 503 and the verbs answer Error until it lists again.
+    informer_grace_s: float = 30.0
 
     @property
     def weights(self) -> dict[str, float]:
         return dict(self.scores)
 
 
-_TOP_KEYS = {"gpuResource", "reportTTLSeconds", "topologyTiers", "plugins", "pluginArgs", "gang"}
+_TOP_KEYS = {
+    "gpuResource",
+    "reportTTLSeconds",
+    "informerGraceSeconds",
+    "topologyTiers",
+    "plugins",
+    "pluginArgs",
+    "gang",
+}
 
 
 def load_config(data: Mapping[str, Any] | None, known_filters: set[str], known_scores: set[str]) -> SchedulerConfig:
@@ -85,6 +97,9 @@ def load_config(data: Mapping[str, Any] | None, known_filters: set[str], known_s
     ttl = data.get("reportTTLSeconds", 90)
     if not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0:
         raise ConfigError("reportTTLSeconds must be a positive number")
+    grace = data.get("informerGraceSeconds", 30)
+    if not isinstance(grace, int | float) or isinstance(grace, bool) or not 0 <= grace < float("inf"):
+        raise ConfigError(f"informerGraceSeconds must be a number of seconds, 0 or more, not {grace!r}")
     tiers = data.get("topologyTiers", list(DEFAULT_TIERS))
     if not isinstance(tiers, list) or not all(isinstance(t, str) and t for t in tiers):
         raise ConfigError("topologyTiers must be a list of node label keys, outermost first")
@@ -149,4 +164,5 @@ def load_config(data: Mapping[str, Any] | None, known_filters: set[str], known_s
         ),
         gang_ttl_s=float(gang_ttl),
         gang_max_span=max_span,
+        informer_grace_s=float(grace),
     )

@@ -4,13 +4,16 @@ Malformed input never yields a 5xx: filter and bind answer 200 with a clear `Err
 shows it in the pod's events); prioritize and preempt answer 400 with `Error` (kube-scheduler then
 ignores gpusched's scores, or its preemption advice, for that attempt). With leader election, a
 replica that does not hold the Lease passes the verbs on to the one that does (`routing.py`).
+While a view of the cluster is stale (`stale_views`: an informer that has not listed, or has been
+failing for longer than informerGraceSeconds), every verb answers the same way with an `Error`
+naming the stale views, and `/readyz` answers 503 naming them: no pod is placed from a stale view.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -30,8 +33,13 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(content=msgspec.json.encode(body), status_code=status, media_type=JSON)
 
 
-def create_app(service: ExtenderService, routing: LeaderRouting | None = None) -> FastAPI:
-    """`routing`: with leader election, a replica that does not lead passes the verbs to the leader."""
+def create_app(
+    service: ExtenderService,
+    routing: LeaderRouting | None = None,
+    stale_views: Callable[[], Mapping[str, str]] = dict,
+) -> FastAPI:
+    """`routing`: with leader election, a replica that does not lead passes the verbs to the leader.
+    `stale_views`: the views that may be missing changes, each with why (scheduler/state/informer.py)."""
     app = FastAPI(title="gpusched extender", docs_url=None, redoc_url=None)
     metrics = service.metrics
 
@@ -54,6 +62,10 @@ def create_app(service: ExtenderService, routing: LeaderRouting | None = None) -
                     return answer
                 outcome = "no_leader"
                 return on_bad_input(f"gpusched: {why}")
+            stale = stale_views()
+            if stale:
+                outcome = "stale_view"
+                return on_bad_input(f"gpusched: not deciding from a stale view of the cluster: {_views(stale)}")
             try:
                 args = msgspec.json.decode(raw, type=kind)
             except msgspec.DecodeError as exc:
@@ -113,6 +125,9 @@ def create_app(service: ExtenderService, routing: LeaderRouting | None = None) -
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        stale = stale_views()
+        if stale:
+            return Response(f"stale views: {_views(stale)}", status_code=503, media_type="text/plain")
         if service.ready():
             return Response("ok", media_type="text/plain")
         return Response("informers have not synced, or no leader is elected", status_code=503, media_type="text/plain")
@@ -129,3 +144,7 @@ def create_app(service: ExtenderService, routing: LeaderRouting | None = None) -
         return _json(out)
 
     return app
+
+
+def _views(stale: Mapping[str, str]) -> str:
+    return "; ".join(f"{kind} ({why})" for kind, why in sorted(stale.items()))

@@ -16,6 +16,7 @@ def test_readme_config_example_loads() -> None:
     assert block is not None
     config = registry.config_from(yaml.safe_load(block.group(1)))
     assert config.gang_max_span == "network.topology.nvidia.com/leaf"
+    assert config.informer_grace_s == 30.0
     assert dict(config.scores)["cold-start"] == 3.0
     assert config.filters == ("gpu-fit", "cuda", "freshness", "inference-fit", "disk-fit")
 
