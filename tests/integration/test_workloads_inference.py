@@ -4,13 +4,17 @@ that the test generates into a temporary Hugging Face-layout cache."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
+import math
 import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -61,8 +65,8 @@ def adapter_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def client(hub: Path) -> Iterator[TestClient]:
     """The app as deployed: the lifespan starts the weights load; wait until /readyz says so."""
-    service = InferenceService(ServerSettings(model=REF, hf_cache=hub, max_new_tokens=32))
-    with TestClient(create_app(service)) as client:
+    settings = ServerSettings(model=REF, hf_cache=hub, max_new_tokens=32, adapter_root=hub.parent)
+    with TestClient(create_app(InferenceService(settings))) as client:
         deadline = time.monotonic() + 60
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, client.get("/readyz").json()
@@ -127,6 +131,25 @@ def test_bad_requests_get_clear_answers(client: TestClient, tmp_path: Path) -> N
     )
 
 
+def test_adapters_outside_the_root_or_malformed_get_400_and_are_counted(client: TestClient, tmp_path: Path) -> None:
+    nan_alpha = write_adapter(tmp_path / "nan-alpha", TINY, seed=5, std=0.3)
+    config = json.loads((nan_alpha / "adapter_config.json").read_text())
+    (nan_alpha / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": float("nan")}))
+    corrupt = write_adapter(tmp_path / "corrupt", TINY, seed=5, std=0.3)
+    (corrupt / "adapter_model.safetensors").write_bytes(b"garbage")
+    cases = [
+        ("/etc", "outside the adapter root"),
+        ("../../etc", "may not contain '..'"),
+        (str(nan_alpha), "lora_alpha must be a finite number"),
+        ("corrupt", "not a readable safetensors file"),
+    ]
+    for source, message in cases:
+        answer = client.post("/adapters", json={"name": "x", "source": source})
+        assert answer.status_code == 400 and message in answer.json()["detail"], (source, answer.text)
+    assert 'gpusched_inference_adapter_loads_total{result="error"} 4.0' in client.get("/metrics").text
+    assert client.get("/adapters").json() == []
+
+
 def test_metrics_expose_load_time_and_requests(client: TestClient) -> None:
     client.post("/generate", json={"token_ids": [1, 2], "max_new_tokens": 3})
     client.post("/generate", json={"token_ids": []})
@@ -156,7 +179,9 @@ def test_unready_while_the_model_is_missing(tmp_path: Path) -> None:
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "failed"
         assert "not in the cache" in ready.json()["error"]
-        assert client.get("/healthz").status_code == 200
+        # It will never be ready: liveness fails too, so the kubelet restarts the container.
+        health = client.get("/healthz")
+        assert health.status_code == 503 and "not in the cache" in health.json()["error"]
         assert client.post("/generate", json={"token_ids": [1]}).status_code == 503
 
 
@@ -166,51 +191,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_server_process(hub: Path, adapter_dir: Path) -> None:
+@contextmanager
+def server_process(hub: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`python -m workloads.inference.server` on a free local port; the process and its URL."""
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "HF_HUB_OFFLINE": "1",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "workloads.inference.server",
-        "--model",
-        str(REF),
-        "--hf-cache",
-        str(hub),
-        "--device",
-        "cpu",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--adapter",
-        f"support={adapter_dir}",
-    ]
+    cmd = [sys.executable, "-m", "workloads.inference.server", "--hf-cache", str(hub), "--device", "cpu"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "server did not become ready"
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        adapters = httpx.get(f"{base_url}/adapters", timeout=5).json()
-        assert [a["name"] for a in adapters] == ["support"]
-        body = {"token_ids": PROMPT, "max_new_tokens": 6, "adapter": "support"}
-        tuned = httpx.post(f"{base_url}/generate", json=body, timeout=30).json()["token_ids"]
-        assert tuned == greedy_generate(merged_model(hub, adapter_dir), PROMPT, 6)
-        assert "gpusched_inference_weights_load_seconds{" in httpx.get(f"{base_url}/metrics", timeout=5).text
+        yield proc, f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         try:
@@ -218,3 +212,85 @@ def test_server_process(hub: Path, adapter_dir: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
+
+
+def wait_ready(proc: subprocess.Popen[str], base_url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "server did not become ready"
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+def test_server_process(hub: Path, adapter_dir: Path) -> None:
+    args = ["--model", str(REF), "--adapter-root", str(adapter_dir.parent), "--adapter", f"support={adapter_dir}"]
+    with server_process(hub, *args) as (proc, base_url):
+        wait_ready(proc, base_url)
+        adapters = httpx.get(f"{base_url}/adapters", timeout=5).json()
+        assert [a["name"] for a in adapters] == ["support"]
+        body = {"token_ids": PROMPT, "max_new_tokens": 6, "adapter": "support"}
+        tuned = httpx.post(f"{base_url}/generate", json=body, timeout=30).json()["token_ids"]
+        assert tuned == greedy_generate(merged_model(hub, adapter_dir), PROMPT, 6)
+        assert "gpusched_inference_weights_load_seconds{" in httpx.get(f"{base_url}/metrics", timeout=5).text
+
+
+# A model whose generation of 64 tokens takes about half a second on one core (no KV cache), so 50
+# queued requests keep the server busy for far longer than the probes below take.
+SLOW = GPTConfig(
+    vocab_size=512,
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=256,
+    max_position_embeddings=512,
+)
+
+
+def test_probes_answer_within_a_second_behind_50_slow_generations(tmp_path: Path) -> None:
+    """The kubelet's probes time out after 1 s; /generate requests queue behind one another."""
+    hub = tmp_path / "hub"
+    write_model(hub, REF, SLOW, seed=3)
+
+    async def load_and_probe(base_url: str) -> tuple[list[float], int]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
+            body = {"token_ids": PROMPT, "max_new_tokens": 64}
+            generations = [asyncio.create_task(client.post("/generate", json=body)) for _ in range(50)]
+            # The queue has formed once the first generation is done (the other 49 wait behind it).
+            while "gpusched_inference_generated_tokens_total 64.0" not in (await client.get("/metrics")).text:
+                assert not any(g.done() and g.exception() for g in generations)
+                await asyncio.sleep(0.1)
+            seconds = []
+            for path in ("/healthz", "/readyz") * 5:
+                start = time.perf_counter()
+                try:
+                    answer = await client.get(path, timeout=5)
+                except httpx.TimeoutException:
+                    seconds.append(math.inf)
+                    continue
+                seconds.append(time.perf_counter() - start)
+                assert answer.status_code == 200, answer.text
+            waiting = sum(not g.done() for g in generations)
+            for g in generations:
+                g.cancel()
+            await asyncio.gather(*generations, return_exceptions=True)
+            return seconds, waiting
+
+    with server_process(hub, "--model", str(REF)) as (proc, base_url):
+        wait_ready(proc, base_url)
+        seconds, waiting = asyncio.run(load_and_probe(base_url))
+    assert waiting >= 40, f"only {waiting} generations were still queued: the probes were not under load"
+    assert max(seconds) < 1.0, f"probe answers took {[round(s, 3) for s in seconds]} s"
+
+
+def test_a_failed_weights_load_ends_the_process(tmp_path: Path) -> None:
+    """A pod that can never become ready must not stay alive: the server exits with status 1."""
+    with server_process(tmp_path / "empty-hub", "--model", "acme/absent@main") as (proc, _):
+        output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, output
+    assert "not in the cache" in output and "exiting: the weights did not load" in output

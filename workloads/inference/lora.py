@@ -71,8 +71,10 @@ def read_adapter(folder: Path, name: str) -> LoRAAdapter:
         config = json.loads((folder / CONFIG_FILE).read_text())
     except FileNotFoundError:
         raise AdapterError(f"{folder} has no {CONFIG_FILE}") from None
-    except json.JSONDecodeError as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AdapterError(f"{folder / CONFIG_FILE}: {exc}") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{folder / CONFIG_FILE}: expected a JSON object, got {type(config).__name__}")
     if config.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{folder}: peft_type {config['peft_type']!r} is not LORA")
     if config.get("fan_in_fan_out"):
@@ -84,13 +86,19 @@ def read_adapter(folder: Path, name: str) -> LoRAAdapter:
         raise AdapterError(f"{folder / CONFIG_FILE}: needs an integer r and a numeric lora_alpha") from None
     if rank < 1:
         raise AdapterError(f"{folder / CONFIG_FILE}: r must be positive")
+    if not math.isfinite(alpha):
+        raise AdapterError(f"{folder / CONFIG_FILE}: lora_alpha must be a finite number, got {alpha}")
     scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.exists():
         raise AdapterError(f"{folder} has no {WEIGHTS_FILE}")
+    try:
+        tensors = load_file(weights_path)
+    except Exception as exc:  # safetensors' own error for a truncated or corrupt file
+        raise AdapterError(f"{weights_path}: not a readable safetensors file: {exc}") from None
     halves: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(weights_path).items():
+    for key, tensor in tensors.items():
         match = _KEY.match(key)
         if match is None:
             raise AdapterError(f"{WEIGHTS_FILE}: unexpected tensor {key!r}")
@@ -102,6 +110,10 @@ def read_adapter(folder: Path, name: str) -> LoRAAdapter:
         a, b = pair["A"], pair["B"]
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != rank or b.shape[1] != rank:
             raise AdapterError(f"{module}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not match r={rank}")
+        if not (a.is_floating_point() and b.is_floating_point()):
+            raise AdapterError(f"{module}: lora_A {a.dtype} / lora_B {b.dtype} are not floating point")
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise AdapterError(f"{module}: lora_A or lora_B holds NaN or infinite values")
         weights[module] = (a, b)
     if not weights:
         raise AdapterError(f"{WEIGHTS_FILE} holds no LoRA tensors")

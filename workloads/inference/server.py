@@ -5,17 +5,28 @@ adapter), POST /adapters (hot-load one), GET /adapters, GET /healthz (the proces
 GET /readyz (weights loaded: the pod may take traffic), GET /metrics (Prometheus).
 
 The weights load on a background thread at start-up, so the kubelet's liveness probe passes while
-a large model streams in and the readiness probe holds traffic back until it is done.
+a large model streams in and the readiness probe holds traffic back until it is done. If the load
+fails, /healthz answers 503 and the process exits with status 1, so the kubelet restarts the
+container rather than keep a pod that will never be ready.
+
+The probes, /metrics and GET /adapters are answered on the event loop and never wait for a thread:
+generation runs on a thread of its own (one at a time, as the model allows), so a queue of
+/generate requests cannot delay the kubelet's probes (timeout 1 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from functools import partial
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -44,7 +55,9 @@ class GenerateResponse(BaseModel):
 
 class AdapterRequest(BaseModel):
     name: str = Field(pattern=ADAPTER_NAME)
-    source: str = Field(min_length=1, description="adapter folder, or org/name@revision in the node's cache")
+    source: str = Field(
+        min_length=1, description="folder below the adapter root, or org/name@revision in the node's cache"
+    )
 
 
 class AdapterResponse(BaseModel):
@@ -58,14 +71,21 @@ class AdapterResponse(BaseModel):
     load_seconds: float
 
 
-def create_app(service: InferenceService, load_on_startup: bool = True) -> FastAPI:
-    """The ASGI app over `service`; with `load_on_startup`, the lifespan starts the weights load."""
+def create_app(
+    service: InferenceService, load_on_startup: bool = True, on_load_failure: Callable[[], None] | None = None
+) -> FastAPI:
+    """The ASGI app over `service`; with `load_on_startup`, the lifespan starts the weights load
+    (and calls `on_load_failure` if it fails)."""
+    # One thread: generation holds the model's lock anyway, and queued requests wait here rather
+    # than in the thread pool that the rest of the app shares.
+    generate_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if load_on_startup and not service.ready:
-            service.load_in_background()
+            service.load_in_background(on_load_failure)
         yield
+        generate_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gpusched reference inference server", lifespan=lifespan)
     app.state.service = service
@@ -85,24 +105,28 @@ def create_app(service: InferenceService, load_on_startup: bool = True) -> FastA
             metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz(response: Response) -> dict[str, str | None]:
+        if service.failed:
+            response.status_code = 503
+            return {"status": "failed", "error": service.error}
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz(response: Response) -> dict[str, str | None]:
+    async def readyz(response: Response) -> dict[str, str | None]:
         if service.ready:
             return {"status": "ready", "model": str(service.settings.model)}
         response.status_code = 503
         return {"status": "failed" if service.error else "loading", "error": service.error}
 
     @app.get("/metrics")
-    def prometheus() -> Response:
+    async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/generate")
     async def generate(req: GenerateRequest) -> GenerateResponse:
         try:
-            out = await run_in_threadpool(service.generate, req.token_ids, req.max_new_tokens, req.adapter)
+            call = partial(service.generate, req.token_ids, req.max_new_tokens, req.adapter)
+            out = await asyncio.get_running_loop().run_in_executor(generate_pool, call)
         except NotReady as exc:
             raise HTTPException(503, f"not ready: {exc}") from None
         except UnknownAdapter:
@@ -122,7 +146,7 @@ def create_app(service: InferenceService, load_on_startup: bool = True) -> FastA
         return AdapterResponse(**{**asdict(info), "modules": list(info.modules)})
 
     @app.get("/adapters")
-    def list_adapters() -> list[AdapterResponse]:
+    async def list_adapters() -> list[AdapterResponse]:
         return [AdapterResponse(**{**asdict(i), "modules": list(i.modules)}) for i in service.adapters()]
 
     return app
@@ -151,6 +175,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         help="NAME=FOLDER or NAME=org/name@rev, loaded at start (repeatable)",
     )
+    ap.add_argument("--adapter-root", default="/adapters", help="adapter folders must lie below it (default /adapters)")
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--log-level", default="info")
@@ -167,10 +192,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         dtype=args.dtype,
         max_new_tokens=args.max_new_tokens,
         adapters=tuple(args.adapter),
+        adapter_root=Path(args.adapter_root),
     )
     import uvicorn
 
-    uvicorn.run(create_app(InferenceService(settings)), host=args.host, port=args.port, log_level=args.log_level)
+    service = InferenceService(settings)
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(service, on_load_failure=stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    server.run()
+    if service.failed:
+        logging.getLogger("gpusched.inference").error("exiting: the weights did not load: %s", service.error)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 FastAPI (`workloads.inference.server`) is a thin adapter over this class, and the GPU check calls
 the same `load` path without any web stack. One lock serialises generation and adapter changes:
 an adapter is read from disk outside the lock, then swapped in between two requests.
+
+Adapters come from the node's hub cache (`org/name@revision`) or from a folder below the adapter
+root (`adapter_root`, absolute or relative to it); a folder outside the root (`/etc`, `..`, a
+link that leads out) is refused, as is anything malformed, with an AdapterError that names it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +51,7 @@ class ServerSettings:
     dtype: str = "auto"
     max_new_tokens: int = 256
     adapters: tuple[tuple[str, str], ...] = field(default=())  # (name, folder or org/name@rev) loaded at start
+    adapter_root: Path = Path("/adapters")  # adapter folders must lie below it
 
 
 @dataclass(frozen=True)
@@ -104,14 +110,22 @@ class InferenceService:
         self.metrics.ready.set(1)
         return loaded
 
-    def load_in_background(self) -> threading.Thread:
-        """Start `load` on a thread so /healthz answers while the weights stream in."""
+    @property
+    def failed(self) -> bool:
+        """The weights (or the start-up adapters) failed to load: the process cannot serve."""
+        return self.loaded is None and self.error is not None
+
+    def load_in_background(self, on_failure: Callable[[], None] | None = None) -> threading.Thread:
+        """Start `load` on a thread so /healthz answers while the weights stream in; `on_failure`
+        is called when it fails (the server exits, so the kubelet restarts the container)."""
 
         def run() -> None:
             try:
                 self.load()
             except Exception:
                 log.exception("loading %s failed", self.settings.model)
+                if on_failure is not None:
+                    on_failure()
 
         thread = threading.Thread(target=run, name="weights-load", daemon=True)
         thread.start()
@@ -140,18 +154,24 @@ class InferenceService:
         return out
 
     def _adapter_folder(self, source: str) -> Path:
-        """A folder path as given, or `org/name@rev` resolved in the same offline cache as the model."""
-        path = Path(source)
-        if path.is_absolute() or path.exists():
-            return path
-        try:
-            ref = ModelRef.parse(source)
-        except ValueError:
-            raise AdapterError(f"adapter source {source!r} is neither a folder nor org/name@revision") from None
-        try:
-            return resolve_snapshot(ref, self.settings.hf_cache)
-        except LookupError as exc:
-            raise AdapterError(str(exc)) from None
+        """`org/name@rev` resolved in the same offline cache as the model; else a folder below the
+        adapter root (absolute, or relative to the root), links resolved."""
+        if "@" in source and not source.startswith("/"):
+            try:
+                ref = ModelRef.parse(source)
+            except ValueError:
+                raise AdapterError(f"adapter source {source!r} is not org/name@revision") from None
+            try:
+                return resolve_snapshot(ref, self.settings.hf_cache)
+            except LookupError as exc:
+                raise AdapterError(str(exc)) from None
+        if ".." in Path(source).parts:
+            raise AdapterError(f"adapter source {source!r} may not contain '..'")
+        root = self.settings.adapter_root.resolve()
+        folder = (root / source).resolve()
+        if not folder.is_relative_to(root):
+            raise AdapterError(f"adapter source {source!r} is outside the adapter root {root}")
+        return folder
 
     def add_adapter(self, name: str, source: str) -> AdapterInfo:
         """Hot-load (or replace) adapter `name`; the model is unchanged if anything about it is wrong."""

@@ -323,7 +323,7 @@ def check_server(work: Path, device: torch.device) -> dict[str, Any]:
     shutil.rmtree(cache, ignore_errors=True)
     write_model(cache, ref, config, seed=1)
     adapter_dir = write_adapter(work / "tiny-adapter", config, seed=2, std=0.3)
-    service = InferenceService(ServerSettings(model=ref, hf_cache=cache, device=str(device)))
+    service = InferenceService(ServerSettings(model=ref, hf_cache=cache, device=str(device), adapter_root=work))
     service.load()
     calls = asyncio.run(_server_calls(create_app(service, load_on_startup=False), adapter_dir))
     calls["ok"] = (

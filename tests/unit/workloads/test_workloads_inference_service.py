@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,7 +74,7 @@ def test_generate_validates_and_counts(tiny_snapshot: Path, hub: Path, tiny_ref:
 def test_hot_load_replace_and_refuse(
     tiny_snapshot: Path, hub: Path, tiny_ref: ModelRef, tiny_config: GPTConfig, tmp_path: Path
 ) -> None:
-    service = InferenceService(ServerSettings(model=tiny_ref, hf_cache=hub))
+    service = InferenceService(ServerSettings(model=tiny_ref, hf_cache=hub, adapter_root=tmp_path))
     service.load()
     base = service.generate([5, 6, 7], 8)
     strong = write_adapter(tmp_path / "strong", tiny_config, seed=3, std=0.4)
@@ -98,8 +101,10 @@ def test_hot_load_replace_and_refuse(
     assert sample(service, "gpusched_inference_adapter_loads_total", {"result": "ok"}) == 2
     assert sample(service, "gpusched_inference_adapter_loads_total", {"result": "error"}) == 1
     assert sample(service, "gpusched_inference_adapters_loaded") == 1
-    with pytest.raises(AdapterError, match="neither a folder"):
-        service.add_adapter("x", "not a ref")
+    with pytest.raises(AdapterError, match=r"no adapter_config\.json"):
+        service.add_adapter("x", "not-here")  # a folder below the root
+    with pytest.raises(AdapterError, match="not org/name@revision"):
+        service.add_adapter("x", "not a ref@main")
     with pytest.raises(AdapterError, match="not in the cache"):
         service.add_adapter("x", "acme/missing-adapter@main")
 
@@ -114,7 +119,9 @@ def test_adapters_from_the_cache_at_start(
     service.load()
     assert [a.name for a in service.adapters()] == ["cached"]
 
-    bad = InferenceService(ServerSettings(model=tiny_ref, hf_cache=hub, adapters=(("x", str(tmp_path / "no")),)))
+    bad = InferenceService(
+        ServerSettings(model=tiny_ref, hf_cache=hub, adapters=(("x", str(tmp_path / "no")),), adapter_root=tmp_path)
+    )
     with pytest.raises(AdapterError):
         bad.load()
     assert not bad.ready and bad.error is not None and "AdapterError" in bad.error
@@ -144,8 +151,92 @@ def test_write_model_cli_round_trip(tmp_path: Path) -> None:
     )
     service = InferenceService(
         ServerSettings(
-            model=ModelRef.parse("acme/cli"), hf_cache=tmp_path / "hub", adapters=(("a", str(tmp_path / "adapter")),)
+            model=ModelRef.parse("acme/cli"),
+            hf_cache=tmp_path / "hub",
+            adapters=(("a", str(tmp_path / "adapter")),),
+            adapter_root=tmp_path,
         )
     )
     service.load()
     assert service.loaded is not None and service.loaded.config.hidden_size == 16
+
+
+@pytest.fixture
+def adapter_root(tmp_path: Path, tiny_config: GPTConfig) -> Path:
+    """An adapter root holding one good adapter, `good`, and a link out of the root, `escape`."""
+    root = tmp_path / "adapters"
+    write_adapter(root / "good", tiny_config, seed=4, std=0.2)
+    outside = write_adapter(tmp_path / "outside", tiny_config, seed=4, std=0.2)
+    (root / "escape").symlink_to(outside)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("/etc", "outside the adapter root"),
+        ("../outside", "may not contain '..'"),
+        ("good/../../outside", "may not contain '..'"),
+        ("escape", "outside the adapter root"),  # a link inside the root that leads out
+        ("{outside}", "outside the adapter root"),  # an absolute folder elsewhere, adapter and all
+    ],
+)
+def test_adapter_sources_are_confined_to_the_root(
+    tiny_snapshot: Path, hub: Path, tiny_ref: ModelRef, adapter_root: Path, source: str, message: str
+) -> None:
+    service = InferenceService(ServerSettings(model=tiny_ref, hf_cache=hub, adapter_root=adapter_root))
+    service.load()
+    with pytest.raises(AdapterError, match=re.escape(message)):
+        service.add_adapter("x", source.format(outside=adapter_root.parent / "outside"))
+    assert sample(service, "gpusched_inference_adapter_loads_total", {"result": "error"}) == 1
+    assert service.adapters() == []
+    # Below the root, absolute or relative, is fine.
+    assert service.add_adapter("g", "good").source == str(adapter_root / "good")
+    assert service.add_adapter("g", str(adapter_root / "good")).source == str(adapter_root / "good")
+
+
+def _corrupt_weights(folder: Path) -> None:
+    (folder / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+
+
+def _tensors(folder: Path, change: str) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "adapter_model.safetensors"
+    tensors = load_file(path)
+    first = sorted(tensors)[0]
+    tensors[first] = (
+        tensors[first].to(torch.int32) if change == "int" else torch.full_like(tensors[first], float("nan"))
+    )
+    save_file(tensors, path)
+
+
+def _config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: _config(f, lora_alpha=float("nan")), "lora_alpha must be a finite number"),  # JSON NaN
+        (lambda f: _config(f, lora_alpha="nan"), "lora_alpha must be a finite number"),
+        (lambda f: _config(f, lora_alpha=float("inf")), "lora_alpha must be a finite number"),
+        (lambda f: (f / "adapter_config.json").write_text("[1, 2]"), "expected a JSON object, got list"),
+        (lambda f: (f / "adapter_config.json").write_bytes(b"\xff\xfe"), "adapter_config.json"),
+        (_corrupt_weights, "not a readable safetensors file"),
+        (lambda f: _tensors(f, "int"), "not floating point"),
+        (lambda f: _tensors(f, "nan"), "NaN or infinite"),
+    ],
+)
+def test_malformed_adapters_are_refused_and_counted(
+    tiny_snapshot: Path, hub: Path, tiny_ref: ModelRef, adapter_root: Path, damage: Any, message: str
+) -> None:
+    damage(adapter_root / "good")
+    service = InferenceService(ServerSettings(model=tiny_ref, hf_cache=hub, adapter_root=adapter_root))
+    service.load()
+    with pytest.raises(AdapterError, match=re.escape(message)):
+        service.add_adapter("x", "good")
+    assert sample(service, "gpusched_inference_adapter_loads_total", {"result": "error"}) == 1
+    assert service.adapters() == []
