@@ -85,10 +85,20 @@ class GangCollector(Collector):
         yield CounterMetricFamily(
             "gpusched_gangs_placed", "Gangs whose members were all bound", value=self.gangs.placed_total
         )
+        yield GaugeMetricFamily(
+            "gpusched_gangs_partly_bound",
+            "Gangs with some members bound and others not: their GPUs are held and nothing trains yet",
+            value=self.gangs.partly_bound(),
+        )
         yield CounterMetricFamily(
             "gpusched_gang_reservations_expired",
-            "Gang plans released because members did not arrive in time",
+            "Gang plans let go because no member made progress for the reservation TTL (nothing of them bound)",
             value=self.gangs.expired_total,
+        )
+        yield CounterMetricFamily(
+            "gpusched_gang_replans",
+            "Gang plans made again at once because kube-scheduler no longer offered a planned node",
+            value=self.gangs.replans_total,
         )
 
 

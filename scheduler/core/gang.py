@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from scheduler.core.framework import Framework
+from scheduler.core.gang_sources import size_unknown
 from scheduler.core.snapshot import ClusterSnapshot, SnapshotError
 from scheduler.core.types import PodRequest
 
@@ -363,6 +364,11 @@ class GangManager:
     def pending(self) -> int:
         return len(self.active)
 
+    def partly_bound(self) -> int:
+        """Gangs with some members bound and others not (binding under way, or stuck after a
+        failure: their remaining members are bound as they come back)."""
+        return sum(1 for g in self.active.values() if g.bound and len(g.bound) < g.plan.size)
+
     def oldest_progress(self) -> float | None:
         """The least recent progress of any planned gang (None when none is planned)."""
         return min((g.progress_at for g in self.active.values()), default=None)
@@ -382,7 +388,7 @@ class GangManager:
         offered: kube-scheduler counts a nominated member there, so it turns them away for this one.
         """
         if pod.min_member < 1:
-            return Admission(None, f"gang {pod.pod_group}: pod has no gpusched.io/min-member annotation")
+            return Admission(None, f"gang {pod.pod_group}: {size_unknown(pod)}")
         key = (pod.namespace, pod.pod_group)
         self.expire(now)
         ranks = rank_members(members, pod.min_member)

@@ -88,7 +88,7 @@ PODS = {p["name"]: p for p in SCENARIO["pods"]}
 def test_promtool_checks_the_alerting_rules() -> None:
     result = promtool("check", "rules", "gpusched-alerts.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    assert "SUCCESS: 11 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_every_alert() -> None:
