@@ -16,6 +16,8 @@ Timing (kube-scheduler's defaults): leaseDuration 15 s, renewDeadline 10 s, retr
   take over. A renewal that finds another holder loses leadership at once.
 - `release()` (on shutdown) writes an empty holder with leaseDurationSeconds 1, as client-go's
   ReleaseOnCancel does, so a standby takes over within one retryPeriod instead of leaseDuration.
+  A leader whose `can_lead()` turns false (its informers' view is no longer current) releases
+  the Lease the same way.
 
 The leader's address for forwarded verbs travels in the Lease's annotation `gpusched.io/leader-url`.
 The decisions (`observe`, `may_take`, `record_for`) are pure functions of the record, the clocks
@@ -214,6 +216,11 @@ class LeaderElector(threading.Thread):
         while not self.stopping.is_set():
             if self.can_lead():
                 self.try_acquire_or_renew()
+            elif self._renewed_at is not None:
+                log.warning("stepping down: this replica's view of the cluster is not current")
+                self.release()  # a standby whose view is current takes over within its retry period
+            if self._renewed_at is not None and not self.is_leader():
+                self._lost(f"not renewed within {self.timing.renew_deadline_s:g} s")
             leading = self._renewed_at is not None
             pause = self.timing.retry_period_s
             if not leading:

@@ -134,3 +134,36 @@ def test_two_electors_hand_over_when_the_leader_stops(kube: Kube, lease_name: st
     finally:
         for e in electors:
             e.stop(release=False)
+
+
+def test_a_leader_whose_view_is_not_current_steps_down(kube: Kube, lease_name: str) -> None:
+    """can_lead() false (informers stale) on the leader: it releases, the other takes over, and it
+    says so (on_change(False)) rather than waiting for the Lease to run out."""
+    timing = Timing(lease_duration_s=60.0, renew_deadline_s=40.0, retry_period_s=0.2)  # expiry is not the path
+    current = {"a": True, "b": True}
+    changes: list[tuple[str, bool]] = []
+
+    def elector_named(name: str) -> LeaderElector:
+        def can_lead() -> bool:
+            return current[name]
+
+        def on_change(leading: bool) -> None:
+            changes.append((name, leading))
+
+        return LeaderElector(
+            kube, NAMESPACE, lease_name, name, f"http://{name}:1", timing, can_lead=can_lead, on_change=on_change
+        )
+
+    electors = [elector_named("a"), elector_named("b")]
+    for e in electors:
+        e.start()
+    try:
+        first = k8s.wait_until(lambda: next((e for e in electors if e.is_leader()), None), timeout=30, what="a leader")
+        (other,) = [e for e in electors if e is not first]
+        current[first.identity] = False
+        k8s.wait_until(lambda: other.is_leader() or None, timeout=30, what="the other to take over")
+        assert not first.is_leader()
+        assert (first.identity, False) in changes and changes[-1] == (other.identity, True)
+    finally:
+        for e in electors:
+            e.stop(release=False)
