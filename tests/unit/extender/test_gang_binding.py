@@ -141,7 +141,9 @@ class Cluster:
         return {k: o["spec"]["nodeName"] for k, o in self.api.pods.items() if o["spec"].get("nodeName")}
 
     def check(self) -> None:
-        """Invariants read from the API alone."""
+        """Invariants read from the API, and gpusched's own count: every GPU once, in every state
+        a gang passes through (reserved, assumed, bound in the API, informer late or not)."""
+        assert self.service.state.snapshot().over_committed() == []
         used: dict[str, list[int]] = {}
         for obj in self.api.pods.values():
             node = obj["spec"].get("nodeName")

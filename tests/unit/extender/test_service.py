@@ -19,6 +19,7 @@ from scheduler.core.podspec import ANN_GANG_PLAN, ANN_GPU_IDS, ANN_PLANNED_NODE,
 from scheduler.core.scenario import load_nodes, load_pods
 from scheduler.core.types import NodeState, PodRequest
 from scheduler.extender import wire
+from scheduler.extender.cli import build_offline
 from scheduler.extender.service import Binder, ExtenderService
 from scheduler.metrics import ExtenderMetrics
 from scheduler.plugins import registry
@@ -731,6 +732,24 @@ def test_gang_preemption_never_evicts_when_the_gang_would_still_not_fit() -> Non
     victims = {"a": wire.MetaVictims([wire.MetaPod("ua")], 0)}
     answer = service.preempt(wire.ExtenderPreemptionArgs(pod=members[0], node_name_to_meta_victims=victims))
     assert answer.node_name_to_meta_victims == {}
+
+
+def test_offline_binds_hold_for_good_and_the_next_pod_sees_the_gpus_taken() -> None:
+    """`gpusched-extender --cluster-file`: kube-scheduler pointed at it can bind; pods are those
+    its filter saw, and an offline bind is never forgotten (no informer will confirm it)."""
+    scenario = {
+        "nodeTypes": {"dgx": {"gpus": 8, "gpuModel": "H100-80GB", "gpuMemory": "80Gi", "interconnect": "nvswitch"}},
+        "nodes": [{"name": "h100-r1-{i}", "count": 1, "type": "dgx"}],
+    }
+    service = build_offline(registry.config_from(None), scenario)
+    service.state.clock = lambda: 10**9  # far beyond any assume TTL
+    first, second = pod("b1", 8), pod("b2", 8)
+    assert filter_(service, first, ["h100-r1-0"]).node_names == ["h100-r1-0"]
+    assert bind(service, first, "h100-r1-0").error == ""
+    answer = filter_(service, second, ["h100-r1-0"])
+    assert answer.node_names == [] and "h100-r1-0" in answer.failed_nodes
+    assert bind(service, second, "h100-r1-0").error.startswith("gpusched: default/b2 no longer fits h100-r1-0")
+    assert held(service) == {"default/b1": ("h100-r1-0", tuple(range(8)), 1000)}
 
 
 def test_the_offline_path_from_a_scenario_binds_around_running_pods() -> None:
