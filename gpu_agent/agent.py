@@ -292,6 +292,8 @@ class Agent:
                     log.debug("no GPU sample this cycle: %s", exc)
                 except Exception as exc:  # a bug in one cycle must not end the agent; the next cycle retries
                     log.exception("collecting the report failed")
+                    with self.lock:  # the GPUs are not known this cycle: no per-GPU gauge keeps its last value
+                        self.state = replace(self.state, sample=None)
                     self._error("agent", exc)
                 else:
                     if self.publisher is not None:

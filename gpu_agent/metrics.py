@@ -24,7 +24,9 @@ gpusched_agent_nvml_errors_total            counter by kind (GpuIsLost, Unknown,
 gpusched_agent_source_errors_total          counter by kind: nvml, podresources, cri, agent
 =========================================== ======= ==============================================
 
-Per-GPU gauges disappear while NVML cannot be read: they never show a stale "healthy".
+Per-GPU gauges disappear while NVML cannot be read, or a cycle fails for any other reason: they
+never show a stale "healthy". The report and Lease ages and the write counters exist from the
+agent's start, so an agent that never manages to write shows a growing age.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,3 +131,46 @@ def test_signals_exist_from_start_and_gpu_gauges_clear_on_failure(machine: Machi
         assert "gpusched_agent_gpu_healthy" not in got  # no stale "healthy"
     finally:
         reader.close()
+
+
+class BreakingPods:
+    """A kubelet whose PodResources answer turns unreadable after the first cycle, and which ends the
+    agent's loop when it does (so the loop runs exactly one failing cycle)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.calls = 0
+
+    def list(self) -> list[object]:
+        self.calls += 1
+        if self.calls == 1:
+            return []
+        self.stop.set()
+        return [object()]  # no device_id: grouping it fails inside the cycle
+
+    def allocatable(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+
+def test_a_failed_cycle_clears_the_gpu_gauges(machine: Machine, tmp_path: Path) -> None:
+    """Any failure inside a cycle (not only NVML's) leaves the GPUs unknown: gpu_healthy must not
+    keep reporting the last cycle's 1."""
+    machine("l4x4")
+    reader = NvmlReader()
+    reader.open()
+    stop = threading.Event()
+    try:
+        agent = Agent(
+            AgentConfig(node_name="n", disk_probe_bytes=0, hf_cache=tmp_path / "hub", interval=0.01),
+            reader,
+            pods=BreakingPods(stop),
+        )
+        agent.collect()
+        healthy = samples(agent, wall=0)["gpusched_agent_gpu_healthy"]
+        assert [value for _, value in healthy] == [1.0, 1.0, 1.0, 1.0]
+        agent.run(stop)  # one cycle, which fails
+        got = samples(agent, wall=0)
+    finally:
+        reader.close()
+    assert "gpusched_agent_gpu_healthy" not in got
+    assert {labels["kind"]: value for labels, value in got["gpusched_agent_source_errors_total"]} == {"agent": 1.0}
