@@ -400,6 +400,13 @@ class GangManager:
                 resolvable=False,
             )
         rank = ranks[pod.key]
+        me = next((m for m in members if m.key == pod.key), pod)
+        if me.node_name in snapshot.index:
+            # Bound already (with its gang, and kube-scheduler's copy is late): its own node.
+            placed = snapshot.placements.get(me.key)
+            gpus = placed.gpus if placed is not None else me.gpu_ids
+            slot = Slot(rank, me.node_name, tuple(gpus), _path(snapshot, snapshot.index[me.node_name]))
+            return Admission(slot, "", me.key)
         if offered is not None:
             nominated = [snapshot.index[m.nominated_node] for m in members if m.nominated_node in snapshot.index]
             if nominated:

@@ -217,3 +217,26 @@ def test_too_many_members_are_refused(extra: int) -> None:
     members = [member(f"y-{i}", 2) for i in range(extra)]
     adm = gm.admit(snap, members[-1], members, now=0)
     assert adm.slot is None and "more than 2 members" in adm.error
+
+
+def test_a_member_asked_about_after_it_was_bound_gets_its_own_node_and_no_new_plan() -> None:
+    nodes = racks(per_rack=2, racks=1)
+    labels = {"scheduling.x-k8s.io/pod-group": "m", "batch.kubernetes.io/job-completion-index": "0"}
+    bound = [
+        parse_pod(
+            pod(
+                f"m-{r}",
+                8,
+                {"gpusched.io/min-member": "2"},
+                node=f"r0-n{r}",
+                gpuIds=list(range(8)),
+                labels={**labels, "batch.kubernetes.io/job-completion-index": str(r)},
+            )
+        )
+        for r in range(2)
+    ]
+    snap = ClusterSnapshot(nodes, bound)
+    gm = GangManager(FW)
+    adm = gm.admit(snap, bound[1], bound, now=0)
+    assert adm.slot is not None and adm.slot.node == "r0-n1" and adm.slot.gpus == tuple(range(8))
+    assert adm.reservation_key == "default/m-1" and gm.pending() == 0 and gm.reservations() == []
