@@ -255,6 +255,7 @@ class ActiveGang:
     ready: dict[int, str] = field(default_factory=dict)
     durable: bool = False
     binding: bool = False  # a bind call is creating the gang's Bindings now
+    members: frozenset[str] = frozenset()  # pod keys of the members when planned
 
     def slot(self, rank: int) -> Slot:
         return next(s for s in self.plan.slots if s.rank == rank)
@@ -358,6 +359,16 @@ class GangManager:
             del self.active[key]
         if gone:
             self.expired_total += len(gone)
+            self.on_change()
+        return len(gone)
+
+    def prune(self, exists: Callable[[str], bool]) -> int:
+        """Let go of gangs none of whose member pods exist any more (a job deleted while partly
+        bound: a durable gang is otherwise never let go)."""
+        gone = [key for key, g in self.active.items() if not g.binding and not any(exists(k) for k in g.members)]
+        for key in gone:
+            del self.active[key]
+        if gone:
             self.on_change()
         return len(gone)
 
@@ -474,6 +485,7 @@ class GangManager:
             f"{pod.pod_group}-{uuid.uuid4().hex[:12]}",
             now,
             bound={r for r, _, _ in fixed},
+            members=frozenset(ranks),
         )
         if not self._activate(snapshot, gang):  # cannot happen: the plan was made on this snapshot
             return GangRefusal(f"gang {pod.pod_group}: its plan no longer fits; planning again", 0)
@@ -507,7 +519,17 @@ class GangManager:
         )
         plan = GangPlan(pod.min_member, tuple(sorted(slots, key=lambda s: s.rank)), "restored")
         bound = {ranks[m.key] for m in under if m.node_name}
-        gang = ActiveGang(pod.namespace, pod.pod_group, plan, template, plan_id, now, bound=bound, durable=True)
+        gang = ActiveGang(
+            pod.namespace,
+            pod.pod_group,
+            plan,
+            template,
+            plan_id,
+            now,
+            bound=bound,
+            durable=True,
+            members=frozenset(ranks),
+        )
         return gang if self._activate(snapshot, gang) else None
 
     def restore(self, snapshot: ClusterSnapshot, members: Sequence[PodRequest], now: float) -> bool:

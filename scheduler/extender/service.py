@@ -111,6 +111,7 @@ class ExtenderService:
         self.ready = ready
         self.last_change_at = time.time()
         self._changes_seen = -1
+        self._pruned_at = -1  # state generation at the last prune of gangs whose pods are gone
         self._rebuilds_seen = -1
         # Node-name lists seen lately with their indices, and the last filter's feasible nodes.
         self._name_cache: list[tuple[list[str], ClusterSnapshot, np.ndarray, list[str]]] = []
@@ -127,6 +128,9 @@ class ExtenderService:
     # ------------------------------------------------------------------ helpers
     def _snapshot(self) -> ClusterSnapshot:
         self.gangs.expire(self.state.clock())
+        if self.gangs.active and self.state.generation != self._pruned_at:
+            self._pruned_at = self.state.generation
+            self.gangs.prune(lambda key: key in self.state.pods or key in self.state.assumed)
         snap = self.state.snapshot()
         if self.state.rebuilds != self._rebuilds_seen:
             # A relist just built the state: millions of long-lived objects at 5,000 nodes. Keep

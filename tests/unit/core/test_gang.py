@@ -240,3 +240,16 @@ def test_a_member_asked_about_after_it_was_bound_gets_its_own_node_and_no_new_pl
     adm = gm.admit(snap, bound[1], bound, now=0)
     assert adm.slot is not None and adm.slot.node == "r0-n1" and adm.slot.gpus == tuple(range(8))
     assert adm.reservation_key == "default/m-1" and gm.pending() == 0 and gm.reservations() == []
+
+
+def test_a_gang_whose_pods_are_all_gone_is_let_go_even_when_partly_bound() -> None:
+    gm, snap = manager(racks(per_rack=2, racks=1))
+    both = [member("x-0", 2, rank=0, group="x"), member("x-1", 2, rank=1, group="x")]
+    gm.admit(snap, both[0], both, now=0)
+    gm.reach_bind(both[0], 0, both, now=1)
+    gm.reach_bind(both[1], 1, both, now=2)
+    gm.made_durable(both[0])
+    gm.bound(both[0], 0)
+    gm.binding_done(both[0])
+    assert gm.prune(lambda key: key == "default/x-1") == 0  # one member left: kept
+    assert gm.prune(lambda key: False) == 1 and gm.pending() == 0 and gm.reservations() == []
