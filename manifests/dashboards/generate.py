@@ -358,6 +358,24 @@ COLD_STARTS = Board(
                     stacked=True,
                     description="Pods placed per interval, by upper bound of predicted seconds",
                 ),
+                Panel(
+                    "Predicted against measured cold start, by model",
+                    [
+                        q(
+                            f'sum by (model) ({COLD_START}_sum{{model!=""}}) / sum by (model) ({COLD_START}_count)',
+                            "predicted {{model}}",
+                        ),
+                        q("avg by (model) (gpusched_inference_weights_load_seconds)", "measured {{model}}"),
+                    ],
+                    unit="s",
+                    description=(
+                        "Predicted: the mean cold-start prediction of the pods gpusched placed with that "
+                        "gpusched.io/model (image pull, weights download and read), since the extender "
+                        "started. Measured: the weights-load time the inference servers report (from the "
+                        "node's cache to the device), mean over replicas. Measured well above predicted "
+                        "means the node's disk is slower than gpusched assumes."
+                    ),
+                ),
             ],
         ),
         (

@@ -1,18 +1,35 @@
 """A real Prometheus, configured from manifests/prometheus/, scrapes gpusched as installed on the
-real control plane (extender and agents, see install_env.py) while kube-scheduler places plain,
-inference and gang pods; then every query of every dashboard panel must return data."""
+real control plane (extender and agents, see install_env.py) and one replica of the inference
+Deployment template (workloads/inference/templates/, in namespace default, serving the model the
+inference pods name) while kube-scheduler places plain, inference and gang pods; then every query
+of every dashboard panel must return data."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from localcluster import k8s
-from tests.e2e.install_env import IMAGE, MODEL, Installed, installed
-from tests.prometheus import Prometheus, dashboard_queries, grafana_expr, metric_names, scrape_config_for
+from tests import install
+from tests.e2e.install_env import IMAGE, MODEL, Installed, installed, spawn, wait_http
+from tests.prometheus import (
+    REPO,
+    Prometheus,
+    StandIn,
+    dashboard_queries,
+    grafana_expr,
+    loopback_address,
+    metric_names,
+    scrape_config_for,
+)
+from workloads.gpt import GPTConfig
+from workloads.inference.cache import ModelRef
+from workloads.tools.make_model import write_model
 
 pytestmark = pytest.mark.e2e
 
@@ -38,13 +55,36 @@ def traffic(env: Installed, n: int) -> list[str]:
     return [f"plain-{n}", f"infer-{n}", f"gang-{n}-0", f"gang-{n}-1"]
 
 
+def inference_replica(env: Installed, workdir: Path) -> StandIn:
+    """One pod of the inference Deployment template: its command on CPU, serving a tiny model
+    written under MODEL's name, on its own loopback address at the template's port."""
+    deployment = next(
+        d
+        for d in yaml.safe_load_all((REPO / "workloads/inference/templates/deployment.yaml").read_text())
+        if d["kind"] == "Deployment"
+    )
+    container = install.container(deployment)
+    port = container["ports"][0]["containerPort"]
+    hub = workdir / "hub"
+    tiny = GPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    write_model(hub, ModelRef.parse(MODEL), tiny, seed=1)
+    ip = loopback_address()
+    argv = [sys.executable, *container["command"][1:], "--model", MODEL, "--hf-cache", str(hub), "--device", "cpu"]
+    argv += ["--host", ip, "--port", str(port), "--log-level", "warning"]
+    process = spawn(env, "inference", install.LocalCommand(argv, {"HF_HUB_OFFLINE": "1"}, {}))
+    wait_http(process, f"http://{ip}:{port}/readyz")
+    return StandIn(deployment, "tiny-gpt-0", ip)
+
+
 @pytest.fixture(scope="module")
 def prometheus(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     workdir: Path = tmp_path_factory.mktemp("prometheus-e2e")
-    prom = Prometheus(workdir, scrape_config_for(workdir, installed.stand_ins))
+    stand_ins = [*installed.stand_ins, inference_replica(installed, workdir)]
+    prom = Prometheus(workdir, scrape_config_for(workdir, stand_ins))
     try:
         prom.start()
         prom.wait_up({"gpusched-extender": 1, "gpusched-agent": 2})
+        prom.wait(lambda: prom.finite('up{job="gpusched-inference"}') == [1.0], 60, "the inference replica")
         # Two rounds some scrapes apart, so that series born in the first have a rate in the second.
         for n in range(2):
             for name in traffic(installed, n):
@@ -59,12 +99,21 @@ def prometheus(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_prometheus_finds_the_pods_by_their_annotations(prometheus: Prometheus) -> None:
-    jobs = sorted((t["labels"]["job"], t["labels"]["pod"]) for t in prometheus.targets())
+    jobs = sorted((t["labels"]["job"], t["labels"]["namespace"], t["labels"]["pod"]) for t in prometheus.targets())
     assert jobs == [
-        ("gpusched-agent", "gpusched-agent-gpu-a"),
-        ("gpusched-agent", "gpusched-agent-gpu-b"),
-        ("gpusched-extender", "gpusched-extender-0"),
+        ("gpusched-agent", "gpusched-system", "gpusched-agent-gpu-a"),
+        ("gpusched-agent", "gpusched-system", "gpusched-agent-gpu-b"),
+        ("gpusched-extender", "gpusched-system", "gpusched-extender-0"),
+        ("gpusched-inference", "default", "tiny-gpt-0"),  # outside gpusched-system
     ]
+
+
+def test_predicted_and_measured_cold_start_meet_per_model(prometheus: Prometheus) -> None:
+    exprs = [e for _, title, e in dashboard_queries() if title == "Predicted against measured cold start, by model"]
+    assert len(exprs) == 2  # predicted, then measured
+    predicted, measured = ({s["metric"]["model"]: s for s in prometheus.query(grafana_expr(e))} for e in exprs)
+    assert sorted(predicted) == sorted(measured) == [MODEL]
+    assert float(measured[MODEL]["value"][1]) > 0 and float(predicted[MODEL]["value"][1]) > 0
 
 
 def test_what_was_placed_shows_in_the_metrics(prometheus: Prometheus) -> None:

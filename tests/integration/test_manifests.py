@@ -24,6 +24,7 @@ from scheduler.plugins import registry
 from scheduler.state.store import ClusterState
 from tests import install
 from tests.prometheus import DASHBOARDS_DIR, MANIFESTS, dashboard_queries, manifest_config, metric_names
+from workloads.inference.metrics import InferenceMetrics
 
 NAMESPACE = "gpusched-system"
 
@@ -290,9 +291,14 @@ def test_every_extender_metric_a_dashboard_reads_exists() -> None:
     text = generate_latest(metrics.registry).decode()
     exposed = set().union(*(metric_names(line.split()[2]) for line in text.splitlines() if line.startswith("# TYPE")))
     wanted = set().union(*(metric_names(expr) for _, _, expr in dashboard_queries()))
-    extender = {n for n in wanted if not n.startswith("gpusched_agent_")}
+    extender = {n for n in wanted if not n.startswith(("gpusched_agent_", "gpusched_inference_"))}
     assert extender, "no extender metrics on the dashboards"
     assert extender <= exposed, extender - exposed
+    # The inference servers' names, against their own registry.
+    server = InferenceMetrics().registry
+    served = set().union(*(metric_names(m.name) for m in server.collect()))
+    inference = {n for n in wanted if n.startswith("gpusched_inference_")}
+    assert inference and inference <= served, inference - served
 
 
 def test_device_plugin_config_advertises_gpu_shares_as_a_resource_of_their_own(objects: list[dict[str, Any]]) -> None:
