@@ -205,8 +205,10 @@ class FragmentationState:
         self.seen = snap.changes
         self._compute(changed)
 
-    def _compute(self, changed: np.ndarray) -> None:
+    def _compute(self, nodes: np.ndarray) -> None:
         snap = self.snapshot
+        # Usually the one node of the last placement: a slice indexes without copying.
+        changed = slice(int(nodes[0]), int(nodes[0]) + 1) if nodes.size == 1 else nodes
         free = snap.gpu_milli_free[changed].astype(np.int64)
         milli = self.class_milli[:, None, None]
         if self.copies:

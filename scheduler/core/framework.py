@@ -68,7 +68,7 @@ class Cycle:
 
     def _every_node(self) -> np.ndarray:
         if self._every is None:
-            self._every = gpusets.eligible_gpus(self.snapshot, self.pod, np.arange(len(self.snapshot), dtype=np.intp))
+            self._every = gpusets.eligible_gpus(self.snapshot, self.pod, None)
         return self._every
 
     def gpu_sets(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,6 +259,7 @@ class Framework:
         self.filters = list(filters)
         self.scores = list(scores)
         self.weight_sum = sum(w for _, w in self.scores) or 1.0
+        self.choosers = [plugin for plugin, _ in self.scores if isinstance(plugin, GpuChooser)]
         # Score plugins that answered NaN, an infinity or a value outside 0..100: plugin -> nodes.
         self.bad_scores: Counter[str] = Counter()
 
@@ -295,10 +296,10 @@ class Framework:
                 break
             ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
             if not ok.all():
-                rejected = nodes[~ok]
                 if on_filter is not None:
-                    on_filter(plugin.name, int(rejected.size))
+                    on_filter(plugin.name, int(ok.size - np.count_nonzero(ok)))
                 if explain:
+                    rejected = nodes[~ok]
                     words = plugin.reasons(cycle, rejected)
                     mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
                     rejections.append(Rejection(plugin.name, rejected, words, mask, plugin.transient))
@@ -353,7 +354,7 @@ class Framework:
         comparison and an infinity every one), so the node gets the plugin's minimum, the plugin is
         named in the log, and `bad_scores` counts it (exported as a metric by the extender).
         """
-        lo, hi = raw.min(initial=0.0), raw.max(initial=0.0)  # NaN propagates into both
+        lo, hi = np.minimum.reduce(raw, initial=0.0), np.maximum.reduce(raw, initial=0.0)  # NaN propagates
         if lo >= 0.0 and hi <= MAX_SCORE:
             return raw
         bad = ~((raw >= -SCORE_SLACK) & (raw <= MAX_SCORE + SCORE_SLACK))  # NaN compares False
@@ -374,11 +375,10 @@ class Framework:
         core's best GPU set (gpusets.py).
         """
         cycle = Cycle(snapshot, pod, self.config)
-        for plugin, _ in self.scores:
-            if isinstance(plugin, GpuChooser):
-                mine = plugin.choose_gpus(cycle, node)
-                if mine is not None:
-                    return mine if len(mine) == pod.gpus_needed else ()
+        for plugin in self.choosers:
+            mine = plugin.choose_gpus(cycle, node)
+            if mine is not None:
+                return mine if len(mine) == pod.gpus_needed else ()
         _, chosen = cycle.gpu_sets(np.array([node], dtype=np.intp))
         picked = tuple(int(x) for x in chosen[0] if x >= 0)
         return picked if len(picked) == pod.gpus_needed else ()

@@ -21,16 +21,21 @@ from scheduler.core.types import PodRequest
 MAX_COMBINATIONS = 256
 
 
-def eligible_gpus(snapshot: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray) -> np.ndarray:
-    """(len(nodes), G) mask of GPUs that could serve this pod on each given node."""
-    rows = slice(None) if _every_node(snapshot, nodes) else nodes  # a slice copies nothing
-    milli = snapshot.gpu_milli_free[rows]
-    ok = snapshot.gpu_valid[rows] & snapshot.gpu_healthy[rows] & (milli >= pod.milli_per_gpu)
+def eligible_gpus(snapshot: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray | None) -> np.ndarray:
+    """(len(nodes), G) mask of GPUs that could serve this pod on each given node (None: every node)."""
+    picked = None if nodes is None or _every_node(snapshot, nodes) else nodes
+
+    def rows(values: np.ndarray) -> np.ndarray:
+        # Every node: the array itself. Else np.take, which gathers rows several times faster than
+        # indexing with an array does.
+        return values if picked is None else np.take(values, picked, axis=0)
+
+    ok = rows(snapshot.gpu_valid) & rows(snapshot.gpu_healthy) & (rows(snapshot.gpu_milli_free) >= pod.milli_per_gpu)
     if pod.gpu_memory:
-        ok &= snapshot.gpu_memory[rows] >= pod.gpu_memory
+        ok &= rows(snapshot.gpu_memory) >= pod.gpu_memory
     if pod.gpu_models:
         ids = snapshot.model_ids(pod.gpu_models)
-        ok &= np.isin(snapshot.gpu_model[rows], ids)
+        ok &= np.isin(rows(snapshot.gpu_model), ids)
     return ok
 
 
@@ -62,10 +67,10 @@ def best_sets(
     if not can.any():
         return quality, chosen
     if k == 1:
-        free_whole = snapshot.gpu_milli_free[nodes] >= 1000
         # Connectivity to the other free GPUs: lower is a better spot to give away (0 without links).
         connectivity: np.ndarray | float = 0.0
         if snapshot.link_class.max(initial=0) > 0 or snapshot.link_affinity[:1].any():
+            free_whole = snapshot.gpu_milli_free[nodes] >= 1000
             connectivity = np.einsum("ngh,nh->ng", snapshot.link_affinity[nodes], free_whole.astype(np.float32))
         # A share: best fit first (least free share left), then the least connected GPU.
         cost = snapshot.gpu_milli_free[nodes] * 100.0 + connectivity if pod.gpu_milli else connectivity
