@@ -305,6 +305,21 @@ class LocalCluster:
                 setattr(self, attr, None)
         _running.discard(self)
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone, as an outage or an upgrade does: etcd and the other components
+        keep running, and every client's connections to it break. :meth:`start_apiserver` brings
+        it back on the same port, so kubeconfigs stay valid."""
+        if self._apiserver is None:
+            raise ClusterError("kube-apiserver is not running")
+        self._apiserver.stop()
+        self._apiserver = None
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again after :meth:`stop_apiserver`; returns once it is ready."""
+        if self._apiserver is not None or self._etcd is None:
+            raise ClusterError("start_apiserver() follows stop_apiserver() on a started cluster")
+        self._start_apiserver()
+
     def start_scheduler(
         self,
         extender_url: str | None = None,
@@ -571,7 +586,7 @@ class LocalCluster:
 
     def _start_apiserver(self) -> None:
         assert self._pki is not None
-        self.apiserver_port = free_port()
+        self.apiserver_port = self.apiserver_port or free_port()  # the same port when started again
         self._apiserver = self._spawn(
             "kube-apiserver",
             [
@@ -593,6 +608,11 @@ class LocalCluster:
                 f"--service-account-signing-key-file={self._pki.sa_key}",
                 f"--disable-admission-plugins={','.join(DISABLED_ADMISSION_PLUGINS)}",
                 "--enable-priority-and-fairness=false",
+                # Kubernetes' own gang API (Workload, PodGroup, a Pod's spec.schedulingGroup), beta
+                # and off by default; kube-scheduler's own gang scheduling stays off (gpusched places
+                # gangs).
+                "--feature-gates=GenericWorkload=true",
+                "--runtime-config=scheduling.k8s.io/v1beta1=true",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",

@@ -147,4 +147,6 @@ def create_app(
 
 
 def _views(stale: Mapping[str, str]) -> str:
-    return "; ".join(f"{kind} ({why})" for kind, why in sorted(stale.items()))
+    """The stale views' names first (events are cut short), then why each is stale."""
+    kinds = sorted(stale)
+    return f"{', '.join(kinds)} ({'; '.join(f'{kind}: {stale[kind]}' for kind in kinds)})"

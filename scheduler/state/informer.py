@@ -128,7 +128,7 @@ class Informer(threading.Thread):
             except Exception as exc:  # any fault restarts the informer; none may end its thread
                 cause = restart_cause(exc)
                 self.on_restart(self.kind, cause)
-                self.last_error = f"{cause}: {exc}"[:300]
+                self.last_error = f"{cause}: {exc}"[:160]
                 if self.failing_since is None:
                     self.failing_since = self.clock()
                 need_list = True  # what happened while away is known only from a fresh list

@@ -22,7 +22,7 @@ STALE = {"pods": "failing for 42s: connection: refused", "nodes": "not listed ye
 POD = pod_object({"name": "p", "gpus": 1})
 ARGS = {"Pod": POD, "NodeNames": ["n0"]}
 BIND = {"PodName": "p", "PodNamespace": "default", "PodUID": "uid-p", "Node": "n0"}
-SAYS = "nodes (not listed yet); pods (failing for 42s: connection: refused)"  # sorted by kind
+SAYS = "nodes, pods (nodes: not listed yet; pods: failing for 42s: connection: refused)"  # names first, sorted
 
 
 @pytest.fixture
