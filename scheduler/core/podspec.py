@@ -13,6 +13,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from scheduler.core.gang_sources import gang_identity
 from scheduler.core.quantity import QuantityError, parse_milli, parse_quantity, parse_version
 from scheduler.core.types import PodRequest
 
@@ -26,7 +27,6 @@ ANN_KV_CACHE = PREFIX + "kv-cache"  # KV-cache memory of one replica, over all i
 ANN_LORA = PREFIX + "lora-adapters"
 ANN_CUDA = PREFIX + "cuda"
 ANN_WORKLOAD = PREFIX + "workload"
-ANN_MIN_MEMBER = PREFIX + "min-member"
 ANN_GPU_IDS = PREFIX + "gpu-ids"  # written by gpusched at bind time
 # Written on every gang member before the first of its Bindings, so that a restarted extender
 # finishes a gang whose binding was under way.
@@ -34,13 +34,6 @@ ANN_GANG_PLAN = PREFIX + "gang-plan"
 ANN_PLANNED_NODE = PREFIX + "planned-node"
 ANN_RANK = PREFIX + "rank"
 ANN_TOPOLOGY_PATH = PREFIX + "topology-path"
-LABEL_POD_GROUP = "scheduling.x-k8s.io/pod-group"
-RANK_KEYS = (
-    "batch.kubernetes.io/job-completion-index",
-    "apps.kubernetes.io/pod-index",
-    "jobset.sigs.k8s.io/job-index",
-    ANN_RANK,  # written by gpusched with the gang's plan
-)
 WORKLOADS = ("training", "inference")
 
 log = logging.getLogger("gpusched.podspec")
@@ -142,27 +135,7 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
         errors.append(f"annotation {ANN_WORKLOAD}: {workload!r} must be one of {', '.join(WORKLOADS)}")
         workload = ""
 
-    min_member = 0
-    if ANN_MIN_MEMBER in annotations:
-        try:
-            min_member = int(annotations[ANN_MIN_MEMBER])
-            if min_member < 1:
-                raise ValueError
-        except (TypeError, ValueError):
-            errors.append(
-                f"annotation {ANN_MIN_MEMBER}: {annotations[ANN_MIN_MEMBER]!r} must be a positive whole number"
-            )
-            min_member = 0
-
-    rank = None
-    for key in RANK_KEYS:
-        found = labels.get(key, annotations.get(key))
-        if found is not None:
-            try:
-                rank = int(found)
-            except (TypeError, ValueError):
-                errors.append(f"{key}: {found!r} is not a whole number")
-            break
+    gang = gang_identity(labels, annotations, spec, errors)
 
     gpu_ids: tuple[int, ...] = ()
     if ANN_GPU_IDS in annotations:
@@ -206,9 +179,10 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
         kv_cache_bytes=quantity(ANN_KV_CACHE),
         lora_adapters=_list(annotations.get(ANN_LORA, "")),
         workload=workload,
-        pod_group=labels.get(LABEL_POD_GROUP, ""),
-        min_member=min_member,
-        rank=rank,
+        pod_group=gang.pod_group,
+        min_member=gang.min_member,
+        group_size_ref=gang.size_ref,
+        rank=gang.rank,
         priority=priority if isinstance(priority := spec.get("priority"), int) else 0,
         planned_node=annotations.get(ANN_PLANNED_NODE, "") if annotations.get(ANN_GANG_PLAN) else "",
         gang_plan=annotations.get(ANN_GANG_PLAN, ""),

@@ -37,6 +37,9 @@ class PodRequest:
     workload: str = ""  # "training", "inference" or ""
     pod_group: str = ""
     min_member: int = 0
+    # The API object that gives the gang's size, "<api group>/<name>" in the pod's namespace
+    # (core/gang_sources.py); "": the size is on the pod, or it is no gang.
+    group_size_ref: str = ""
     rank: int | None = None
     priority: int = 0  # spec.priority: who may preempt whom
     planned_node: str = ""  # gang members: the node of the gang's plan, once written on the pod

@@ -58,7 +58,6 @@ from scheduler.core.podspec import (
     ANN_PLANNED_NODE,
     ANN_RANK,
     ANN_TOPOLOGY_PATH,
-    parse_pod,
 )
 from scheduler.core.snapshot import ClusterSnapshot, SnapshotError
 from scheduler.core.types import PodRequest
@@ -228,7 +227,7 @@ class ExtenderService:
 
     # -------------------------------------------------------------------- verbs
     def filter(self, args: wire.ExtenderArgs) -> wire.ExtenderFilterResult:
-        pod = parse_pod(args.pod, self.state.config.gpu_resource)
+        pod = self.state.parse_pod(args.pod)
         if self.offline and not pod.node_name:
             self.state.upsert_pod(args.pod)
         names = self._names(args)
@@ -294,7 +293,7 @@ class ExtenderService:
         )
 
     def prioritize(self, args: wire.ExtenderArgs) -> list[wire.HostPriority]:
-        pod = parse_pod(args.pod, self.state.config.gpu_resource)
+        pod = self.state.parse_pod(args.pod)
         names = self._names(args)
         with self.state.lock:
             snap = self._snapshot()
@@ -328,7 +327,7 @@ class ExtenderService:
             if obj is None:
                 self.metrics.binds.labels("pod_not_found").inc()
                 return wire.ExtenderBindingResult(error=f"gpusched: pod {key} not found")
-            pod = parse_pod(obj, self.state.config.gpu_resource)
+            pod = self.state.parse_pod(obj)
         if pod.pod_group and not pod.errors:
             return self._bind_gang(args, pod)
         annotations: dict[str, str] = {}
@@ -503,7 +502,7 @@ class ExtenderService:
         return wire.ExtenderBindingResult(error=outcome)
 
     def preempt(self, args: wire.ExtenderPreemptionArgs) -> wire.ExtenderPreemptionResult:
-        pod = parse_pod(args.pod, self.state.config.gpu_resource)
+        pod = self.state.parse_pod(args.pod)
         if pod.errors:
             return wire.ExtenderPreemptionResult()
         victims: dict[str, list[str]] = {}

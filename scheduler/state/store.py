@@ -34,6 +34,7 @@ import numpy as np
 
 from scheduler.core.config import SchedulerConfig
 from scheduler.core.gang import RESERVATION_PREFIX
+from scheduler.core.gang_sources import resolve
 from scheduler.core.gpu_assignment import GpuAssignments
 from scheduler.core.objects import node_from_object, parse_time, with_report
 from scheduler.core.podspec import ANN_GPU_MILLI, parse_pod
@@ -49,6 +50,14 @@ def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
 
 
+SizeOf = Callable[[Mapping[str, Any]], int | None]  # a PodGroup's gang size, None: unreadable
+
+
+def _group_key(api_group: str, obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or "default"), f"{api_group}/{meta.get('name', '')}"
+
+
 class ClusterState:
     def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -58,6 +67,10 @@ class ClusterState:
         self.reports: dict[str, Mapping[str, Any]] = {}
         self.pods: dict[str, PodRequest] = {}  # GPU pods that are not finished, bound or not
         self.uids: dict[str, str] = {}  # pod uid -> key
+        # Gang sizes from PodGroup objects, (namespace, "<api group>/<name>") -> size
+        # (core/gang_sources.py); the pods that name one hold the size it gives. Replaced whole,
+        # never changed in place, so a reader needs no lock.
+        self.group_sizes: dict[tuple[str, str], int] = {}
         self.assumed: dict[str, tuple[PodRequest, float]] = {}  # key -> (pod with node and GPUs, deadline)
         # Pods that hold GPUs without existing (gang reservations), set by whoever owns them, and
         # the reservations a member has taken over while its bind is under way: reservation key ->
@@ -206,7 +219,7 @@ class ClusterState:
             for item in items:
                 pod = self._parse_live_pod(item)
                 if pod is not None:
-                    self.pods[pod.key] = pod
+                    pod = self.pods[pod.key] = resolve(pod, self.group_sizes)
                     if pod.uid:
                         self.uids[pod.uid] = pod.key
             # Assumed pods that no longer exist are gone for good; the rest wait for their bind.
@@ -227,6 +240,49 @@ class ClusterState:
         if phase in TERMINAL_PHASES or deleting or not pod.wants_gpu:
             return None
         return pod
+
+    def parse_pod(self, obj: Mapping[str, Any]) -> PodRequest:
+        """A pod as the verbs decide it: parsed, with its gang's size from the PodGroup it names."""
+        return resolve(parse_pod(obj, self.config.gpu_resource), self.group_sizes)
+
+    def replace_group_sizes(self, api_group: str, items: Iterable[Mapping[str, Any]], size: SizeOf) -> None:
+        """Every PodGroup of `api_group`, each read by `size` (core/gang_sources.py)."""
+        with self.lock:
+            sizes = {k: v for k, v in self.group_sizes.items() if not k[1].startswith(api_group + "/")}
+            for obj in items:
+                self._read_size(sizes, api_group, obj, size)
+            self._set_group_sizes(sizes)
+
+    def upsert_group_size(self, api_group: str, obj: Mapping[str, Any], size: SizeOf) -> None:
+        with self.lock:
+            sizes = dict(self.group_sizes)
+            self._read_size(sizes, api_group, obj, size)
+            self._set_group_sizes(sizes)
+
+    def delete_group_size(self, api_group: str, obj: Mapping[str, Any]) -> None:
+        with self.lock:
+            sizes = dict(self.group_sizes)
+            sizes.pop(_group_key(api_group, obj), None)
+            self._set_group_sizes(sizes)
+
+    @staticmethod
+    def _read_size(sizes: dict[tuple[str, str], int], api_group: str, obj: Mapping[str, Any], size: SizeOf) -> None:
+        value = size(obj)
+        if value is None:  # unreadable: its pods wait as for an unknown PodGroup
+            sizes.pop(_group_key(api_group, obj), None)
+        else:
+            sizes[_group_key(api_group, obj)] = value
+
+    def _set_group_sizes(self, sizes: dict[tuple[str, str], int]) -> None:
+        """Take `sizes` and give the pods whose size changed their new one."""
+        changed = {k for k in sizes.keys() | self.group_sizes.keys() if sizes.get(k) != self.group_sizes.get(k)}
+        self.group_sizes = sizes
+        if not changed:
+            return
+        for key, pod in self.pods.items():
+            if (pod.namespace, pod.group_size_ref) in changed:
+                self.pods[key] = resolve(pod, sizes)
+        self.generation += 1
 
     def _may_want_gpu(self, obj: Mapping[str, Any]) -> bool:
         """Whether the pod names the GPU resource or a GPU share at all (most pods of a cluster do
@@ -249,7 +305,7 @@ class ClusterState:
                 self._forget(f"{meta.get('namespace', 'default')}/{meta.get('name', '')}")
                 return
             old = self.pods.get(pod.key)
-            self.pods[pod.key] = pod
+            pod = self.pods[pod.key] = resolve(pod, self.group_sizes)
             if pod.uid:
                 self.uids[pod.uid] = pod.key
             if pod.node_name:

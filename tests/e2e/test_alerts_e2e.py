@@ -154,6 +154,18 @@ def test_the_real_prometheus_finds_each_alert_pending(run: Run) -> None:
     assert all(a["state"] == "pending" for a in run.pending)  # `for` has not passed yet
 
 
+def test_an_agent_that_never_wrote_shows_a_growing_age(run: Run) -> None:
+    """The agent of gpu-c has had every write refused since it started: its ages exist all the same
+    and only grow, which is what GpuschedAgentReportStale reads."""
+    prom, node = run.prometheus, f'node="{UNREPORTED_NODE}"'
+    assert prom.finite(f'gpusched_agent_report_writes_total{{{node}, result="ok"}}') == [0.0]
+    assert prom.finite(f'gpusched_agent_report_writes_total{{{node}, result="error"}}')[0] >= 1
+    for age in ("gpusched_agent_lease_age_seconds", "gpusched_agent_report_age_seconds"):
+        assert prom.finite(f"resets({age}{{{node}}}[1h])") == [0.0], f"{age} fell: something was accepted"
+        (grown,) = prom.finite(f"max_over_time({age}{{{node}}}[1h]) - min_over_time({age}{{{node}}}[1h])")
+        assert grown >= 5, f"{age} grew {grown} s over the run"
+
+
 def _render(template: str, labels: dict[str, str], value: float) -> str:
     """The annotation templates the alerts use: $labels.NAME and $value."""
 

@@ -1,5 +1,6 @@
 from datetime import UTC, datetime
 
+from scheduler.core.gang_sources import K8S_POD_GROUP, PLUGINS_POD_GROUP, k8s_pod_group_size, plugins_pod_group_size
 from scheduler.core.podspec import parse_pod
 from scheduler.plugins import registry
 from scheduler.state.store import ASSUME_TTL_S, ClusterState
@@ -157,3 +158,44 @@ def test_a_kubelet_contradicting_the_annotation_is_counted_once_and_forgotten_wi
     state.delete_pod(pod("p"))
     assert state.gpu_assignments.disagreements == {}
     assert state.gpu_assignments.total == 1
+
+
+def podgroup(name: str, min_member: int, namespace: str = "default") -> dict[str, object]:
+    """A scheduler-plugins PodGroup (scheduling.x-k8s.io/v1alpha1)."""
+    return {"metadata": {"name": name, "namespace": namespace}, "spec": {"minMember": min_member}}
+
+
+def test_pods_take_their_gang_size_from_the_pod_group_whenever_it_arrives_or_changes() -> None:
+    state, _ = state_with()
+    labels = {"scheduling.x-k8s.io/pod-group": "train"}
+    state.replace_pods([pod("a", gpus=4, labels=labels), pod("b", gpus=4, labels=labels)])
+    assert [p.min_member for p in state.pods.values()] == [0, 0]  # no PodGroup yet: they wait
+    # The PodGroup listed after its pods: both members take its size, and decisions see it.
+    generation = state.generation
+    state.replace_group_sizes(PLUGINS_POD_GROUP, [podgroup("train", 2)], plugins_pod_group_size)
+    assert [p.min_member for p in state.pods.values()] == [2, 2]
+    assert state.generation > generation
+    # A member created now is parsed with it, as is the pod a verb is asked about.
+    state.upsert_pod(pod("c", gpus=4, labels=labels))
+    assert state.pods["default/c"].min_member == 2
+    assert state.parse_pod(pod("d", gpus=4, labels=labels)).min_member == 2
+    # Changed, then deleted: the members follow.
+    state.upsert_group_size(PLUGINS_POD_GROUP, podgroup("train", 3), plugins_pod_group_size)
+    assert {p.min_member for p in state.pods.values()} == {3}
+    state.delete_group_size(PLUGINS_POD_GROUP, podgroup("train", 3))
+    assert {p.min_member for p in state.pods.values()} == {0}
+
+
+def test_a_pod_group_of_another_namespace_or_api_gives_no_size() -> None:
+    state, _ = state_with()
+    state.replace_pods([pod("a", gpus=4, labels={"scheduling.x-k8s.io/pod-group": "train"})])
+    state.replace_group_sizes(PLUGINS_POD_GROUP, [podgroup("train", 2, namespace="other")], plugins_pod_group_size)
+    native = {
+        "metadata": {"name": "train", "namespace": "default"},
+        "spec": {"schedulingPolicy": {"gang": {"minCount": 5}}},
+    }
+    state.replace_group_sizes(K8S_POD_GROUP, [native], k8s_pod_group_size)
+    assert state.pods["default/a"].min_member == 0
+    # A relist of one API keeps the other's sizes.
+    state.replace_group_sizes(PLUGINS_POD_GROUP, [], plugins_pod_group_size)
+    assert state.group_sizes == {("default", "scheduling.k8s.io/train"): 5}
