@@ -96,6 +96,13 @@ class Extender:
                 self.proc.wait()
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crashed or OOM-killed process goes: no shutdown hook runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as resp:
             data: bytes = resp.read()
