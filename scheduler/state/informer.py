@@ -27,13 +27,22 @@ from typing import Any
 import orjson
 import urllib3
 
+from scheduler.core.gang_sources import K8S_POD_GROUP, PLUGINS_POD_GROUP, k8s_pod_group_size, plugins_pod_group_size
 from scheduler.state.kube import Kube, KubeError
 from scheduler.state.store import ClusterState
 
 log = logging.getLogger("gpusched.informer")
 
 REPORTS_PATH = "/apis/gpusched.io/v1alpha1/gpunodereports"
-OPTIONAL = frozenset({"events"})  # pull events only refine cold-start estimates: never stale for placing
+# Gang sizes from PodGroups, each API's informer started only where the API server serves it (an
+# absent CRD or API group would fail and restart forever): api group, path, size reader.
+POD_GROUPS = (
+    (K8S_POD_GROUP, "/apis/scheduling.k8s.io/v1beta1", k8s_pod_group_size),
+    (PLUGINS_POD_GROUP, "/apis/scheduling.x-k8s.io/v1alpha1", plugins_pod_group_size),
+)
+# Pull events only refine cold-start estimates, and a member whose PodGroup is not known waits
+# (never placed on a guess): neither is stale for placing.
+OPTIONAL = frozenset({"events", *(f"podgroups.{group}" for group, _, _ in POD_GROUPS)})
 
 
 @dataclass(frozen=True)
@@ -173,7 +182,8 @@ def start_informers(
     on_restart: Callable[[str, str], None] = lambda kind, why: None,
     lease_namespace: str = "gpusched-system",
 ) -> list[Informer]:
-    """Nodes, pods, GPUNodeReports, the agents' Leases and image-pull events, each in its own thread."""
+    """Nodes, pods, GPUNodeReports, the agents' Leases, image-pull events and the PodGroups of
+    the APIs the server serves, each in its own thread."""
     informers = [
         Informer(
             kube,
@@ -212,6 +222,32 @@ def start_informers(
             params={"fieldSelector": "reason=Pulled"},
         )
     )
+    for group, path, size in POD_GROUPS:
+        if serves(kube, path, "podgroups"):
+            informers.append(
+                Informer(
+                    kube,
+                    f"podgroups.{group}",
+                    f"{path}/podgroups",
+                    Handlers(
+                        lambda items, g=group, s=size: state.replace_group_sizes(g, items, s),
+                        lambda obj, g=group, s=size: state.upsert_group_size(g, obj, s),
+                        lambda obj, g=group: state.delete_group_size(g, obj),
+                    ),
+                    on_restart,
+                )
+            )
     for informer in informers:
         informer.start()
     return informers
+
+
+def serves(kube: Kube, group_version: str, resource: str) -> bool:
+    """Whether the API server serves `resource` in `group_version` (an API path such as
+    /apis/scheduling.k8s.io/v1beta1). Unsure (any answer but 404 Not Found): True, and the
+    informer retries as any other."""
+    try:
+        found = kube.get(group_version)
+    except KubeError as exc:
+        return exc.status != 404
+    return any(r.get("name") == resource for r in found.get("resources") or ())
