@@ -154,6 +154,11 @@ def test_extender_rbac_is_exactly_what_it_uses(objects: list[dict[str, Any]]) ->
         ("", "events", "watch", ""),
         ("events.k8s.io", "events", "list", ""),
         ("events.k8s.io", "events", "watch", ""),
+        # Gang sizes from PodGroups, Kubernetes' and scheduler-plugins' (scheduler/state/informer.py).
+        ("scheduling.k8s.io", "podgroups", "list", ""),
+        ("scheduling.k8s.io", "podgroups", "watch", ""),
+        ("scheduling.x-k8s.io", "podgroups", "list", ""),
+        ("scheduling.x-k8s.io", "podgroups", "watch", ""),
     }
     binding = install.find(objects, "ClusterRoleBinding", "gpusched-extender")
     sa = install.find(objects, "Deployment", "gpusched-extender")["spec"]["template"]["spec"]["serviceAccountName"]
