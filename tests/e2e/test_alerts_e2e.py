@@ -40,7 +40,7 @@ pytestmark = pytest.mark.e2e
 __all__ = ["installed"]
 
 ALERTS = ("GpuschedSchedulerDown", "GpuschedGpuNodeWithoutFreshReport", "GpuschedAgentDown")
-RULES = yaml.safe_load((PROMETHEUS_DIR / "gpusched-alerts.yaml").read_text())["groups"][0]["rules"]
+RULES = [r for g in yaml.safe_load((PROMETHEUS_DIR / "gpusched-alerts.yaml").read_text())["groups"] for r in g["rules"]]
 EXPRESSIONS = {rule["alert"]: rule["expr"] for rule in RULES}
 UNREPORTED_NODE = "gpu-c"
 
