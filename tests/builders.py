@@ -9,6 +9,8 @@ from scheduler.core.scenario import interconnect_links, pod_object
 from scheduler.core.types import GpuInfo, NodeState
 
 GiB = 2**30
+# An H100 NVL's memory less what the driver reserves: 100,485,038,080 - 595,591,168 bytes (93.03 GiB).
+H100_NVL_USABLE = 99_889_446_912
 
 
 def gpu_node(
@@ -98,3 +100,56 @@ def report_object(
             "models": [{"id": k, "bytes": v} for k, v in (models or {}).items()],
         },
     }
+
+
+def mig_pod(name: str, profile: str = "1g.12gb", count: int = 1, **extra: Any) -> dict[str, Any]:
+    """A pod asking for `count` MIG instances by the device plugin's mixed-strategy resource."""
+    obj = pod(name, gpus=0, **extra)
+    obj["spec"]["containers"][0]["resources"]["limits"][f"nvidia.com/mig-{profile}"] = str(count)
+    return obj
+
+
+def mig_gpu(index: int, instances: list[tuple[str, list[str]]], healthy: bool = True) -> dict[str, Any]:
+    """A report's GPU entry for a MIG-enabled H100 NVL (gpu_agent/fake_nvml/machines/h100-mig.json):
+    one instance per (profile, holder pods), UUIDs `MIG-<gpu>-<n>`; the GPU's own `pods` lists every
+    instance's holders, as the agent writes it."""
+    return {
+        "index": index,
+        "uuid": f"GPU-{index}",
+        "model": "NVIDIA H100 NVL",
+        "memoryTotalBytes": H100_NVL_USABLE,
+        "healthy": healthy,
+        "migEnabled": True,
+        "migInstances": [
+            # "1g.12gb" -> 12e9 bytes: the profile's nominal size stands in for NVML's figure
+            {"uuid": f"MIG-{index}-{n}", "profile": p, "memoryBytes": int(p.split(".")[1][:-2]) * 10**9, "pods": h}
+            for n, (p, h) in enumerate(instances)
+        ],
+        "pods": sorted({k for _, h in instances for k in h}),
+    }
+
+
+def with_gpus(report: dict[str, Any], gpus: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report with these GPU entries (whole ones from `report_object`, MIG ones from `mig_gpu`)."""
+    spec = report["spec"]
+    spec["gpus"] = gpus
+    spec["gpuCount"] = len(gpus)
+    spec["topology"] = {"matrix": [["" if a == b else "nvlink" for b in range(len(gpus))] for a in range(len(gpus))]}
+    return report
+
+
+def reported_node(name: str, gpus: list[dict[str, Any]], allocatable_gpus: int = 0) -> NodeState:
+    """A node as the informers build it: its Node object (`allocatable_gpus` of nvidia.com/gpu),
+    then its report with these GPU entries."""
+    from scheduler.core.objects import node_from_object, with_report
+
+    report = with_gpus(report_object(name), gpus)
+    return with_report(
+        node_from_object(node_object(name, gpus=allocatable_gpus)), report, datetime.now(UTC).timestamp()
+    )
+
+
+def whole_gpu(index: int, holders: list[str] | None = None) -> dict[str, Any]:
+    """A report's entry for a whole H100 80GB that is not MIG-enabled."""
+    gpu = report_object("x", gpus=index + 1, holders={index: holders or []})["spec"]["gpus"][index]
+    return {**gpu, "migEnabled": False}

@@ -3,6 +3,10 @@ the current time, so the same code serves the informers, snapshots from a file a
 
 A report whose GPUs, versions or caches are malformed contributes what parses; a field that does
 not parse is left out rather than guessed, and the node is never dropped for it.
+
+A GPU's `memoryTotalBytes` is what pods can use: the agent reports NVML's total less what the
+driver reserves. A GPU with `migEnabled` keeps its `migInstances` (uuid, profile, memory, the pods
+that hold each); it is never a whole GPU for a pod (core/snapshot.py).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from scheduler.core.quantity import QuantityError, parse_milli, parse_quantity, parse_version
-from scheduler.core.types import GpuInfo, NodeState
+from scheduler.core.types import GpuInfo, MigInfo, NodeState
 
 
 def parse_time(text: Any) -> float | None:
@@ -70,6 +74,23 @@ def _entries(spec: Mapping[str, Any], key: str) -> dict[str, int]:
     return out
 
 
+def _mig_instances(gpu: Mapping[str, Any]) -> tuple[MigInfo, ...]:
+    """The GPU's `migInstances` that name a UUID and a profile (one without either could be
+    neither asked for nor told apart, so it is left out)."""
+    out = []
+    for item in gpu.get("migInstances") or ():
+        if isinstance(item, Mapping) and item.get("uuid") and item.get("profile"):
+            out.append(
+                MigInfo(
+                    uuid=str(item["uuid"]),
+                    profile=str(item["profile"]),
+                    memory=_q(item.get("memoryBytes")),
+                    holders=tuple(str(p) for p in item.get("pods") or ()),
+                )
+            )
+    return tuple(out)
+
+
 def _disk(spec: Mapping[str, Any], part: str) -> tuple[int, int]:
     """(free, total) bytes of `spec.disk[part]`; (-1, -1) when absent or not 0 <= free <= total."""
     disk = spec.get("disk")
@@ -100,6 +121,8 @@ def with_report(node: NodeState, report: Mapping[str, Any] | None, now: float) -
                 uuid=str(item.get("uuid", "")),
                 healthy=bool(item.get("healthy", True)),
                 holders=tuple(str(p) for p in item.get("pods") or ()),
+                mig_enabled=item.get("migEnabled") is True,
+                mig=_mig_instances(item) if item.get("migEnabled") is True else (),
             )
         )
     topology = spec.get("topology") or {}

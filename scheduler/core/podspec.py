@@ -35,6 +35,8 @@ ANN_PLANNED_NODE = PREFIX + "planned-node"
 ANN_RANK = PREFIX + "rank"
 ANN_TOPOLOGY_PATH = PREFIX + "topology-path"
 WORKLOADS = ("training", "inference")
+# The NVIDIA device plugin's "mixed" MIG strategy: one resource per profile, nvidia.com/mig-1g.12gb.
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 
 log = logging.getLogger("gpusched.podspec")
 
@@ -84,6 +86,42 @@ def _resources(pod_spec: Mapping[str, Any], gpu_resource: str, errors: list[str]
     return gpus, cpu, memory
 
 
+def _mig_resources(pod_spec: Mapping[str, Any], errors: list[str]) -> tuple[str, int]:
+    """(profile, instances) of the pod's `nvidia.com/mig-<profile>` resources, ("", 0) without any.
+
+    Counted as kube-scheduler counts an extended resource (limits, else requests; the app
+    containers' sum against the largest init container). One profile per pod: a pod that asks for
+    two is an error naming both, since gpusched places a pod's instances by one profile.
+    """
+    app: dict[str, int] = {}
+    init: dict[str, int] = {}
+    for containers, total, combine in (
+        (pod_spec.get("containers"), app, operator.add),
+        (pod_spec.get("initContainers"), init, max),
+    ):
+        for container in containers or ():
+            if not isinstance(container, Mapping):
+                continue  # _resources names it
+            resources = container.get("resources") or {}
+            asked: dict[str, Any] = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
+            for key, raw in asked.items():
+                if not str(key).startswith(MIG_RESOURCE_PREFIX):
+                    continue
+                profile = str(key)[len(MIG_RESOURCE_PREFIX) :]
+                try:
+                    count = parse_quantity(raw)
+                except QuantityError as exc:
+                    errors.append(f"containers[{container.get('name', '?')}] {key}: {exc}")
+                    continue
+                total[profile] = combine(total.get(profile, 0), count)
+    counts = {p: max(app.get(p, 0), init.get(p, 0)) for p in app.keys() | init.keys()}
+    asked_for = sorted(p for p, n in counts.items() if n > 0)
+    if len(asked_for) > 1:
+        errors.append(f"asks for MIG instances of {len(asked_for)} profiles ({', '.join(asked_for)}); one per pod")
+        return "", 0
+    return (asked_for[0], counts[asked_for[0]]) if asked_for else ("", 0)
+
+
 def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> PodRequest:
     """The pod's request; a pod that is not a mapping at all gets an error, not an exception."""
     if not isinstance(pod, Mapping):
@@ -110,6 +148,14 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
         errors.append(f"resources: {exc}")
         gpus = cpu = memory = 0
 
+    try:
+        mig_profile, mig_count = _mig_resources(spec, errors)
+    except (AttributeError, TypeError) as exc:  # resources that are not mappings at all
+        errors.append(f"resources: {exc}")
+        mig_profile, mig_count = "", 0
+    if mig_count and gpus:
+        errors.append(f"asks for whole GPUs and MIG instances ({MIG_RESOURCE_PREFIX}{mig_profile}); one kind per pod")
+
     gpu_milli = 0
     if ANN_GPU_MILLI in annotations:
         raw = annotations[ANN_GPU_MILLI]
@@ -122,6 +168,8 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
             gpu_milli = 0
         elif gpus > 0:
             errors.append(f"annotation {ANN_GPU_MILLI} asks for a GPU share but the pod also asks for whole GPUs")
+        elif mig_count:
+            errors.append(f"annotation {ANN_GPU_MILLI} asks for a GPU share but the pod also asks for MIG instances")
 
     cuda: tuple[int, ...] = ()
     if ANN_CUDA in annotations:
@@ -170,6 +218,8 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
         gpu_milli=gpu_milli,
         gpu_memory=quantity(ANN_GPU_MEMORY),
         gpu_models=_list(annotations.get(ANN_GPU_MODELS, "")),
+        mig_profile=mig_profile,
+        mig_count=mig_count,
         cpu_milli=cpu,
         memory=memory,
         cuda=cuda,

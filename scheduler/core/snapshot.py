@@ -3,6 +3,12 @@
 Shapes: N nodes, G = the most GPUs on any node (shorter nodes are padded with invalid GPUs).
 GPU occupancy comes from pods: the kubelet's view in the node's report is the truth; otherwise the
 GPUs gpusched chose at bind time; otherwise the first free ones (pods bound by someone else).
+
+A MIG-enabled GPU is not valid as a whole GPU (`gpu_valid` false, `gpu_mig` true): no whole-GPU
+or share pod can have it. Its instances are counted per profile instead: `mig_free[profile]` and
+`mig_total[profile]`, (N,) arrays. An instance is free when its GPU is healthy, the report names no
+pod holding it, and no pod placed here holds it. A MIG pod holds instances of its profile
+(`Placement.mig`): those the report says it holds, else the first free ones.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from scheduler.core.gpu_models import matching_ids
 from scheduler.core.images import normalize_image
 from scheduler.core.quantity import version_code
 from scheduler.core.topology import DEFAULT_TIERS
-from scheduler.core.types import LINK_AFFINITY, NodeState, PodRequest
+from scheduler.core.types import LINK_AFFINITY, MigInfo, NodeState, PodRequest
 
 UNKNOWN_MODEL = -1
 T = TypeVar("T")
@@ -35,6 +41,7 @@ class Placement:
     cpu_milli: int
     memory: int
     gpu_count: int  # GPUs counted against the node's allocatable
+    mig: tuple[str, ...] = ()  # UUIDs of the MIG instances it holds
 
 
 def owner_key(pod: PodRequest) -> str:
@@ -66,6 +73,18 @@ class SnapshotError(ValueError):
     """A placement that does not fit the snapshot."""
 
 
+@dataclass(frozen=True, slots=True)
+class MigSlot:
+    """One MIG instance of a node: its GPU, profile and memory, and whether the report names a
+    pod holding it (`reported`: the kubelet's holders)."""
+
+    gpu: int
+    profile: str
+    memory: int
+    reported: tuple[str, ...]
+    usable: bool  # its GPU is healthy
+
+
 class ClusterSnapshot:
     """Nodes as arrays, plus the pods that hold their GPUs."""
 
@@ -92,6 +111,11 @@ class ClusterSnapshot:
         self.gpu_memory = np.zeros((n, g), dtype=np.int64)
         self.gpu_healthy = np.zeros((n, g), dtype=bool)
         self.gpu_milli_free = np.zeros((n, g), dtype=np.int32)
+        self.gpu_mig = np.zeros((n, g), dtype=bool)  # MIG-enabled: its instances are in mig_*
+        self.mig_slots: list[dict[str, MigSlot]] = [{} for _ in range(n)]  # per node: uuid -> slot
+        self.mig_held: list[dict[str, str]] = [{} for _ in range(n)]  # per node: uuid -> pod key placed on it
+        self.mig_free: dict[str, np.ndarray] = {}  # profile -> (N,) free instances
+        self.mig_total: dict[str, np.ndarray] = {}  # profile -> (N,) instances on healthy GPUs
         self.link_affinity = np.zeros((n, g, g), dtype=np.float32)
         self.gpu_alloc = np.zeros(n, dtype=np.int32)  # allocatable GPUs per the Node object
         self.gpu_used_api = np.zeros(n, dtype=np.int32)  # GPUs requested by pods on the node
@@ -166,10 +190,13 @@ class ClusterSnapshot:
                 j = gpu.index
                 if not 0 <= j < self.max_gpus:
                     continue
-                self.gpu_valid[i, j] = True
+                self.gpu_valid[i, j] = not gpu.mig_enabled
                 self.gpu_healthy[i, j] = gpu.healthy
                 self.gpu_memory[i, j] = gpu.memory
-                self.gpu_milli_free[i, j] = 1000
+                self.gpu_milli_free[i, j] = 0 if gpu.mig_enabled else 1000
+                self.gpu_mig[i, j] = gpu.mig_enabled
+                for mig in gpu.mig:
+                    self._load_mig(i, j, gpu.healthy, mig)
                 if gpu.model:
                     if gpu.model not in self._model_ids:
                         self._model_ids[gpu.model] = len(self.model_names)
@@ -193,6 +220,55 @@ class ClusterSnapshot:
             for key, size in source.items():
                 table.setdefault(key, {})[i] = size
 
+    def _load_mig(self, i: int, j: int, healthy: bool, mig: MigInfo) -> None:
+        slot = MigSlot(j, mig.profile, mig.memory, mig.holders, healthy)
+        self.mig_slots[i][mig.uuid] = slot
+        if mig.profile not in self.mig_free:
+            self.mig_free[mig.profile] = np.zeros(len(self.nodes), dtype=np.int32)
+            self.mig_total[mig.profile] = np.zeros(len(self.nodes), dtype=np.int32)
+        if healthy:
+            self.mig_total[mig.profile][i] += 1
+            self.mig_free[mig.profile][i] += not mig.holders
+
+    def mig_free_of(self, profile: str) -> np.ndarray:
+        """(N,) free MIG instances of `profile` per node (zeros for a profile no node has)."""
+        found = self.mig_free.get(profile)
+        return found if found is not None else np.zeros(len(self.nodes), dtype=np.int32)
+
+    def mig_total_of(self, profile: str) -> np.ndarray:
+        """(N,) MIG instances of `profile` on healthy GPUs per node, held or not."""
+        found = self.mig_total.get(profile)
+        return found if found is not None else np.zeros(len(self.nodes), dtype=np.int32)
+
+    def kubelet_migs(self, node: int, key: str) -> tuple[str, ...]:
+        """The MIG instances the node's report (the kubelet) says the pod holds there."""
+        return tuple(uuid for uuid, slot in self.mig_slots[node].items() if key in slot.reported)
+
+    def _free_migs(self, node: int, pod: PodRequest) -> tuple[str, ...]:
+        """The first free instances of the pod's profile on `node`, in the report's order."""
+        held = self.mig_held[node]
+        free = [
+            uuid
+            for uuid, slot in self.mig_slots[node].items()
+            if slot.profile == pod.mig_profile and slot.usable and not slot.reported and uuid not in held
+        ]
+        return tuple(free[: pod.mig_count])
+
+    def _check_migs(self, pod: PodRequest, node: int, chosen: Sequence[str]) -> None:
+        name = self.names[node]
+        if len(chosen) < pod.mig_count:
+            raise SnapshotError(
+                f"{pod.key}: node {name} has {len(chosen)} of {pod.mig_count} MIG {pod.mig_profile} instances free"
+            )
+        for uuid in chosen:
+            slot = self.mig_slots[node].get(uuid)
+            if slot is None or slot.profile != pod.mig_profile or not slot.usable:
+                raise SnapshotError(f"{pod.key}: node {name} has no usable MIG {pod.mig_profile} instance {uuid}")
+            holder = self.mig_held[node].get(uuid) or next((p for p in slot.reported if p != pod.key), None)
+            if holder is not None:
+                # Never two pods on one instance: whoever holds it keeps it.
+                raise SnapshotError(f"{pod.key}: MIG instance {uuid} of node {name} is held by {holder}")
+
     def _load_tiers(self) -> None:
         self.tier_ids[:] = tier_domains(self.nodes, self.tier_keys)
 
@@ -209,12 +285,25 @@ class ClusterSnapshot:
         if at is None:
             return None
         self.conflicts.pop(pod.key, None)
+        if pod.wants_mig:
+            return self._place_bound_mig(pod, at)
         kubelet = self.kubelet_gpus(at, pod.key)
         self.assignments.observe(pod.key, pod.gpu_ids, kubelet)
         try:
             return self.place(pod, at, kubelet or pod.gpu_ids or None)
         except SnapshotError:
             # The GPUs it names are taken (or gone): hold any free ones, else record it.
+            try:
+                return self.place(pod, at)
+            except SnapshotError as exc:
+                self.conflicts[pod.key] = str(exc)
+                return None
+
+    def _place_bound_mig(self, pod: PodRequest, at: int) -> Placement | None:
+        """A bound MIG pod on the instances the report says it holds, else on any free ones."""
+        try:
+            return self.place(pod, at, mig=self.kubelet_migs(at, pod.key) or None)
+        except SnapshotError:
             try:
                 return self.place(pod, at)
             except SnapshotError as exc:
@@ -233,7 +322,7 @@ class ClusterSnapshot:
         if max(len(node.gpus), node.gpu_count) > self.max_gpus or any(g.index >= self.max_gpus for g in node.gpus):
             return False
         old = self.nodes[i]
-        rows: tuple[np.ndarray, ...] = (self.gpu_valid, self.gpu_healthy, self.gpu_model, self.gpu_memory)
+        rows: tuple[np.ndarray, ...] = (self.gpu_valid, self.gpu_healthy, self.gpu_model, self.gpu_memory, self.gpu_mig)
         before = [a[i].copy() for a in rows]
         held = [self.pods[k] for k in sorted(self.node_pods[i])]
         if last is not None:  # these go after the others (gang holds after the pods that exist)
@@ -250,6 +339,10 @@ class ClusterSnapshot:
         self.gpu_model[i] = UNKNOWN_MODEL
         self.gpu_memory[i] = 0
         self.gpu_milli_free[i] = 0
+        self.gpu_mig[i] = False
+        self.mig_slots[i] = {}
+        for counts in (*self.mig_free.values(), *self.mig_total.values()):
+            counts[i] = 0
         self.link_affinity[i] = 0.0
         self.report_age[i] = np.inf
         self.nodes[i] = node
@@ -310,10 +403,16 @@ class ClusterSnapshot:
         found = np.flatnonzero(usable)[:count]
         return tuple(int(x) for x in found)
 
-    def place(self, pod: PodRequest, node: int, gpus: Sequence[int] | None = None) -> Placement:
-        """Record that `pod` holds resources on `node`; GPUs default to the first free ones."""
+    def place(
+        self, pod: PodRequest, node: int, gpus: Sequence[int] | None = None, mig: Sequence[str] | None = None
+    ) -> Placement:
+        """Record that `pod` holds resources on `node`; GPUs (MIG instances for a MIG pod) default
+        to the first free ones."""
         if pod.key in self.placements:
             self.remove(pod.key)
+        migs = tuple(mig) if mig else self._free_migs(node, pod) if pod.wants_mig else ()
+        if migs or pod.wants_mig:
+            self._check_migs(pod, node, migs)
         milli = pod.milli_per_gpu
         count = pod.gpus_needed
         chosen = tuple(gpus) if gpus else self.first_free_gpus(node, count, milli)
@@ -326,9 +425,13 @@ class ClusterSnapshot:
                 # Never a negative free count: whoever holds the GPU keeps it (docs/ARCHITECTURE.md).
                 free = int(self.gpu_milli_free[node, j])
                 raise SnapshotError(f"{pod.key}: GPU {j} of node {self.names[node]} has {free} of {milli} milli free")
-        placement = Placement(node, chosen, milli, pod.cpu_milli, pod.memory, pod.gpu_count)
+        placement = Placement(node, chosen, milli, pod.cpu_milli, pod.memory, pod.gpu_count, migs)
         for j in chosen:
             self.gpu_milli_free[node, j] -= milli
+        for uuid in migs:
+            self.mig_held[node][uuid] = pod.key
+            slot = self.mig_slots[node][uuid]
+            self.mig_free[slot.profile][node] -= not slot.reported
         self.cpu_free[node] -= pod.cpu_milli
         self.memory_free[node] -= pod.memory
         self.gpu_used_api[node] += pod.gpu_count
@@ -349,6 +452,11 @@ class ClusterSnapshot:
             return pod
         for j in placement.gpus:
             self.gpu_milli_free[placement.node, j] += placement.milli
+        for uuid in placement.mig:
+            self.mig_held[placement.node].pop(uuid, None)
+            slot = self.mig_slots[placement.node].get(uuid)
+            if slot is not None:  # gone from the report: nothing to give back
+                self.mig_free[slot.profile][placement.node] += not slot.reported
         self.cpu_free[placement.node] += placement.cpu_milli
         self.memory_free[placement.node] += placement.memory
         self.gpu_used_api[placement.node] -= placement.gpu_count
@@ -389,11 +497,13 @@ class ClusterSnapshot:
             yield
         finally:
             for pod, placement in held:
-                self.place(pod, placement.node, placement.gpus)
+                self.place(pod, placement.node, placement.gpus, placement.mig)
 
     def over_committed(self) -> list[str]:
         """Nodes where some GPU or count is held more than once over (an invariant check)."""
         bad = (self.gpu_milli_free < 0).any(axis=1) | (self.gpu_used_api > self.gpu_alloc)
+        for free in self.mig_free.values():
+            bad |= free < 0
         return [self.names[i] for i in np.flatnonzero(bad)]
 
     def __len__(self) -> int:

@@ -26,6 +26,9 @@ class PodRequest:
     gpu_milli: int = 0  # a share of one GPU, 1..999; 0 means whole GPUs
     gpu_memory: int = 0  # minimum memory per GPU, bytes
     gpu_models: tuple[str, ...] = ()  # allowed models; empty means any
+    # MIG instances by the device plugin's "mixed" names: nvidia.com/mig-<profile> (e.g. "1g.12gb").
+    mig_profile: str = ""
+    mig_count: int = 0
     cpu_milli: int = 0
     memory: int = 0
     cuda: tuple[int, ...] = ()  # minimum CUDA driver version
@@ -59,6 +62,10 @@ class PodRequest:
         return self.gpu_count > 0 or self.gpu_milli > 0
 
     @property
+    def wants_mig(self) -> bool:
+        return self.mig_count > 0
+
+    @property
     def gpus_needed(self) -> int:
         """Devices the pod occupies: a shared-GPU pod occupies part of one."""
         return self.gpu_count if self.gpu_count > 0 else (1 if self.gpu_milli > 0 else 0)
@@ -79,6 +86,18 @@ class GpuInfo:
     healthy: bool = True
     holders: tuple[str, ...] = ()  # pod keys that hold this GPU (per the kubelet)
     used_milli: int = 0  # shared-GPU milli already held; 1000 when held whole
+    mig_enabled: bool = False  # split into MIG instances: no whole-GPU pod may have it
+    mig: tuple[MigInfo, ...] = ()  # its MIG instances, when mig_enabled
+
+
+@dataclass(frozen=True, slots=True)
+class MigInfo:
+    """One MIG instance of a GPU as its agent reported it."""
+
+    uuid: str
+    profile: str = ""  # "1g.12gb", "3g.40gb": the part of nvidia.com/mig-<profile>
+    memory: int = 0  # bytes, 0 when unknown
+    holders: tuple[str, ...] = ()  # pod keys that hold this instance (per the kubelet)
 
 
 @dataclass(frozen=True, slots=True)

@@ -343,7 +343,7 @@ class ExtenderService:
                 snap = self._snapshot()
             decision = self.framework.decide(snap, pod, np.array([node], dtype=np.intp), score=False)
             gpus = self.framework.choose_gpus(snap, pod, node) if decision.feasible.size else ()
-            if pod.wants_gpu and (not gpus or not decision.feasible.size):
+            if (pod.wants_gpu and not gpus) or ((pod.wants_gpu or pod.wants_mig) and not decision.feasible.size):
                 self.state.restore_assumed(previous)
                 self.metrics.binds.labels("no_longer_fits").inc()
                 why = decision.error or decision.reasons.get(node, "no usable GPUs left")

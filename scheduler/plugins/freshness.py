@@ -40,7 +40,7 @@ class Freshness(FilterPlugin, ScorePlugin):
 
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap = cycle.snapshot
-        if not cycle.pod.wants_gpu:
+        if not (cycle.pod.wants_gpu or cycle.pod.wants_mig):
             return np.ones(nodes.size, dtype=bool)
         fresh = snap.report_age[nodes] <= self.config.report_ttl_s
         if self.require_report:

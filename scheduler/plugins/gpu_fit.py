@@ -6,8 +6,12 @@ them, "H100" or "H100-80GB" for "NVIDIA H100 80GB HBM3": scheduler/core/gpu_mode
 must be Ready and schedulable, have `gpus_needed` usable GPUs, and have that many whole GPUs left
 of its allocatable count (what kube-scheduler counts). GPUs reserved for a gang are held in the
 snapshot like any other, so they are not usable.
+A MIG-enabled GPU is never usable by a whole-GPU or share pod (the reason counts such GPUs). A pod
+that asks for `nvidia.com/mig-<profile>` instead needs that many free MIG instances of the profile
+on the node (free: on a healthy GPU, held by no pod per the report or the snapshot).
 Fallback: a node without a GPUNodeReport has anonymous GPUs of unknown model and memory, so a pod
-that names a model or a memory floor does not fit it (the reason says so).
+that names a model or a memory floor does not fit it (the reason says so); it has no known MIG
+instances, so a MIG pod does not fit it either.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class GpuFit(FilterPlugin):
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod
         ok = snap.ready[nodes].copy()
+        if pod.wants_mig:
+            return ok & (snap.mig_free_of(pod.mig_profile)[nodes] >= pod.mig_count)
         if not pod.wants_gpu:
             return ok
         ok &= cycle.eligible_count(nodes) >= pod.gpus_needed
@@ -38,6 +44,8 @@ class GpuFit(FilterPlugin):
     def resolvable(self, cycle: Cycle, node: int) -> bool:
         """True when the node would fit the pod with every pod on it gone."""
         snap, pod = cycle.snapshot, cycle.pod
+        if pod.wants_mig:
+            return bool(snap.ready[node] and snap.mig_total_of(pod.mig_profile)[node] >= pod.mig_count)
         if not snap.ready[node] or snap.gpu_alloc[node] < pod.gpu_count:
             return False
         ok = snap.gpu_valid[node] & snap.gpu_healthy[node]
@@ -49,6 +57,8 @@ class GpuFit(FilterPlugin):
 
     def resolvable_nodes(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod
+        if pod.wants_mig:
+            return snap.ready[nodes] & (snap.mig_total_of(pod.mig_profile)[nodes] >= pod.mig_count)
         ok = snap.gpu_valid[nodes] & snap.gpu_healthy[nodes]
         if pod.gpu_memory:
             ok &= snap.gpu_memory[nodes] >= pod.gpu_memory
@@ -71,7 +81,16 @@ class GpuFit(FilterPlugin):
             snap.has_report[nodes],
             cycle.eligible(nodes).sum(axis=1),
             np.where(free, snap.gpu_memory[nodes], 0).max(axis=1),
+            snap.gpu_mig[nodes].sum(axis=1),
         ]
+        if pod.wants_mig:
+            features = [
+                snap.ready[nodes],
+                snap.has_report[nodes],
+                snap.mig_free_of(pod.mig_profile)[nodes],
+                snap.mig_total_of(pod.mig_profile)[nodes],
+                snap.gpu_mig[nodes].any(axis=1),
+            ]
         if pod.gpu_models:
             ids = snap.model_ids(pod.gpu_models)
             features.append((free & np.isin(snap.gpu_model[nodes], ids)).sum(axis=1))
@@ -92,6 +111,8 @@ class GpuFit(FilterPlugin):
         snap, pod = cycle.snapshot, cycle.pod
         if not snap.ready[node]:
             return "node is not Ready or is cordoned"
+        if pod.wants_mig:
+            return _mig_reason(cycle, node)
         left = int(snap.gpu_alloc[node] - snap.gpu_used_api[node])
         if left < pod.gpu_count:
             return f"needs {_gpus(pod.gpu_count)}, {max(left, 0)} of {int(snap.gpu_alloc[node])} allocatable left"
@@ -100,10 +121,13 @@ class GpuFit(FilterPlugin):
         free = usable & (snap.gpu_milli_free[node] >= pod.milli_per_gpu)
         what = f"a {pod.gpu_milli}/1000 share of a GPU" if pod.gpu_milli else _gpus(pod.gpus_needed)
         if free.sum() < pod.gpus_needed:
+            mig = int(snap.gpu_mig[node].sum())
+            # Why the GPUs a user sees on the node do not count: they are split into MIG instances.
+            split = f"; {mig} MIG-enabled (whole-GPU pods cannot use them)" if mig else ""
             if pod.gpu_milli:
                 best = int(snap.gpu_milli_free[node][usable].max(initial=0))
-                return f"needs {what}, largest free share is {best}/1000"
-            return f"needs {what}, {int(free.sum())} free and healthy"
+                return f"needs {what}, largest free share is {best}/1000{split}"
+            return f"needs {what}, {int(free.sum())} free and healthy{split}"
         if pod.gpu_models:
             known = [snap.model_names[m] for m in set(snap.gpu_model[node][free].tolist()) if m >= 0]
             if not known:
@@ -123,6 +147,18 @@ class GpuFit(FilterPlugin):
                 f" (largest {_gib_down(int(snap.gpu_memory[node, largest]))}, {model})"
             )
         return f"needs {what}, too few usable"
+
+
+def _mig_reason(cycle: Cycle, node: int) -> str:
+    snap, pod = cycle.snapshot, cycle.pod
+    what = f"needs {pod.mig_count} x MIG {pod.mig_profile}"
+    if not snap.has_report[node]:
+        return f"{what}, MIG instances unknown (no GPUNodeReport)"
+    free = int(snap.mig_free_of(pod.mig_profile)[node])
+    total = int(snap.mig_total_of(pod.mig_profile)[node])
+    if not total:
+        return f"{what}, node has none" + ("" if snap.gpu_mig[node].any() else " (no MIG-enabled GPU)")
+    return f"{what}, {free} free"
 
 
 def _gib_down(size: int) -> str:

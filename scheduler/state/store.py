@@ -37,7 +37,7 @@ from scheduler.core.gang import RESERVATION_PREFIX
 from scheduler.core.gang_sources import resolve
 from scheduler.core.gpu_assignment import GpuAssignments
 from scheduler.core.objects import node_from_object, parse_time, with_report
-from scheduler.core.podspec import ANN_GPU_MILLI, parse_pod
+from scheduler.core.podspec import ANN_GPU_MILLI, MIG_RESOURCE_PREFIX, parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState, PodRequest
 from scheduler.state.pull_throughput import PullThroughput, event_node
@@ -237,7 +237,7 @@ class ClusterState:
         if phase in TERMINAL_PHASES or deleting or not self._may_want_gpu(obj):
             return None
         pod = parse_pod(obj, self.config.gpu_resource)
-        if phase in TERMINAL_PHASES or deleting or not pod.wants_gpu:
+        if phase in TERMINAL_PHASES or deleting or not (pod.wants_gpu or pod.wants_mig):
             return None
         return pod
 
@@ -285,16 +285,17 @@ class ClusterState:
         self.generation += 1
 
     def _may_want_gpu(self, obj: Mapping[str, Any]) -> bool:
-        """Whether the pod names the GPU resource or a GPU share at all (most pods of a cluster do
-        not, and a relist of 100,000 pods should not parse every quantity of every one)."""
+        """Whether the pod names the GPU resource, a MIG instance or a GPU share at all (most pods of
+        a cluster do not, and a relist of 100,000 pods should not parse every quantity of every one)."""
         if ANN_GPU_MILLI in ((obj.get("metadata") or {}).get("annotations") or {}):
             return True
         spec = obj.get("spec") or {}
         resource = self.config.gpu_resource
         for container in (*(spec.get("containers") or ()), *(spec.get("initContainers") or ())):
             resources = (container.get("resources") if isinstance(container, Mapping) else None) or {}
-            if resource in (resources.get("limits") or {}) or resource in (resources.get("requests") or {}):
-                return True
+            for asked in (resources.get("limits") or {}, resources.get("requests") or {}):
+                if resource in asked or any(str(k).startswith(MIG_RESOURCE_PREFIX) for k in asked):
+                    return True
         return False
 
     def upsert_pod(self, obj: Mapping[str, Any]) -> None:

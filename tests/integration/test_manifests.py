@@ -311,8 +311,10 @@ def test_device_plugin_config_advertises_gpu_shares_as_a_resource_of_their_own(o
     (config_map,) = yaml.safe_load_all((MANIFESTS / "device-plugin" / "nvidia-device-plugin-config.yaml").read_text())
     assert config_map["kind"] == "ConfigMap"
     configs = {name: yaml.safe_load(text) for name, text in config_map["data"].items()}
-    assert set(configs) == {"whole", "shared"}
+    assert set(configs) == {"whole", "shared", "mig"}
     assert "sharing" not in configs["whole"]
+    # mixed: one resource per MIG profile (nvidia.com/mig-1g.12gb), what core/podspec.py reads.
+    assert configs["mig"]["flags"]["migStrategy"] == "mixed" and "sharing" not in configs["mig"]
     slicing = configs["shared"]["sharing"]["timeSlicing"]
     # renameByDefault: the replicas are advertised as nvidia.com/gpu.shared, so a share pod never
     # takes the place of a whole-GPU pod; failRequestsGreaterThanOne: a share is one replica.

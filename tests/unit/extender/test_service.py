@@ -25,7 +25,7 @@ from scheduler.metrics import ExtenderMetrics
 from scheduler.plugins import registry
 from scheduler.state.kube import KubeError
 from scheduler.state.store import ASSUME_TTL_S, ClusterState
-from tests.builders import gpu_node, node_object, pod, report_object
+from tests.builders import gpu_node, mig_gpu, mig_pod, node_object, pod, report_object, reported_node
 
 WAIT_S = 10.0  # the longest any test waits for another thread; a pass never comes near it
 GANG = "scheduling.x-k8s.io/pod-group"
@@ -186,6 +186,30 @@ def test_quick_binds_to_one_node_get_disjoint_gpus_until_it_is_full() -> None:
     assert answers[4].startswith("gpusched: default/q4 no longer fits n0: ")
     assert sorted(g for call in binder.calls for g in gpu_ids(call)) == [0, 1, 2, 3]
     assert len(binder.calls) == 4 and service.state.snapshot().over_committed() == []
+
+
+def test_mig_pods_bind_to_distinct_instances_and_the_one_too_many_is_refused() -> None:
+    """Two 1g.12gb instances on "sliced", none on "plain": the third MIG pod finds no node."""
+    sliced = reported_node("sliced", [mig_gpu(0, [("1g.12gb", []), ("1g.12gb", [])])])
+    service, binder = offline_service([sliced, gpu_node("plain", 2)])
+    for name in ("m0", "m1"):
+        service.state.upsert_pod(mig_pod(name))
+        assert filter_(service, mig_pod(name), ["sliced", "plain"]).node_names == ["sliced"]
+        assert bind(service, mig_pod(name), "sliced").error == ""
+    snap = service.state.snapshot()
+    assert {snap.placements[f"default/{n}"].mig for n in ("m0", "m1")} == {("MIG-0-0",), ("MIG-0-1",)}
+    assert all(ANN_GPU_IDS not in call.annotations for call in binder.calls)  # no whole GPU chosen
+    service.state.upsert_pod(mig_pod("m2"))
+    refused = filter_(service, mig_pod("m2"), ["sliced", "plain"])
+    assert refused.node_names == []
+    # sliced: 2 instances - 2 bound; evicting one would free one. plain: no eviction helps.
+    assert refused.failed_nodes == {"sliced": "gpusched: needs 1 x MIG 1g.12gb, 0 free"}
+    assert refused.failed_and_unresolvable_nodes == {
+        "plain": "gpusched: needs 1 x MIG 1g.12gb, node has none (no MIG-enabled GPU)"
+    }
+    answer = bind(service, mig_pod("m2"), "sliced").error
+    assert answer == "gpusched: default/m2 no longer fits sliced: needs 1 x MIG 1g.12gb, 0 free"
+    assert len(binder.calls) == 2 and service.state.snapshot().over_committed() == []
 
 
 @dataclass(frozen=True)

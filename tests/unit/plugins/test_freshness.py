@@ -16,6 +16,7 @@ from tests.builders import gpu_node
 
 GPU_POD = PodRequest("default", "p", gpu_count=1)
 CPU_POD = PodRequest("default", "c", cpu_milli=1000)
+MIG_POD = PodRequest("default", "m", mig_profile="1g.12gb", mig_count=1)
 
 
 def snapshot(ages: list[float | None]) -> ClusterSnapshot:
@@ -57,6 +58,15 @@ def scores(ages: list[float | None], args: dict[str, Any] | None = None, ttl: fl
             [True, False],  # 500 > 90
             {"n1": "GPUNodeReport is stale: 500s old, TTL 90s"},
             id="past the TTL is stale",
+        ),
+        pytest.param(
+            [90.0, 500.0],
+            None,
+            MIG_POD,
+            90.0,
+            [True, False],  # 500 > 90: its MIG instances come from the report too
+            {"n1": "GPUNodeReport is stale: 500s old, TTL 90s"},
+            id="a MIG pod trusts only a fresh report",
         ),
         pytest.param([500.0], None, GPU_POD, 600.0, [True], {}, id="a longer TTL keeps it fresh"),  # 500 <= 600
         pytest.param([None, 0.0], None, GPU_POD, 90.0, [True, True], {}, id="no report passes by default"),

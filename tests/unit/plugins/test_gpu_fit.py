@@ -14,7 +14,7 @@ from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import GpuInfo, NodeState, PodRequest
 from scheduler.plugins.gpu_fit import GpuFit
-from tests.builders import GiB, gpu_node, pod
+from tests.builders import GiB, gpu_node, mig_gpu, mig_pod, pod, reported_node, whole_gpu
 
 
 def req(
@@ -346,3 +346,128 @@ def test_a_pod_that_passes_can_be_placed_and_rejections_have_reasons(
         else:
             reason = plugin.reason(cycle, int(node))
             assert reason.startswith(("needs ", "node is not Ready")) and not reason.endswith("too few usable")
+
+
+# ----------------------------------------------------------------- MIG
+# The finding: one H100 NVL (93.03 GiB usable) split into 3g.47gb, 2g.24gb and two 1g.12gb
+# instances, all held but one 1g.12gb slice; the Node object still counts the GPU as nvidia.com/gpu.
+SLICED = [mig_gpu(0, [("3g.47gb", ["ml/a"]), ("2g.24gb", ["ml/b"]), ("1g.12gb", ["ml/c"]), ("1g.12gb", [])])]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "p", "ok", "reasons"),
+    [
+        pytest.param(
+            [reported_node("sliced", SLICED, allocatable_gpus=1)],
+            req(1, memory_gib=80),
+            [False],
+            # 93.03 GiB >= 80 GiB and allocatable 1 - 0 = 1, but the GPU is MIG-enabled: 0 whole GPUs
+            {"sliced": "needs 1 GPU, 0 free and healthy; 1 MIG-enabled (whole-GPU pods cannot use them)"},
+            id="a whole-GPU pod asking 80Gi never gets a 12 GB slice's GPU",
+        ),
+        pytest.param(
+            [reported_node("sliced", SLICED, allocatable_gpus=1)],
+            req(milli=300),
+            [False],
+            {
+                "sliced": "needs a 300/1000 share of a GPU, largest free share is 0/1000; 1 MIG-enabled"
+                " (whole-GPU pods cannot use them)"
+            },
+            id="nor does a share",
+        ),
+        pytest.param(
+            [reported_node("half", [*SLICED, whole_gpu(1)], allocatable_gpus=2)],
+            req(2),
+            [False],
+            # GPU 1 whole and free, GPU 0 MIG-enabled: 1 < 2
+            {"half": "needs 2 GPUs, 1 free and healthy; 1 MIG-enabled (whole-GPU pods cannot use them)"},
+            id="only the GPU without MIG counts",
+        ),
+        pytest.param(
+            [reported_node("half", [*SLICED, whole_gpu(1)], allocatable_gpus=2)], req(1), [True], {}, id="and fits one"
+        ),
+        pytest.param(
+            [reported_node("sliced", SLICED)],
+            parse_pod(mig_pod("m", count=2)),
+            [False],
+            {"sliced": "needs 2 x MIG 1g.12gb, 1 free"},  # two 1g.12gb instances - 1 the report says is held
+            id="MIG pod: too few free instances of its profile",
+        ),
+        pytest.param([reported_node("sliced", SLICED)], parse_pod(mig_pod("m")), [True], {}, id="MIG pod fits"),
+        pytest.param(
+            [reported_node("sliced", SLICED)],
+            parse_pod(mig_pod("m", "7g.94gb")),
+            [False],
+            {"sliced": "needs 1 x MIG 7g.94gb, node has none"},
+            id="MIG pod: no instance of its profile",
+        ),
+        pytest.param(
+            [gpu_node("plain", 2), gpu_node("blind", 2, report_age_s=None)],
+            parse_pod(mig_pod("m")),
+            [False, False],
+            {
+                "plain": "needs 1 x MIG 1g.12gb, node has none (no MIG-enabled GPU)",
+                "blind": "needs 1 x MIG 1g.12gb, MIG instances unknown (no GPUNodeReport)",
+            },
+            id="MIG pod: whole GPUs only, or no report",
+        ),
+        pytest.param(
+            [reported_node("sliced", [mig_gpu(0, [("1g.12gb", [])], healthy=False)])],
+            parse_pod(mig_pod("m")),
+            [False],
+            {"sliced": "needs 1 x MIG 1g.12gb, node has none"},  # the GPU is unhealthy: its instance does not count
+            id="MIG pod: an unhealthy GPU's instance",
+        ),
+    ],
+)
+def test_mig_filter_and_reasons(nodes: list[NodeState], p: PodRequest, ok: list[bool], reasons: dict[str, str]) -> None:
+    assert run(nodes, p) == (ok, reasons)
+    snap = ClusterSnapshot(nodes)
+    every = np.arange(len(nodes))
+    cycle = Cycle(snap, p, SchedulerConfig())
+    refused = every[~GpuFit.create().filter(cycle, every)]
+    # The batch wording (one per distinct situation) says what each node's own reason says.
+    assert GpuFit.create().reasons(cycle, refused) == [reasons[snap.names[i]] for i in refused]
+
+
+def test_mig_pods_placed_one_by_one_take_the_free_instances_then_stop() -> None:
+    snap = ClusterSnapshot([reported_node("sliced", SLICED), reported_node("two", [mig_gpu(0, [("1g.12gb", [])] * 2)])])
+    plugin, every = GpuFit.create(), np.arange(2)
+    fits = []
+    for i in range(4):
+        p = parse_pod(mig_pod(f"m{i}"))
+        ok = plugin.filter(Cycle(snap, p, SchedulerConfig()), every)
+        fits.append(ok.tolist())
+        if ok.any():
+            snap.place(p, int(np.flatnonzero(ok)[-1]))  # the last node that fits
+    # sliced has 1 free 1g.12gb, two has 2: three pods fit, the fourth none
+    assert fits == [[True, True], [True, True], [True, False], [False, False]]
+    assert snap.over_committed() == [] and snap.mig_free_of("1g.12gb").tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("node", "p", "pods", "expected"),
+    [
+        pytest.param(
+            reported_node("n", [mig_gpu(0, [("1g.12gb", [])])]),
+            parse_pod(mig_pod("m")),
+            (parse_pod(mig_pod("held", node="n")),),
+            True,
+            id="evicting the holder frees the instance",
+        ),
+        pytest.param(
+            reported_node("n", [mig_gpu(0, [("1g.12gb", [])])]),
+            parse_pod(mig_pod("m", count=2)),
+            (),
+            False,
+            id="1 instance < 2 whatever is evicted",
+        ),
+    ],
+)
+def test_mig_resolvable(node: NodeState, p: PodRequest, pods: tuple[PodRequest, ...], expected: bool) -> None:
+    snap = ClusterSnapshot([node], pods)
+    cycle = Cycle(snap, p, SchedulerConfig())
+    plugin = GpuFit.create()
+    assert not plugin.filter(cycle, np.arange(1))[0]
+    assert plugin.resolvable(cycle, 0) is expected
+    assert plugin.resolvable_nodes(cycle, np.arange(1)).tolist() == [expected]
