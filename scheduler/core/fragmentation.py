@@ -152,7 +152,7 @@ class FragmentationState:
             classes.setdefault((p.milli, p.models), len(classes))
         self.class_milli = np.array([m for m, _ in classes], dtype=np.int64)
         u_count = len(classes)
-        usable = snapshot.gpu_valid & snapshot.gpu_healthy
+        usable = self.usable = snapshot.gpu_valid & snapshot.gpu_healthy
         elig = np.repeat(usable[None], u_count, axis=0)
         for (_, models), u in classes.items():
             if models:
@@ -185,6 +185,8 @@ class FragmentationState:
         self.t_value64 = self.t_value.astype(np.float64)
         slots_per_gpu = MILLI // np.maximum(self.class_milli, 1) if copies else np.ones(u_count, dtype=np.int64)
         self.whole_slots = slots_per_gpu.astype(self.count_type)
+        self.share_of_class = self.class_milli[:, None, None]  # (U, 1, 1), against (U, rows, GPUs)
+        self.slot_divisor = np.maximum(self.share_of_class, 1)
         n = len(snapshot)
         self.cpu = np.zeros(n, dtype=np.int64)
         self.count = np.zeros((n, u_count), dtype=self.count_type)
@@ -210,16 +212,14 @@ class FragmentationState:
         # Usually the one node of the last placement: a slice indexes without copying.
         changed = slice(int(nodes[0]), int(nodes[0]) + 1) if nodes.size == 1 else nodes
         free = snap.gpu_milli_free[changed].astype(np.int64)
-        milli = self.class_milli[:, None, None]
         if self.copies:
-            slots = np.where(self.elig[:, changed], free[None] // np.maximum(milli, 1), 0)  # (U, R, G)
+            slots = np.where(self.elig[:, changed], free[None] // self.slot_divisor, 0)  # (U, R, G)
             self.count[changed] = slots.sum(axis=2).T
         else:
-            ge = (free[None] >= milli) & self.elig[:, changed]  # (U, R, G)
+            ge = (free[None] >= self.share_of_class) & self.elig[:, changed]  # (U, R, G)
             self.count[changed] = ge.sum(axis=2).T
             self.sum_ge[changed] = (ge * free[None]).sum(axis=2).T
-        usable = snap.gpu_valid[changed] & snap.gpu_healthy[changed]
-        self.total[changed] = np.where(usable, free, 0).sum(axis=1)
+        self.total[changed] = np.where(self.usable[changed], free, 0).sum(axis=1)
         self.cpu[changed] = snap.cpu_free[changed]
         self.frag[changed] = self.measure(
             self.total[changed], self.cpu[changed], self.count[changed], self.sum_ge[changed]
@@ -235,10 +235,11 @@ class FragmentationState:
             if self.t_no_cpu.size:
                 by_cpu[:, self.t_no_cpu] = np.inf
             np.minimum(copies, np.floor(by_cpu, out=by_cpu), out=copies)
-            # Whole numbers below 2**53 in float64: the sum is exact whatever the order BLAS takes.
-            return self.w_all * total - copies.astype(np.float64) @ self.t_value64
+            # Whole numbers below 2**53 in float64 (matmul casts the float32 counts exactly): the sum
+            # is exact whatever the order BLAS takes.
+            return self.w_all * total - copies @ self.t_value64
         assert sum_ge is not None
-        level = np.searchsorted(self.cpu_levels, cpu, side="right") * self.strides[1]
+        level = self.cpu_levels.searchsorted(cpu, side="right") * self.strides[1]
         cell = self.u_base + level[:, None] + np.minimum(count, self.max_count)
         return self.w_all * total - np.einsum("ij,ij->i", sum_ge, self.table[cell])
 
@@ -315,6 +316,10 @@ def best_per_node(
     return np.where(some, best, 0.0), np.where(some, chosen, -1)
 
 
+def _empty_list(_: ClusterSnapshot) -> list[FragmentationState]:
+    return []
+
+
 class TypicalPodsSource:
     """Fixed typical pods, else derived from a snapshot's pods (re-derived as they change); one
     FragmentationState per snapshot (in its memo) for the current typical pods."""
@@ -324,10 +329,11 @@ class TypicalPodsSource:
         self.coverage = coverage
         self.fixed = None if fixed is None else tuple(fixed)
         self._derived: tuple[int, tuple[TypicalPod, ...]] | None = None
+        self._memo_key = ("fragmentation-state", id(self))
 
     def state(self, snapshot: ClusterSnapshot) -> FragmentationState:
         pods = self.typical(snapshot)
-        held: list[FragmentationState] = snapshot.memo(("fragmentation-state", id(self)), lambda _: [])
+        held: list[FragmentationState] = snapshot.memo(self._memo_key, _empty_list)
         if not held or held[0].source_pods is not pods:
             held[:] = [FragmentationState(snapshot, pods, self.copies)]
         return held[0]

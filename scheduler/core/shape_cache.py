@@ -15,6 +15,7 @@ other inputs, compared by identity, drop every shape. At most MAX_SHAPES shapes 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Hashable
 
 import numpy as np
@@ -56,7 +57,7 @@ class ShapeCache:
         self, snapshot: ClusterSnapshot, key: Hashable, nodes: np.ndarray, inputs: tuple[object, ...]
     ) -> tuple[ShapeValues, np.ndarray]:
         """The shape's values, and the nodes of `nodes` whose values must be computed (and stored)."""
-        if len(inputs) != len(self.inputs) or any(a is not b for a, b in zip(inputs, self.inputs, strict=True)):
+        if len(inputs) != len(self.inputs) or not all(map(operator.is_, inputs, self.inputs)):
             self.inputs = inputs
             self.shapes.clear()
         entry = self.shapes.get(key)

@@ -98,7 +98,7 @@ class Fragmentation(ScorePlugin, GpuChooser):
     def _values(self, cycle: Cycle, nodes: np.ndarray) -> ShapeValues:
         """Each node's score and, for a GPU share, its GPU; computed for the nodes that changed."""
         snap = cycle.snapshot
-        states = tuple(source.state(snap) for source in self.sources)
+        states = tuple([source.state(snap) for source in self.sources])
         values, stale = ShapeCache.of(snap, self).stale(snap, shape_key(cycle.pod), nodes, states)
         if stale.size:
             pos, gpu, score = self._rows(cycle, stale, states)

@@ -36,6 +36,8 @@ class Locality(ScorePlugin):
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod
+        if not (pod.images or pod.model):
+            return np.zeros(nodes.size)  # nothing needed: the fallback below, without building it
         n = len(snap)
         images = tuple(normalize_image(i) for i in pod.images)
         have_img, need_img = present_and_needed(snap.images, images, nodes, n, {})
