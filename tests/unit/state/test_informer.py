@@ -20,7 +20,16 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-from scheduler.state.informer import Gone, Handlers, Informer, backoff_delay, restart_cause, stale_views
+from scheduler.state.informer import (
+    POD_GROUPS,
+    Gone,
+    Handlers,
+    Informer,
+    backoff_delay,
+    restart_cause,
+    serves,
+    stale_views,
+)
 from scheduler.state.kube import Kube, KubeError, load_api_client
 
 PATH = "/api/v1/things"
@@ -370,3 +379,38 @@ def test_backoff_grows_to_a_cap_with_jitter(failures: int, jitter: float, delay:
 )
 def test_restart_causes_are_few_and_named(exc: BaseException, cause: str) -> None:
     assert restart_cause(exc) == cause
+
+
+class Discovery:
+    """A Kube whose `get` answers an API group version's discovery document, or fails with `status`."""
+
+    def __init__(self, resources: tuple[str, ...] = (), status: int | None = None) -> None:
+        self.resources, self.status = resources, status
+
+    def get(self, path: str) -> dict[str, Any]:
+        if self.status is not None:
+            raise KubeError(self.status, f"GET {path}")
+        return {"groupVersion": path.removeprefix("/apis/"), "resources": [{"name": r} for r in self.resources]}
+
+
+@pytest.mark.parametrize(
+    ("kube", "served"),
+    [
+        (Discovery(("podgroups", "podgroups/status", "workloads")), True),
+        (Discovery(("workloads",)), False),  # the group is served, PodGroups are not
+        (Discovery(status=404), False),  # no such API group: the CRD is not installed, or the API is off
+        (Discovery(status=503), True),  # unsure: start it, and it retries as any informer
+        (Discovery(status=0), True),  # no answer at all: unsure too
+    ],
+)
+def test_pod_group_informers_start_only_where_the_api_is_served(kube: Discovery, served: bool) -> None:
+    assert serves(kube, "/apis/scheduling.k8s.io/v1beta1", "podgroups") is served  # type: ignore[arg-type]
+
+
+def test_pod_group_views_are_never_stale_for_placing() -> None:
+    """A member whose PodGroup is not known waits with a reason; nothing is placed on a guess."""
+    informers = [
+        Informer(None, f"podgroups.{group}", PATH, Handlers(print, print, print))  # type: ignore[arg-type]
+        for group, _, _ in POD_GROUPS
+    ]
+    assert all(i.stale(30.0) for i in informers) and stale_views(informers, 30.0) == {}
