@@ -167,21 +167,26 @@ class Agent:
     ) -> tuple[dict[int, tuple[str, ...]] | None, dict[str, tuple[str, ...]] | None, set[int] | None]:
         if self.pods is None:
             return None, None, None
-        from gpu_agent.podresources.client import describe_error, offered_gpus, pods_per_gpu
+        from gpu_agent.podresources.client import NodeGpus, describe_error, offered_gpus, pods_per_gpu
 
-        uuids = {g.uuid: g.index for g in sample.gpus if g.uuid}
-        migs = {m.uuid: g.index for g in sample.gpus for m in g.mig_instances}
+        names = NodeGpus(
+            uuids={g.uuid: g.index for g in sample.gpus if g.uuid},
+            mig_parents={m.uuid: g.index for g in sample.gpus for m in g.mig_instances},
+            count=len(sample.gpus),
+            minors={g.minor: g.index for g in sample.gpus if g.minor is not None},
+            mig_profiles={m.uuid: m.profile for g in sample.gpus for m in g.mig_instances if m.profile},
+        )
         try:
             assignments = self.pods.list()
         except Exception as exc:  # grpc.RpcError and socket errors: the kubelet is unreachable
             self._error("podresources", RuntimeError(describe_error(exc)))
             return None, None, None
         self._ok("podresources")
-        grouped = pods_per_gpu(assignments, uuids, migs, len(sample.gpus))
+        grouped = pods_per_gpu(assignments, names)
         offered: set[int] | None
         try:
             allocatable = self.pods.allocatable()
-            offered = offered_gpus(allocatable, uuids, migs, len(sample.gpus)) if allocatable else None
+            offered = offered_gpus(allocatable, names) if allocatable else None
         except Exception as exc:  # kubelets without GetAllocatableResources answer UNIMPLEMENTED
             log.debug("GetAllocatableResources: %s", describe_error(exc))
             offered = None

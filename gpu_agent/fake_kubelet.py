@@ -31,6 +31,7 @@ from gpu_agent.podresources import api_pb2_grpc as pr_grpc
 class _Container:
     name: str
     devices: dict[str, list[str]] = field(default_factory=dict)
+    claimed: list[tuple[str, str]] = field(default_factory=list)  # DRA (driver, device name)
 
 
 class _Server:
@@ -81,14 +82,20 @@ class FakeKubelet(_Server, pr_grpc.PodResourcesListerServicer):
     def assign(self, pod: str, resource: str, device_ids: Iterable[str], container: str = "main") -> None:
         """Give ``pod`` ("namespace/name") the devices of ``resource`` in ``container``."""
         with self.lock:
-            containers = self.pods.setdefault(pod, [])
-            for c in containers:
-                if c.name == container:
-                    break
-            else:
-                c = _Container(container)
-                containers.append(c)
-            c.devices.setdefault(resource, []).extend(device_ids)
+            self._container(pod, container).devices.setdefault(resource, []).extend(device_ids)
+
+    def claim(self, pod: str, driver: str, device_names: Iterable[str], container: str = "main") -> None:
+        """Give ``pod`` DRA devices of ``driver`` in ``container``, as an allocated ResourceClaim."""
+        with self.lock:
+            self._container(pod, container).claimed.extend((driver, name) for name in device_names)
+
+    def _container(self, pod: str, name: str) -> _Container:
+        containers = self.pods.setdefault(pod, [])
+        for c in containers:
+            if c.name == name:
+                return c
+        containers.append(_Container(name))
+        return containers[-1]
 
     def remove(self, pod: str) -> None:
         with self.lock:
@@ -103,6 +110,18 @@ class FakeKubelet(_Server, pr_grpc.PodResourcesListerServicer):
                 pr_pb2.ContainerResources(
                     name=c.name,
                     devices=[pr_pb2.ContainerDevices(resource_name=r, device_ids=ids) for r, ids in c.devices.items()],
+                    dynamic_resources=[
+                        pr_pb2.DynamicResource(
+                            claim_name=f"{name}-gpus",
+                            claim_namespace=namespace,
+                            claim_resources=[
+                                pr_pb2.ClaimResource(driver_name=driver, pool_name="node", device_name=device)
+                                for driver, device in c.claimed
+                            ],
+                        )
+                    ]
+                    if c.claimed
+                    else [],
                 )
                 for c in containers
             ],

@@ -120,6 +120,7 @@ class GpuSample:
     mig_enabled: bool | None = None
     mig_instances: tuple[MigInstance, ...] = ()
     nvlink_links: int | None = None  # active NVLink links; None when the GPU has no NVLink
+    minor: int | None = None  # N of /dev/nvidiaN (DRA names the GPU gpu-N); None when unknown
 
 
 @dataclass(frozen=True)
@@ -411,6 +412,7 @@ class NvmlReader:
         util = call("nvmlDeviceGetUtilizationRates", handle, reasons=reasons)
         self._health(handle, reasons)
         mig_enabled, instances = self._mig(handle, reasons)
+        minor = call("nvmlDeviceGetMinorNumber", handle, reasons=reasons)
         return GpuSample(
             index=index,
             uuid=_text(uuid) if uuid is not None else "",
@@ -421,6 +423,7 @@ class NvmlReader:
             pci_bus_id=_text(pci.busId) if pci is not None else "",
             mig_enabled=mig_enabled,
             mig_instances=instances,
+            minor=int(minor) if minor is not None else None,
         )
 
     def _health(self, handle: Any, reasons: list[str]) -> None:

@@ -797,6 +797,16 @@ EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index)
     return NVML_SUCCESS;
 }
 
+/* The minor number of /dev/nvidia<N>, which the DRA driver names GPUs by ("gpu-<N>"); the
+   fixture's "minorNumber", else the index (the usual case, not a rule). */
+EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t device, unsigned int *minorNumber) {
+    DEVICE_ENTRY(device);
+    GPU_ONLY(device);
+    if (!minorNumber) return NVML_ERROR_INVALID_ARGUMENT;
+    *minorNumber = (unsigned int)jint(device->spec, "minorNumber", device->index);
+    return NVML_SUCCESS;
+}
+
 EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
     DEVICE_ENTRY(device);
     return copy_string(name, length, jstr(device->spec, "name", NULL));

@@ -6,7 +6,12 @@ Device ids are mapped to GPUs the way NVIDIA's device plugin and DRA driver name
   replica -> that GPU;
 - ``MIG-<uuid>`` -> that MIG instance and its parent GPU;
 - ``<index>`` or ``<index>:<mig>`` (``deviceIDStrategy=index``) -> GPU ``index``;
-- DRA claims (``gpu-<index>`` device names, or UUIDs) of drivers named ``*nvidia.com``.
+- DRA claims of drivers named ``*nvidia.com``: UUIDs, ``gpu-<minor>`` (the GPU whose
+  ``/dev/nvidia<minor>`` it is: the minor number, which need not be the NVML index; the index
+  only where NVML gave no minor numbers) and MIG devices ``gpu-<minor>-mig-...`` -> the parent
+  GPU, and the instance where the name's profile (``gpu-0-mig-1g12gb-19-0``: dots dropped) is
+  that of exactly one instance of the GPU (the name's placement is not in the report, so two
+  instances of one profile cannot be told apart).
 
 Only resources of the ``nvidia.com/`` vendor domain are read; ids that name no GPU of this
 node are counted in :attr:`GpuPods.unmapped` and otherwise ignored.
@@ -39,6 +44,24 @@ CHANNEL_OPTIONS = (
 _REPLICA = re.compile(r"::\d+$")
 _INDEX = re.compile(r"^(\d+)(?::(\d+))?$")
 _DRA_GPU = re.compile(r"^gpu-(\d+)$")
+_DRA_MIG = re.compile(r"^gpu-(\d+)-mig-([^-]+)")
+
+
+@dataclass(frozen=True)
+class NodeGpus:
+    """The names of this node's GPUs, from the NVML sample."""
+
+    uuids: Mapping[str, int]  # GPU UUID -> index
+    mig_parents: Mapping[str, int]  # MIG UUID -> its GPU's index
+    count: int
+    minors: Mapping[int, int] = field(default_factory=dict)  # minor number -> index; {}: unknown
+    mig_profiles: Mapping[str, str] = field(default_factory=dict)  # MIG UUID -> profile ("1g.12gb")
+
+    def by_dra_number(self, number: int) -> int | None:
+        """The GPU a DRA name's number names: by minor number, by index where minors are unknown."""
+        if self.minors:
+            return self.minors.get(number)
+        return number if number < self.count else None
 
 
 @dataclass(frozen=True)
@@ -113,33 +136,42 @@ class PodResourcesClient:
         return {name: tuple(ids) for name, ids in out.items()}
 
 
-def resolve_device(
-    device_id: str, uuids: Mapping[str, int], mig_parents: Mapping[str, int], gpu_count: int
-) -> tuple[int, str | None] | None:
+def resolve_device(device_id: str, gpus: NodeGpus) -> tuple[int, str | None] | None:
     """(GPU index, MIG UUID or None) for one device id, None when it names no GPU here."""
     ident = _REPLICA.sub("", device_id.strip())
-    if ident in uuids:
-        return uuids[ident], None
-    if ident in mig_parents:
-        return mig_parents[ident], ident
-    match = _INDEX.match(ident) or _DRA_GPU.match(ident)
-    if match and int(match.group(1)) < gpu_count:
+    if ident in gpus.uuids:
+        return gpus.uuids[ident], None
+    if ident in gpus.mig_parents:
+        return gpus.mig_parents[ident], ident
+    match = _INDEX.match(ident)
+    if match and int(match.group(1)) < gpus.count:
         return int(match.group(1)), None
+    match = _DRA_GPU.match(ident)
+    if match:
+        index = gpus.by_dra_number(int(match.group(1)))
+        return (index, None) if index is not None else None
+    match = _DRA_MIG.match(ident)
+    if match:
+        index = gpus.by_dra_number(int(match.group(1)))
+        if index is None:
+            return None
+        wanted = match.group(2).lower()
+        same = [
+            uuid
+            for uuid, profile in gpus.mig_profiles.items()
+            if gpus.mig_parents.get(uuid) == index and profile.replace(".", "").lower() == wanted
+        ]
+        return index, same[0] if len(same) == 1 else None
     return None
 
 
-def pods_per_gpu(
-    assignments: Iterable[Assignment],
-    uuids: Mapping[str, int],
-    mig_parents: Mapping[str, int],
-    gpu_count: int,
-) -> GpuPods:
+def pods_per_gpu(assignments: Iterable[Assignment], gpus: NodeGpus) -> GpuPods:
     """Group assignments by GPU index (a MIG instance's pods also count for its parent GPU)."""
     by_gpu: dict[int, set[str]] = defaultdict(set)
     by_mig: dict[str, set[str]] = defaultdict(set)
     unmapped = 0
     for item in assignments:
-        found = resolve_device(item.device_id, uuids, mig_parents, gpu_count)
+        found = resolve_device(item.device_id, gpus)
         if found is None:
             unmapped += 1
             continue
@@ -154,14 +186,12 @@ def pods_per_gpu(
     )
 
 
-def offered_gpus(
-    allocatable: Mapping[str, Sequence[str]], uuids: Mapping[str, int], mig_parents: Mapping[str, int], gpu_count: int
-) -> set[int]:
+def offered_gpus(allocatable: Mapping[str, Sequence[str]], gpus: NodeGpus) -> set[int]:
     """GPU indexes the kubelet can allocate, whole or through a MIG instance or replica."""
     out: set[int] = set()
     for ids in allocatable.values():
         for device_id in ids:
-            found = resolve_device(device_id, uuids, mig_parents, gpu_count)
+            found = resolve_device(device_id, gpus)
             if found is not None:
                 out.add(found[0])
     return out

@@ -103,6 +103,31 @@ def test_mig_instances_get_their_pods(sockets: Path) -> None:
     assert all(not r.startswith("warning: the kubelet") for g in (gpu0, gpu1) for r in g["healthReasons"])
 
 
+def test_dra_devices_are_found_by_minor_number_and_mig_devices_are_kept(sockets: Path) -> None:
+    """h100-mig: /dev/nvidia1 is GPU 0 (MIG: 3g.47gb, 2g.24gb, 2 x 1g.12gb), /dev/nvidia0 is GPU 1."""
+    fake_nvml.activate("h100-mig")
+    reader = NvmlReader()
+    reader.open()
+    try:
+        sample = reader.read()
+        assert [g.minor for g in sample.gpus] == [1, 0]
+        with FakeKubelet(sockets / "kubelet.sock") as kubelet:
+            kubelet.claim("team-e/dra-whole", "gpu.nvidia.com", ["gpu-0"])
+            kubelet.claim("team-f/dra-mig", "gpu.nvidia.com", ["gpu-1-mig-2g24gb-14-4"])
+            kubelet.claim("team-g/dra-either", "gpu.nvidia.com", ["gpu-1-mig-1g12gb-19-6"])
+            with PodResourcesClient(str(sockets / "kubelet.sock")) as client:
+                report = Agent(AgentConfig(node_name="n", disk_probe_bytes=0), reader, pods=client).collect()
+    finally:
+        reader.close()
+        fake_nvml.deactivate()
+    gpu0, gpu1 = report["spec"]["gpus"]
+    assert gpu1["pods"] == ["team-e/dra-whole"]
+    assert gpu0["pods"] == ["team-f/dra-mig", "team-g/dra-either"]
+    # 2g.24gb is one instance of GPU 0; which of the two 1g.12gb instances the name means is not
+    # in the report (its placement), so that pod holds GPU 0 and no instance.
+    assert [m["pods"] for m in gpu0["migInstances"]] == [[], ["team-f/dra-mig"], [], []]
+
+
 def test_kubelet_restart_drops_then_restores_pods(
     sockets: Path, reader: NvmlReader, caplog: pytest.LogCaptureFixture
 ) -> None:

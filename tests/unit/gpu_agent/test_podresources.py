@@ -8,10 +8,20 @@ import pytest
 
 from gpu_agent.cri import api_pb2 as cri_pb2
 from gpu_agent.cri.client import image_entries
-from gpu_agent.podresources.client import Assignment, offered_gpus, pods_per_gpu, resolve_device, target
+from gpu_agent.podresources.client import (
+    Assignment,
+    NodeGpus,
+    offered_gpus,
+    pods_per_gpu,
+    resolve_device,
+    target,
+)
 
 UUIDS = {"GPU-aaa": 0, "GPU-bbb": 1, "GPU-ccc": 2}
 MIGS = {"MIG-m1": 2, "MIG-m2": 2}
+GPUS = NodeGpus(UUIDS, MIGS, 3)
+# The same node as NVML sees it with minor numbers: /dev/nvidia0 is GPU 2, /dev/nvidia2 GPU 0.
+MINORS = NodeGpus(UUIDS, MIGS, 3, minors={2: 0, 1: 1, 0: 2}, mig_profiles={"MIG-m1": "1g.12gb", "MIG-m2": "3g.47gb"})
 
 
 @pytest.mark.parametrize(
@@ -23,14 +33,40 @@ MIGS = {"MIG-m1": 2, "MIG-m2": 2}
         ("MIG-m2", (2, "MIG-m2")),
         ("2", (2, None)),  # deviceIDStrategy=index
         ("1:0", (1, None)),  # index strategy, MIG device
-        ("gpu-1", (1, None)),  # DRA device name
+        ("gpu-1", (1, None)),  # DRA device name, no minor numbers known: the index
+        ("gpu-0-mig-1g12gb-19-0", (0, None)),  # a DRA MIG device: its GPU
+        ("gpu-3", None),
         ("7", None),
         ("GPU-zzz", None),
         ("", None),
     ],
 )
 def test_resolve_device(device_id: str, expected: tuple[int, str | None] | None) -> None:
-    assert resolve_device(device_id, UUIDS, MIGS, 3) == expected
+    assert resolve_device(device_id, GPUS) == expected
+
+
+@pytest.mark.parametrize(
+    ("device_id", "expected"),
+    [
+        ("gpu-0", (2, None)),  # DRA names GPUs by minor number: /dev/nvidia0 is GPU 2
+        ("gpu-2", (0, None)),
+        ("gpu-3", None),  # no such minor here
+        ("gpu-0-mig-1g12gb-19-0", (2, "MIG-m1")),  # the only 1g.12gb instance of GPU 2
+        ("gpu-0-mig-3g47gb-9-4", (2, "MIG-m2")),
+        ("gpu-0-mig-7g94gb-0-0", (2, None)),  # no such instance: still its GPU
+        ("gpu-2-mig-1g12gb-19-0", (0, None)),  # GPU 0 has no MIG instances
+        ("gpu-0-mig-19-0-1", (2, None)),  # the older form names no profile: its GPU only
+        ("2", (2, None)),  # deviceIDStrategy=index stays the NVML index
+        ("GPU-aaa", (0, None)),
+    ],
+)
+def test_resolve_device_by_minor_number(device_id: str, expected: tuple[int, str | None] | None) -> None:
+    assert resolve_device(device_id, MINORS) == expected
+
+
+def test_two_instances_of_one_profile_are_not_told_apart_by_a_dra_name() -> None:
+    same = NodeGpus(UUIDS, MIGS, 3, minors={0: 2}, mig_profiles={"MIG-m1": "1g.12gb", "MIG-m2": "1g.12gb"})
+    assert resolve_device("gpu-0-mig-1g12gb-19-0", same) == (2, None)
 
 
 def test_pods_per_gpu_groups_and_dedupes() -> None:
@@ -41,7 +77,7 @@ def test_pods_per_gpu_groups_and_dedupes() -> None:
         Assignment("c/small", "main", "nvidia.com/mig-1g.10gb", "MIG-m1"),
         Assignment("d/other", "main", "nvidia.com/gpu", "GPU-elsewhere"),
     ]
-    grouped = pods_per_gpu(assignments, UUIDS, MIGS, 3)
+    grouped = pods_per_gpu(assignments, GPUS)
     assert grouped.by_gpu == {0: ("a/train-0", "b/infer"), 2: ("c/small",)}
     assert grouped.by_mig == {"MIG-m1": ("c/small",)}
     assert grouped.unmapped == 1
@@ -49,7 +85,7 @@ def test_pods_per_gpu_groups_and_dedupes() -> None:
 
 def test_offered_gpus() -> None:
     allocatable = {"nvidia.com/gpu": ("GPU-aaa::0", "GPU-aaa::1"), "nvidia.com/mig-1g.10gb": ("MIG-m1",)}
-    assert offered_gpus(allocatable, UUIDS, MIGS, 3) == {0, 2}
+    assert offered_gpus(allocatable, GPUS) == {0, 2}
 
 
 def test_target_accepts_paths_and_urls() -> None:
