@@ -84,6 +84,11 @@ class MigSlot:
     reported: tuple[str, ...]
     usable: bool  # its GPU is healthy
 
+    @property
+    def counted_free(self) -> bool:
+        """Whether `mig_free` counts it while no pod placed here holds it."""
+        return self.usable and not self.reported
+
 
 class ClusterSnapshot:
     """Nodes as arrays, plus the pods that hold their GPUs."""
@@ -228,7 +233,7 @@ class ClusterSnapshot:
             self.mig_total[mig.profile] = np.zeros(len(self.nodes), dtype=np.int32)
         if healthy:
             self.mig_total[mig.profile][i] += 1
-            self.mig_free[mig.profile][i] += not mig.holders
+            self.mig_free[mig.profile][i] += slot.counted_free
 
     def mig_free_of(self, profile: str) -> np.ndarray:
         """(N,) free MIG instances of `profile` per node (zeros for a profile no node has)."""
@@ -262,8 +267,8 @@ class ClusterSnapshot:
             )
         for uuid in chosen:
             slot = self.mig_slots[node].get(uuid)
-            if slot is None or slot.profile != pod.mig_profile or not slot.usable:
-                raise SnapshotError(f"{pod.key}: node {name} has no usable MIG {pod.mig_profile} instance {uuid}")
+            if slot is None or slot.profile != pod.mig_profile:
+                raise SnapshotError(f"{pod.key}: node {name} has no MIG {pod.mig_profile} instance {uuid}")
             holder = self.mig_held[node].get(uuid) or next((p for p in slot.reported if p != pod.key), None)
             if holder is not None:
                 # Never two pods on one instance: whoever holds it keeps it.
@@ -431,7 +436,7 @@ class ClusterSnapshot:
         for uuid in migs:
             self.mig_held[node][uuid] = pod.key
             slot = self.mig_slots[node][uuid]
-            self.mig_free[slot.profile][node] -= not slot.reported
+            self.mig_free[slot.profile][node] -= slot.counted_free
         self.cpu_free[node] -= pod.cpu_milli
         self.memory_free[node] -= pod.memory
         self.gpu_used_api[node] += pod.gpu_count
@@ -456,7 +461,7 @@ class ClusterSnapshot:
             self.mig_held[placement.node].pop(uuid, None)
             slot = self.mig_slots[placement.node].get(uuid)
             if slot is not None:  # gone from the report: nothing to give back
-                self.mig_free[slot.profile][placement.node] += not slot.reported
+                self.mig_free[slot.profile][placement.node] += slot.counted_free
         self.cpu_free[placement.node] += placement.cpu_milli
         self.memory_free[placement.node] += placement.memory
         self.gpu_used_api[placement.node] -= placement.gpu_count

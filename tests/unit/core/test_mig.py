@@ -145,7 +145,7 @@ def test_two_mig_pods_never_share_an_instance() -> None:
         snap.place(parse_pod(mig_pod("c")), 0)
     with pytest.raises(SnapshotError, match="MIG-0-0 of node n is held by default/a"):
         snap.place(parse_pod(mig_pod("c")), 0, mig=["MIG-0-0"])
-    with pytest.raises(SnapshotError, match=r"no usable MIG 1g\.12gb instance MIG-0-2"):
+    with pytest.raises(SnapshotError, match=r"has no MIG 1g\.12gb instance MIG-0-2"):
         snap.place(parse_pod(mig_pod("c")), 0, mig=["MIG-0-2"])  # a 3g.40gb instance
     snap.remove("default/a")
     assert snap.place(parse_pod(mig_pod("c")), 0).mig == ("MIG-0-0",)
@@ -161,6 +161,17 @@ def test_a_bound_mig_pod_is_counted_on_the_instance_the_report_names() -> None:
     assert snap.placements["default/a"].mig == ("MIG-0-1",)
     assert snap.placements["default/z"].mig == ("MIG-0-0",)
     assert snap.conflicts == {} and snap.mig_free_of("1g.12gb")[0] == 0  # 2 - 1 reported - 1 placed
+
+
+def test_a_pod_on_an_unhealthy_gpus_instance_keeps_it_and_no_count_goes_negative() -> None:
+    # GPU 0 unhealthy: its instance is not offered, but the pod the kubelet put there still holds it.
+    gpus = [mig_gpu(0, [("1g.12gb", ["default/a"])], healthy=False), mig_gpu(1, [("1g.12gb", [])])]
+    snap = ClusterSnapshot([reported_node("n", gpus)], [parse_pod(mig_pod("a", node="n"))])
+    assert snap.placements["default/a"].mig == ("MIG-0-0",)
+    assert snap.mig_free_of("1g.12gb")[0] == 1  # GPU 1's instance only
+    snap.remove("default/a")
+    assert snap.mig_free_of("1g.12gb")[0] == 1 and snap.over_committed() == []
+    assert snap.place(parse_pod(mig_pod("b")), 0).mig == ("MIG-1-0",)  # never the unhealthy GPU's
 
 
 def test_a_third_bound_mig_pod_without_room_is_a_conflict_not_a_negative_count() -> None:
