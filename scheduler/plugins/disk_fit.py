@@ -76,7 +76,7 @@ class DiskFit(FilterPlugin):
 
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         pod = cycle.pod
-        if not (pod.model or any(i.strip() for i in pod.images)) or nodes.size == 0:
+        if not (pod.model or (pod.images and any(i.strip() for i in pod.images))) or nodes.size == 0:
             return np.ones(nodes.size, dtype=bool)
         need, free, margin = self._disks(cycle, nodes)
         fetching = need > 0
