@@ -23,7 +23,7 @@ from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import PodRequest
 from scheduler.plugins import registry
 from scheduler.state.store import ClusterState
-from tests.builders import node_object, pod, report_object
+from tests.builders import mig_gpu, mig_pod, node_object, pod, report_object
 
 NODES = ("n0", "n1", "n2")
 PODS = ("a", "b", "c", "zeta", "zz")  # some sort after a gang hold's name ("gang:g:0")
@@ -55,9 +55,19 @@ class World:
         self.state.replace_pods([])
         self.state.snapshot()
 
-    def report(self, node: str, holders: dict[int, list[str]], healthy: bool = True, images: int = 0) -> dict[str, Any]:
+    def report(
+        self,
+        node: str,
+        holders: dict[int, list[str]],
+        healthy: bool = True,
+        images: int = 0,
+        mig: list[list[str]] | None = None,
+    ) -> dict[str, Any]:
+        """`mig`: GPU 0 is MIG-enabled, with one 1g.12gb instance per entry (the pods holding it)."""
         obj = report_object(node, gpus=4, holders=holders, reported_at=datetime.fromtimestamp(self.clock.now, UTC))
         obj["spec"]["gpus"][3]["healthy"] = healthy
+        if mig is not None:
+            obj["spec"]["gpus"][0] = mig_gpu(0, [("1g.12gb", held) for held in mig])
         obj["spec"]["images"] = [{"name": f"img-{i}:1", "bytes": 1000 * (i + 1)} for i in range(images)]
         return obj
 
@@ -70,6 +80,7 @@ def assert_same(live: ClusterSnapshot, fresh: ClusterSnapshot) -> None:
     assert live.names == fresh.names
     for name in (
         "gpu_valid",
+        "gpu_mig",
         "gpu_healthy",
         "gpu_memory",
         "link_affinity",
@@ -97,6 +108,12 @@ def assert_same(live: ClusterSnapshot, fresh: ClusterSnapshot) -> None:
     assert (live.images, live.models, live.lora_adapters) == (fresh.images, fresh.models, fresh.lora_adapters)
     assert (live.serving, live.owner_pods) == (fresh.serving, fresh.owner_pods)
     assert live.pods == fresh.pods
+    for name in ("mig_free", "mig_total"):  # a profile no node has any more may keep a row of zeros
+        counts = [{p: a.tolist() for p, a in getattr(snap, name).items() if a.any()} for snap in (live, fresh)]
+        assert counts[0] == counts[1], name
+    for key, placed in fresh.placements.items():
+        if fresh.kubelet_migs(placed.node, key):  # named by the report: exactly there
+            assert live.placements[key].mig == placed.mig, key
     assert set(live.conflicts) == set(fresh.conflicts)
     assert {k: p.node for k, p in live.placements.items()} == {k: p.node for k, p in fresh.placements.items()}
     anonymous = {
@@ -140,6 +157,14 @@ def create_pod(name: str, gpus: int, milli: int) -> Event:
     return run
 
 
+def create_mig_pod(name: str) -> Event:
+    def run(w: World) -> None:
+        w.pods[name] = mig_pod(name)
+        w.state.upsert_pod(copy.deepcopy(w.pods[name]))
+
+    return run
+
+
 def free_now(w: World, node: str, gpus: tuple[int, ...], milli: int = 1000) -> bool:
     """Whether gpusched would see these GPUs free: it binds and reserves only GPUs it sees free."""
     snap = w.state.snapshot()
@@ -152,6 +177,8 @@ def fits_by_count(w: World, node: str, pod_request: PodRequest) -> bool:
     at = snap.index.get(node)
     if at is None:
         return False
+    if pod_request.wants_mig:  # kube-scheduler counts the node's instances of the profile
+        return bool(snap.mig_free_of(pod_request.mig_profile)[at] >= pod_request.mig_count)
     with snap.without(list(w.state._placed_reservations)):
         found = snap.first_free_gpus(at, pod_request.gpus_needed, pod_request.milli_per_gpu)
     return len(found) == pod_request.gpus_needed
@@ -225,12 +252,17 @@ def heartbeat(node: str) -> Event:
     return run
 
 
-def new_report(node: str, holder: str | None, gpu: int, healthy: bool, images: int) -> Event:
-    """The agent reports a change: who holds a GPU (per the kubelet), a GPU's health, cached images."""
+def new_report(node: str, holder: str | None, gpu: int, healthy: bool, images: int, mig: bool = False) -> Event:
+    """The agent reports a change: who holds a GPU (per the kubelet), a GPU's health, cached images;
+    with `mig`, GPU 0 is split into two 1g.12gb instances and the holder holds instance gpu % 2."""
 
     def run(w: World) -> None:
         holders = {gpu: [f"default/{holder}"]} if holder else {}
-        w.reports[node] = w.report(node, holders, healthy, images)
+        instances = None
+        if mig:
+            instances = [[f"default/{holder}"] if holder and gpu % 2 == i else [] for i in range(2)]
+            holders.pop(0, None)
+        w.reports[node] = w.report(node, holders, healthy, images, instances)
         w.state.upsert_report(copy.deepcopy(w.reports[node]))
 
     return run
@@ -310,13 +342,22 @@ nodes = st.sampled_from(NODES)
 gpu_sets = st.sampled_from([(0,), (1,), (2, 3), (0, 1, 2, 3)])
 events = st.one_of(
     st.builds(create_pod, names, st.sampled_from([1, 2]), st.sampled_from([0, 0, 300, 700])),
+    st.builds(create_mig_pod, names),
     st.builds(bind_pod, names, nodes, st.one_of(st.none(), gpu_sets)),
     st.builds(assume_pod, names, nodes, gpu_sets),
     st.builds(forget_assumed, names),
     st.builds(delete_pod, names),
     st.builds(finish_pod, names),
     st.builds(heartbeat, nodes),
-    st.builds(new_report, nodes, st.one_of(st.none(), names), st.integers(0, 3), st.booleans(), st.integers(0, 2)),
+    st.builds(
+        new_report,
+        nodes,
+        st.one_of(st.none(), names),
+        st.integers(0, 3),
+        st.booleans(),
+        st.integers(0, 2),
+        st.booleans(),
+    ),
     st.builds(drop_report, nodes),
     st.builds(relabel_node, nodes, st.sampled_from(["r1", "r2"]), st.sampled_from(["64", "128"])),
     st.builds(add_node, st.sampled_from(["n3", "n4"]), st.sampled_from([2, 4])),
