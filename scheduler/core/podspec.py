@@ -184,6 +184,11 @@ def parse_pod(pod: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> P
         workload = ""
 
     gang = gang_identity(labels, annotations, spec, errors)
+    if gang.pod_group and mig_count:
+        # A gang's plan reserves whole GPUs or shares of them (core/gang.py), never MIG instances.
+        errors.append(
+            f"gang {gang.pod_group}: a gang member cannot ask for MIG instances ({MIG_RESOURCE_PREFIX}{mig_profile})"
+        )
 
     gpu_ids: tuple[int, ...] = ()
     if ANN_GPU_IDS in annotations:

@@ -103,6 +103,11 @@ def test_a_share_with_mig_instances_is_an_error() -> None:
     )
 
 
+def test_a_gang_member_asking_for_mig_instances_is_an_error() -> None:
+    parsed = parse_pod(mig_pod("w-0", labels={"scheduling.x-k8s.io/pod-group": "train"}))
+    assert parsed.errors == ("gang train: a gang member cannot ask for MIG instances (nvidia.com/mig-1g.12gb)",)
+
+
 # ----------------------------------------------------------------- the snapshot
 @pytest.mark.parametrize(
     ("gpus", "free", "total", "valid"),
