@@ -15,6 +15,7 @@ and gpusched places no pod from it.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import random
@@ -230,9 +231,9 @@ def start_informers(
                     f"podgroups.{group}",
                     f"{path}/podgroups",
                     Handlers(
-                        lambda items, g=group, s=size: state.replace_group_sizes(g, items, s),
-                        lambda obj, g=group, s=size: state.upsert_group_size(g, obj, s),
-                        lambda obj, g=group: state.delete_group_size(g, obj),
+                        functools.partial(state.replace_group_sizes, group, size=size),
+                        functools.partial(state.upsert_group_size, group, size=size),
+                        functools.partial(state.delete_group_size, group),
                     ),
                     on_restart,
                 )
