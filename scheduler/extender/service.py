@@ -586,5 +586,8 @@ class ExtenderService:
                     out["gpus"] = list(self.framework.choose_gpus(snap, pod, best))
             # Where it is placed: the GPUs its annotation names, those the kubelet says, those counted.
             out["gpuIds"] = describe(snap, key)
+            placed = snap.placements.get(key)
+            if placed is not None and placed.mig:
+                out["migInstances"] = list(placed.mig)  # the MIG instances it is counted on
         out["boundTo"] = pod.node_name or None
         return out

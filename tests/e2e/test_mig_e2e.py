@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from localcluster import k8s
@@ -44,6 +45,15 @@ def create(env: Env, obj: dict[str, Any]) -> None:
     k8s.request(env.api, "POST", "/api/v1/namespaces/default/pods", obj)
 
 
+def counted_on(env: Env, pod: str) -> list[str] | None:
+    """The MIG instances gpusched counts the bound pod on, per /explain (None until it does)."""
+    try:
+        explained = orjson.loads(env.extender.get(f"/explain/default/{pod}"))
+    except OSError:  # 404 until the informer has the pod
+        return None
+    return explained.get("migInstances") if explained.get("boundTo") else None
+
+
 def refused_with(env: Env, pod: str, words: str) -> None:
     env.wait_for(lambda: [e for e in env.events_for(pod) if words in e], f"gpusched to turn {pod} away", WAIT_S)
     assert not env.get_pod(pod)["spec"].get("nodeName")
@@ -61,6 +71,11 @@ def test_mig_pods_reach_gpusched_and_take_instances_one_each(shipped: Env) -> No
         create(shipped, mig_pod(name))
     for name in ("m1", "m2"):
         assert shipped.wait_bound(name, timeout=WAIT_S) == "sliced"
+    # Each on an instance of its own, and not on the leftover's (MIG-0-1).
+    counted = [
+        shipped.wait_for(lambda n=n: counted_on(shipped, n), f"gpusched to count {n}", WAIT_S) for n in ("m1", "m2")
+    ]
+    assert sorted(counted) == [["MIG-0-2"], ["MIG-0-3"]]
     # kube-scheduler sees 3 - 2 = 1 instance left; gpusched sees 3 - 1 leftover - 2 bound = 0.
     create(shipped, mig_pod("m3"))
     refused_with(shipped, "m3", "needs 1 x MIG 1g.12gb, 0 free")

@@ -198,6 +198,8 @@ def test_mig_pods_bind_to_distinct_instances_and_the_one_too_many_is_refused() -
         assert bind(service, mig_pod(name), "sliced").error == ""
     snap = service.state.snapshot()
     assert {snap.placements[f"default/{n}"].mig for n in ("m0", "m1")} == {("MIG-0-0",), ("MIG-0-1",)}
+    explained = [service.explain("default", n) for n in ("m0", "m1")]
+    assert sorted(e["migInstances"] for e in explained if e) == [["MIG-0-0"], ["MIG-0-1"]]
     assert all(ANN_GPU_IDS not in call.annotations for call in binder.calls)  # no whole GPU chosen
     service.state.upsert_pod(mig_pod("m2"))
     refused = filter_(service, mig_pod("m2"), ["sliced", "plain"])
