@@ -55,6 +55,7 @@ class ClusterCollector(Collector):
             gpus.add_metric(["partial"], float(partial))
             gpus.add_metric(["allocated"], float(valid.sum() - free - partial))
             gpus.add_metric(["unhealthy"], float((snap.gpu_valid & ~snap.gpu_healthy).sum()))
+            gpus.add_metric(["mig"], float(snap.gpu_mig.sum()))  # split into MIG instances: no whole GPU
             fresh = snap.has_report & np.isfinite(snap.report_age)
             nodes.add_metric(["present"], float(fresh.sum()))
             nodes.add_metric(["missing"], float((~snap.has_report).sum()))
