@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
+from scheduler.core.gang_sources import K8S_POD_GROUP, PLUGINS_POD_GROUP, k8s_pod_group_size, plugins_pod_group_size
 from scheduler.core.podspec import ANN_GANG_PLAN, ANN_GPU_IDS, ANN_PLANNED_NODE, ANN_RANK, ANN_TOPOLOGY_PATH
 from scheduler.core.scenario import load_nodes, load_pods
 from scheduler.core.types import NodeState, PodRequest
@@ -871,3 +872,31 @@ def test_explain_and_metrics_show_where_the_kubelet_contradicts_the_annotation()
     assert explained is not None and explained["gpuIds"] == {"annotation": [0], "kubelet": [1], "counted": [1]}
     assert service.metrics.registry.get_sample_value("gpusched_gpu_assignment_disagreements_total") == 1.0
     assert held(service)["default/p"] == ("n0", (1,), 1000)  # GPU 0 is the free one now
+
+
+def test_a_member_waits_for_its_pod_group_and_is_planned_once_it_arrives() -> None:
+    service, _ = offline_service([gpu_node("a", 8), gpu_node("b", 8)])
+    members = [pod(f"t-{r}", 8, labels={GANG: "t", RANK: str(r)}) for r in range(2)]  # no min-member
+    for obj in members:
+        service.state.upsert_pod(obj)
+    early = filter_(service, members[0], ["a", "b"])
+    # An Error, not Unschedulable: kube-scheduler retries after its backoff, and no cluster event
+    # it watches would announce the PodGroup.
+    why = "gang t: no gpusched.io/min-member annotation, and no PodGroup (scheduling.x-k8s.io) 't' in namespace default"
+    assert early.error == f"gpusched: {why} (yet)" and not early.node_names and reservations(service) == {}
+    group = {"metadata": {"name": "t", "namespace": "default"}, "spec": {"minMember": 2}}
+    service.state.upsert_group_size(PLUGINS_POD_GROUP, group, plugins_pod_group_size)
+    planned = filter_(service, members[0], ["a", "b"])
+    assert planned.error == "" and len(planned.node_names) == 1
+    assert sorted(planned_nodes(service).values()) == ["a", "b"]  # both ranks reserved, one per node
+
+
+def test_a_kubernetes_pod_group_with_the_basic_policy_is_no_gang() -> None:
+    service, _ = offline_service([gpu_node("a", 8), gpu_node("b", 8)])
+    obj = pod("solo", 8)
+    obj["spec"]["schedulingGroup"] = {"podGroupName": "web"}
+    service.state.upsert_pod(obj)
+    group = {"metadata": {"name": "web", "namespace": "default"}, "spec": {"schedulingPolicy": {"basic": {}}}}
+    service.state.upsert_group_size(K8S_POD_GROUP, group, k8s_pod_group_size)
+    assert filter_(service, obj, ["a", "b"]).node_names == ["a", "b"]  # placed as a lone pod
+    assert reservations(service) == {}
