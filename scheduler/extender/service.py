@@ -407,6 +407,14 @@ class ExtenderService:
                 self.metrics.binds.labels("unknown_node").inc()
                 return wire.ExtenderBindingResult(error=f"gpusched: node {args.node} is unknown to gpusched")
             where = self._bound_to(key)
+            active = self.gangs.active.get((pod.namespace, pod.pod_group))
+            if where and active is not None and active.binding and key in active.ready.values():
+                # Assumed, its Binding not created yet: a yes now is a promise the API (or a crash)
+                # may break, and kube-scheduler never retries a pod it was told is bound.
+                self.metrics.binds.labels("gang_waiting").inc()
+                return wire.ExtenderBindingResult(
+                    error=f"gpusched: gang {pod.pod_group}: its members are being bound now"
+                )
             if where:
                 # Bound with its gang already (kube-scheduler's copy of the pod is late).
                 if where == args.node:

@@ -704,6 +704,36 @@ def test_a_state_change_during_a_gang_bind_does_not_count_the_members_gpus_twice
     assert meanwhile.node_names == []  # all 8 GPUs are the gang's, counted once
 
 
+@pytest.mark.parametrize("binding_fails", [False, True], ids=["binding-succeeds", "binding-fails"])
+def test_a_member_retried_while_its_binding_is_in_flight_is_told_to_wait(binding_fails: bool) -> None:
+    """kube-scheduler never retries a pod it was told is bound: a member whose Binding the gang's
+    bind has not created yet (the API may refuse it, the extender may die first) hears "wait"."""
+    service, binder = offline_service([gpu_node("a", 8), gpu_node("b", 8)])
+    members = [member(f"g-{r}", 2, 8, r) for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    for obj in members:
+        filter_(service, obj, ["a", "b"])
+    planned = planned_nodes(service)
+    assert bind(service, members[0], planned[0]).error.startswith("gpusched: gang g: 1 of 2 members ready")
+    binder.hold = {"g-0"}  # g-1's bind binds rank 0 first: g-0 is assumed, its Binding in flight
+    if binding_fails:
+        binder.fail, binder.fail_on = KubeError(500, "etcdserver: request timed out"), {"g-0"}
+    thread, answers = run_in_thread(lambda: bind(service, members[1], planned[1]))
+    try:
+        assert binder.entered.wait(WAIT_S), "the bind never reached the binder"
+        retried = bind(service, members[0], planned[0]).error  # kube-scheduler retries g-0 meanwhile
+    finally:
+        binder.release()
+        thread.join(WAIT_S)
+    assert retried == "gpusched: gang g: its members are being bound now"
+    assert answers == [""]  # g-1, the caller, is bound either way
+    binder.fail = None
+    # The next retry: bound already (no second Binding), or bound now by the gang's written plan.
+    assert bind(service, members[0], planned[0]).error == ""
+    assert [c.name for c in binder.calls] == (["g-0", "g-1", "g-0"] if binding_fails else ["g-0", "g-1"])
+
+
 def test_a_gang_without_progress_for_the_ttl_lets_go_and_progress_renews_it() -> None:
     clock = [0.0]
     service, _ = offline_service([gpu_node("a", 8), gpu_node("b", 8)])
