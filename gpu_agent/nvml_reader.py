@@ -111,8 +111,8 @@ class GpuSample:
     index: int
     uuid: str = ""
     model: str = ""
-    memory_total: int | None = None
-    memory_used: int | None = None  # total - free: includes memory the driver reserves
+    memory_total: int | None = None  # less what the driver reserves, where NVML tells it
+    memory_used: int | None = None  # total - free, less the driver's reserve where NVML tells it
     utilization: int | None = None
     pci_bus_id: str = ""
     healthy: bool = True

@@ -5,7 +5,8 @@ Fields a source could not give are left out, never guessed: a GPU without utilis
 (MIG mode) has no ``utilizationPercent``; a node whose kubelet socket is not mounted has no
 ``pods`` lists; a node without a readable model cache has no ``models``.
 
-``memoryUsedBytes`` is total minus free, so it includes what the driver reserves. Health reasons
+``memoryTotalBytes`` is what pods can use: NVML's total less what the driver reserves, where NVML's
+v2 memory query tells it; ``memoryUsedBytes`` is total minus free, less that reserve. Health reasons
 that start with ``warning:`` do not make a GPU unhealthy. ``topology.matrix`` holds ``nvlink``
 or the PCIe level (PIX, PXB, PHB, NODE, SYS) per pair, ``""`` on the diagonal and where NVML
 could not tell.
