@@ -147,6 +147,7 @@ def test_extender_rbac_is_exactly_what_it_uses(objects: list[dict[str, Any]]) ->
         ("", "pods", "get", ""),
         ("", "pods", "list", ""),
         ("", "pods", "watch", ""),
+        ("", "pods", "patch", ""),  # a gang's plan, written on its members before their Bindings
         ("", "pods/binding", "create", ""),
         ("gpusched.io", "gpunodereports", "list", ""),
         ("gpusched.io", "gpunodereports", "watch", ""),

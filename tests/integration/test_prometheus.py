@@ -121,8 +121,14 @@ def start_extender(workdir: Path, ip: str) -> tuple[subprocess.Popen[bytes], str
     deploy = install.find(objects, "Deployment", "gpusched-extender")
     scenario = workdir / "scenario.yaml"
     scenario.write_text(yaml.safe_dump(SCENARIO))
+    field_refs = {"metadata.name": "gpusched-extender-0", "metadata.namespace": "gpusched-system", "status.podIP": ip}
     cmd = install.local_command(
-        objects, deploy, workdir / "extender", flags={"--host": ip}, extra=[f"--cluster-file={scenario}"]
+        objects,
+        deploy,
+        workdir / "extender",
+        flags={"--host": ip},
+        extra=[f"--cluster-file={scenario}"],
+        field_refs=field_refs,
     )
     port = next(a.split("=")[1] for a in cmd.argv if a.startswith("--port="))
     log = (workdir / "extender.log").open("ab")
@@ -155,7 +161,9 @@ class Scheduler:
     def __init__(self, url: str) -> None:
         self.http = httpx.Client(base_url=url, timeout=10)
 
-    def schedule(self, name: str) -> str:
+    def schedule(self, name: str, waits_for_gang: bool = False) -> str:
+        """`waits_for_gang`: the pod is a gang member before the last, whose bind gpusched refuses
+        until every member has reached it (kube-scheduler retries it; the last member's bind binds it)."""
         pod = pod_object(PODS[name])
         filtered = self.http.post("/filter", json={"Pod": pod, "Nodes": None, "NodeNames": NODES}).json()
         assert not filtered.get("Error"), filtered
@@ -166,7 +174,10 @@ class Scheduler:
         bound = self.http.post(
             "/bind", json={"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"], "Node": best}
         ).json()
-        assert not bound.get("Error"), bound
+        if waits_for_gang:
+            assert "members ready to bind" in bound.get("Error", ""), bound
+        else:
+            assert not bound.get("Error"), bound
         return str(best)
 
     def round(self, n: int) -> None:
@@ -175,7 +186,7 @@ class Scheduler:
         self.schedule(f"job-{2 * n + 1}")
         assert self.schedule(f"big-{n}").startswith("h100")
         self.schedule(f"infer-{n}")
-        self.schedule(f"g-{n}")
+        self.schedule(f"g-{n}", waits_for_gang=n == 0)
         assert self.http.post("/filter", content=b"{not json").json()["Error"]
         victims = {"a100-0": {"Pods": [{"UID": "uid-running-0"}], "NumPDBViolations": 0}}
         pod = pod_object(PODS["big-0"])
