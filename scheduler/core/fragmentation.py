@@ -203,7 +203,7 @@ class FragmentationState:
         snap = self.snapshot
         if snap.changes == self.seen:
             return
-        changed = np.flatnonzero(snap.changed_at > self.seen)
+        changed = (snap.changed_at > self.seen).nonzero()[0]
         self.seen = snap.changes
         self._compute(changed)
 
@@ -228,7 +228,7 @@ class FragmentationState:
     def measure(self, total: np.ndarray, cpu: np.ndarray, count: np.ndarray, sum_ge: np.ndarray | None) -> np.ndarray:
         """Fragmentation x w_all from per-node totals; rows are nodes or candidate placements."""
         if self.copies:
-            copies = np.take(count, self.t_class, axis=1)  # copies the GPUs take (rows, T)
+            copies = count.take(self.t_class, axis=1)  # copies the GPUs take (rows, T)
             if self.t_multi.size:
                 copies[:, self.t_multi] = np.floor(copies[:, self.t_multi] / self.t_gpus[self.t_multi])
             by_cpu = cpu.astype(np.float32)[:, None] / self.t_cpu  # copies the CPU takes
@@ -269,37 +269,35 @@ class FragmentationState:
         """(position in `nodes`, GPU or -1, frag before - after, x w_all) per way to place the pod.
 
         A GPU share gives one row per fitting GPU; other pods one row per node. (Rows of 2-D arrays
-        are gathered with np.take: several times faster than indexing with an array.)
+        are gathered with `take`: several times faster than indexing with an array.)
         """
         self.refresh()
         pod = cycle.pod
         cpu = self.cpu[nodes] - pod.cpu_milli
         if pod.gpu_milli:
-            pos, gpu = np.nonzero(cycle.eligible(nodes))
+            pos, gpu = cycle.eligible(nodes).nonzero()
             node = nodes[pos]
             f = self.snapshot.gpu_milli_free[node, gpu]
             d_count, d_sum = self._share_tables(pod.gpu_milli)
             on: np.ndarray = (
-                self.elig[:, node, gpu].T.astype(self.count_type)
-                if self.any_mixed
-                else np.take(self.node_ok, node, axis=0)
+                self.elig[:, node, gpu].T.astype(self.count_type) if self.any_mixed else self.node_ok.take(node, axis=0)
             )
-            count = np.take(self.count, node, axis=0) + np.take(d_count, f, axis=0) * on
-            sum_ge = None if self.copies else np.take(self.sum_ge, node, axis=0) + np.take(d_sum, f, axis=0) * on
+            count = self.count.take(node, axis=0) + d_count.take(f, axis=0) * on
+            sum_ge = None if self.copies else self.sum_ge.take(node, axis=0) + d_sum.take(f, axis=0) * on
             after = self.measure(self.total[node] - pod.gpu_milli, cpu[pos], count, sum_ge)
             return pos, gpu, self.frag[node] - after
         pos = np.arange(nodes.size)
         gpu = np.full(nodes.size, -1)
         k = pod.gpu_count
-        taken = np.take(self.node_ok, nodes, axis=0)
+        taken = self.node_ok.take(nodes, axis=0)
         if k != 1:
             taken = k * taken
         for row in np.flatnonzero(self.mixed[nodes]) if k and self.any_mixed else ():
             at = int(nodes[row])
             fitting = np.flatnonzero(cycle.eligible(np.array([at], dtype=np.intp))[0])[:k]
             taken[row] = self.elig[:, at, fitting].sum(axis=1)
-        count = np.take(self.count, nodes, axis=0) - taken * self.whole_slots
-        sum_ge = None if self.copies else np.take(self.sum_ge, nodes, axis=0) - MILLI * taken
+        count = self.count.take(nodes, axis=0) - taken * self.whole_slots
+        sum_ge = None if self.copies else self.sum_ge.take(nodes, axis=0) - MILLI * taken
         after = self.measure(self.total[nodes] - MILLI * k, cpu, count, sum_ge)
         return pos, gpu, self.frag[nodes] - after
 
@@ -316,10 +314,10 @@ def best_per_node(
     best = grid.max(axis=1, initial=-np.inf)
     some = best > -np.inf
     if free is None:
-        chosen = np.argmax(grid >= best[:, None], axis=1)
+        chosen = (grid >= best[:, None]).argmax(axis=1)
     else:
         near = grid >= (best - 1e-9)[:, None]
-        chosen = np.argmin(np.where(near, free, np.iinfo(free.dtype).max), axis=1)
+        chosen = np.where(near, free, np.iinfo(free.dtype).max).argmin(axis=1)
     return np.where(some, best, 0.0), np.where(some, chosen, -1)
 
 

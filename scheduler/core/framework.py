@@ -56,7 +56,7 @@ class Cycle:
             if self._eligible is None or self._eligible[0] != key:
                 self._eligible = (key, gpusets.eligible_gpus(self.snapshot, self.pod, nodes))
             return self._eligible[1]
-        return np.take(self._every_node(), nodes, axis=0)
+        return self._every_node().take(nodes, axis=0)
 
     def eligible_count(self, nodes: np.ndarray) -> np.ndarray:
         """How many GPUs could serve the pod, per node of `nodes` (counted once for every node)."""

@@ -103,7 +103,7 @@ class Fragmentation(ScorePlugin, GpuChooser):
         if stale.size:
             pos, gpu, score = self._rows(cycle, stale, states)
             if cycle.pod.gpu_milli:
-                free = np.take(snap.gpu_milli_free, stale, axis=0)
+                free = snap.gpu_milli_free.take(stale, axis=0)
                 score, gpu = best_per_node(pos, gpu, score, stale.size, snap.max_gpus, free)
             values.store(snap, stale, score, gpu)
         return values
