@@ -210,7 +210,7 @@ class Decision:
         """The highest total; ties go to the node that comes first in the snapshot."""
         if self.feasible.size == 0:
             return None
-        return int(self.feasible[int(np.argmax(self.total))])
+        return int(self.feasible[int(self.total.argmax())])
 
     def ranked(self) -> list[tuple[str, float]]:
         order = np.lexsort((self.feasible, -self.total))
