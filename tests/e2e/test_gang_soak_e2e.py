@@ -44,13 +44,17 @@ POLL_S = 0.5
 PARTIAL_BOUND_S = 30.0  # longest a gang may stay partly bound once the extender and scheduler are back
 GROUP = "scheduling.x-k8s.io/pod-group"
 GPU_IDS = "gpusched.io/gpu-ids"
+MID_BIND_WAIT_S = 30.0  # how long a mid-bind kill waits for a gang being bound before killing anyway
 DEFAULT_SEED = 20261130
 
 # Gangs run at mid or high priority, plain pods at low or mid. Mid preempts only low (plain pods);
 # high only jumps the queue (preemptionPolicy Never), so no gang member is ever a victim and every
 # gang can be expected to finish.
-PRIORITY_CLASSES = {"gang-soak-low": (0, "PreemptLowerPriority"), "gang-soak-mid": (100, "PreemptLowerPriority")}
-PRIORITY_CLASSES["gang-soak-high"] = (1000, "Never")
+PRIORITY_CLASSES = {
+    "gang-soak-low": (0, "PreemptLowerPriority"),
+    "gang-soak-mid": (100, "PreemptLowerPriority"),
+    "gang-soak-high": (1000, "Never"),
+}
 GANG_CLASSES = ("gang-soak-mid", "gang-soak-high")
 PLAIN_CLASSES = ("gang-soak-low", "gang-soak-mid")
 
@@ -61,7 +65,7 @@ class Soak:
     plain: int
     window_s: float  # arrivals and disruptions fall in [0, window_s]
     kills: int  # at random moments
-    kills_mid_bind: int  # when a gang is seen partly bound (or at a random moment if none is)
+    kills_mid_bind: int  # as soon as a Binding leaves a gang partly bound (after MID_BIND_WAIT_S at the latest)
     scheduler_restarts: int
     drain_s: float  # after the window, how long everything has to finish
 
@@ -72,8 +76,9 @@ LONG = Soak(gangs=64, plain=128, window_s=240.0, kills=8, kills_mid_bind=4, sche
 
 @dataclass
 class Job:
-    """A gang (members > 0) or a plain pod, and what the soak saw of it."""
+    """A gang or a plain pod, and what the soak saw of it."""
 
+    gang: bool
     name: str
     pods: tuple[str, ...]
     gpus: int  # per pod
@@ -98,6 +103,7 @@ def jobs(rng: random.Random, soak: Soak) -> list[Job]:
         name = f"soak-g{g:02d}"
         out.append(
             Job(
+                True,
                 name,
                 tuple(f"{name}-{rank}" for rank in range(size)),
                 gpus,
@@ -109,7 +115,7 @@ def jobs(rng: random.Random, soak: Soak) -> list[Job]:
     for p in range(soak.plain):
         name = f"soak-p{p:02d}"
         arrive = rng.uniform(0, soak.window_s)
-        out.append(Job(name, (name,), rng.randint(1, 8), rng.choice(PLAIN_CLASSES), arrive, rng.uniform(5, 20)))
+        out.append(Job(False, name, (name,), rng.randint(1, 8), rng.choice(PLAIN_CLASSES), arrive, rng.uniform(5, 20)))
     return out
 
 
@@ -117,7 +123,7 @@ def create(env: Env, job: Job) -> None:
     spec = {"priorityClassName": job.priority_class, "terminationGracePeriodSeconds": 0}
     for rank, name in enumerate(job.pods):
         entry: dict[str, Any] = {"name": name, "gpus": job.gpus}
-        if job.name.startswith("soak-g"):
+        if job.gang:
             entry["annotations"] = {"gpusched.io/min-member": str(len(job.pods))}
             entry["labels"] = {GROUP: job.name, "batch.kubernetes.io/job-completion-index": str(rank)}
         obj = pod_object(entry)
@@ -165,8 +171,9 @@ def overcommits(pods: Sequence[Mapping[str, Any]]) -> list[str]:
 
 class Disruptions:
     """Extender kills (SIGKILL, restarted after 0..3 s) and kube-scheduler restarts at random times,
-    one at a time in a thread. A mid-bind kill waits, until its time at the latest, for the soak to
-    see a gang partly bound (`partial_seen`), so that a restarted extender has a gang to complete.
+    one at a time in a thread. A mid-bind kill watches gang members from its time on (for at most
+    MID_BIND_WAIT_S) and kills as soon as a gang has some members bound but not all: the extender
+    dies while it creates a gang's Bindings, and the restarted one has a gang to complete.
     `down`/`back_at` say whether either is away and since when both are back (soak seconds).
 
     The thread outlives its plan until `over` is set: localcluster starts kube-scheduler with
@@ -182,7 +189,6 @@ class Disruptions:
         self.lock = threading.Lock()
         self.down, self.back_at = False, 0.0
         self.kills = self.kills_mid_bind = self.scheduler_restarts = 0
-        self.partial_seen = threading.Event()
         self.failure: BaseException | None = None
         self.finished = False
         self.over = threading.Event()
@@ -191,11 +197,8 @@ class Disruptions:
     def _run(self) -> None:
         try:
             for at, what in self.plan:
-                self.partial_seen.clear()
-                wait = max(0.0, at - self.clock())
-                hit = what == "kill mid-bind" and self.partial_seen.wait(wait)
-                if what != "kill mid-bind":
-                    time.sleep(wait)
+                time.sleep(max(0.0, at - self.clock()))
+                hit = what == "kill mid-bind" and self.await_partial_gang(self.clock() + MID_BIND_WAIT_S)
                 with self.lock:
                     self.down = True
                 if what.startswith("kill"):
@@ -214,6 +217,32 @@ class Disruptions:
             self.failure = exc
         self.finished = True
         self.over.wait()
+
+    def await_partial_gang(self, until: float) -> bool:
+        """Watch gang members until a bind leaves a gang with some members bound but not all (True),
+        or until `until` on the soak's clock (False)."""
+        path, selector = "/api/v1/namespaces/default/pods", {"labelSelector": GROUP}
+        with self.env.cluster.api_client() as api:
+            listed = k8s.request(api, "GET", path, query=selector)
+            bound: dict[str, set[str]] = defaultdict(set)
+            for pod in listed["items"]:
+                if pod["spec"].get("nodeName"):
+                    bound[pod["metadata"]["labels"][GROUP]].add(pod["metadata"]["name"])
+            query = {**selector, "resourceVersion": listed["metadata"]["resourceVersion"]}
+            while (left := until - self.clock()) > 0:
+                for event in k8s.watch(api, path, query=query, timeout=left):
+                    if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                        return False  # the watch expired (410): kill now all the same
+                    meta = event["object"]["metadata"]
+                    query["resourceVersion"] = meta["resourceVersion"]
+                    members = bound[meta["labels"][GROUP]]
+                    if event["type"] == "DELETED":
+                        members.discard(meta["name"])
+                    elif event["object"]["spec"].get("nodeName") and meta["name"] not in members:
+                        members.add(meta["name"])
+                        if len(members) < int(meta["annotations"]["gpusched.io/min-member"]):
+                            return True
+        return False
 
     def state(self) -> tuple[bool, float]:
         with self.lock:
@@ -301,7 +330,7 @@ def test_gangs_stay_whole_and_gpus_single_booked_through_kills_and_restarts(gpus
                 job.finished = not alive
                 continue
             if len(alive) < len(job.pods):  # gone without our delete: only plain pods are victims
-                assert len(job.pods) == 1, f"gang {job.name} lost members {set(job.pods) - set(present)}"
+                assert not job.gang, f"gang {job.name} lost members {set(job.pods) - set(present)}"
                 job.preempted = job.finished = True
                 continue
             if len(bound) == len(job.pods):
@@ -310,7 +339,6 @@ def test_gangs_stay_whole_and_gpus_single_booked_through_kills_and_restarts(gpus
                 job.partial_since = None
             elif bound:
                 job.partial_since = job.partial_since if job.partial_since is not None else now
-                disruptions.partial_seen.set()
                 longest_partial = max(longest_partial, now - job.partial_since)
                 if not down:
                     after_back = now - max(job.partial_since, back_at)
@@ -340,10 +368,10 @@ def test_gangs_stay_whole_and_gpus_single_booked_through_kills_and_restarts(gpus
         time.sleep(max(0.0, POLL_S - (clock() - now)))
     elapsed = clock()
 
-    gangs = [job for job in work if job.name.startswith("soak-g")]
-    plain = [job for job in work if not job.name.startswith("soak-g")]
-    unfinished = [job.name for job in gangs if not job.finished]
-    plain_unfinished = [job.name for job in plain if not job.finished]
+    gangs = [job for job in work if job.gang]
+    plain = [job for job in work if not job.gang]
+    unfinished = [job for job in gangs if not job.finished]
+    plain_unfinished = [job for job in plain if not job.finished]
     print(
         f"gang soak, seed {seed}, {elapsed:.0f}s: gangs created {sum(j.created for j in gangs)}, "
         f"bound whole {sum(j.whole_at is not None for j in gangs)}, finished {sum(j.finished for j in gangs)}; "
@@ -358,17 +386,16 @@ def test_gangs_stay_whole_and_gpus_single_booked_through_kills_and_restarts(gpus
         print(scheduler_queues(env))
     disruptions.over.set()
     disruptions.thread.join(timeout=60)
-    for name in unfinished + plain_unfinished:
-        job = by_pod[f"{name}-0"] if f"{name}-0" in by_pod else by_pod[name]
-        print(f"not finished: {name} ({len(job.pods)} x {job.gpus} GPUs, {job.priority_class})")
+    for job in unfinished + plain_unfinished:
+        print(f"not finished: {job.name} ({len(job.pods)} x {job.gpus} GPUs, {job.priority_class})")
         for pod in job.pods:
             conditions = env.get_pod(pod).get("status", {}).get("conditions") or []
             print(f"  {pod}: {conditions}")
-        print(log_lines(env, name))
+        print(log_lines(env, job.name))
     assert not overcommitted, overcommitted
     assert not late, late
-    assert not unfinished, f"deadlocked gangs (never bound whole and finished): {unfinished}"
-    assert not plain_unfinished, f"plain pods never bound and finished: {plain_unfinished}"
+    assert not unfinished, f"deadlocked gangs (never bound whole and finished): {[j.name for j in unfinished]}"
+    assert not plain_unfinished, f"plain pods never bound and finished: {[j.name for j in plain_unfinished]}"
     assert disruptions.kills == soak.kills + soak.kills_mid_bind
     assert disruptions.scheduler_restarts == soak.scheduler_restarts
 
