@@ -415,6 +415,13 @@ class ExtenderService:
                 return wire.ExtenderBindingResult(
                     error=f"gpusched: gang {pod.pod_group}: its members are being bound now"
                 )
+            held = self.state.assumed.get(key)
+            if where and held is not None and held[1] != np.inf and not self.state.pods.get(key, pod).node_name:
+                # Its Binding got no answer: maybe bound, maybe not. Not a yes (kube-scheduler would
+                # never retry it); once the informer shows it, or the hold lapses, this settles.
+                self.metrics.binds.labels("gang_waiting").inc()
+                why = f"{key}'s Binding got no answer; waiting for the API to show it"
+                return wire.ExtenderBindingResult(error=f"gpusched: gang {pod.pod_group}: {why}")
             if where:
                 # Bound with its gang already (kube-scheduler's copy of the pod is late).
                 if where == args.node:

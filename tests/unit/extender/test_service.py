@@ -596,6 +596,28 @@ def test_a_binding_that_fails_midway_is_completed_by_the_members_next_bind() -> 
     assert service.state.snapshot().over_committed() == []
 
 
+def test_a_member_whose_binding_got_no_answer_is_not_told_it_is_bound() -> None:
+    clock = [1000.0]
+    service, binder = offline_service([gpu_node("a", 8)])
+    service.state.clock = lambda: clock[0]
+    members = [member(f"g-{r}", 2, 4, r) for r in range(2)]
+    for obj in members:
+        service.state.upsert_pod(obj)
+    filter_(service, members[0], ["a"])
+    binder.fail, binder.fail_on = TimeoutError("read timed out"), {"g-1"}
+    bind(service, members[0], "a")
+    assert bind(service, members[1], "a").error.endswith("(held in case it took)")
+    binder.fail = None
+    # kube-scheduler retries g-1: the Binding may or may not have taken, so no yes.
+    answer = bind(service, members[1], "a")
+    assert answer.error == "gpusched: gang g: default/g-1's Binding got no answer; waiting for the API to show it"
+    # The hold lapses with no sign of it in the API: the durable gang binds it on the next attempt.
+    clock[0] += ASSUME_TTL_S + 1
+    assert bind(service, members[1], "a").error == ""
+    assert [c.name for c in binder.calls] == ["g-0", "g-1", "g-1"]
+    assert service.gangs.placed_total == 1
+
+
 def restarted(nodes: Sequence[NodeState], objects: Iterable[dict[str, Any]]) -> tuple[ExtenderService, FakeBinder]:
     """A new extender whose informer lists `objects` (the API's pods)."""
     service, binder = offline_service(nodes)
