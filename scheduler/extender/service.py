@@ -604,5 +604,5 @@ class ExtenderService:
             placed = snap.placements.get(key)
             if placed is not None and placed.mig:
                 out["migInstances"] = list(placed.mig)  # the MIG instances it is counted on
-        out["boundTo"] = pod.node_name or None
+        out["boundTo"] = self._bound_to(key) or None  # the API's, or a bind of gpusched's not yet shown
         return out
