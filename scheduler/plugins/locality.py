@@ -23,11 +23,17 @@ def present_and_needed(
     present = np.zeros(n, dtype=np.float64)
     needed = 0.0
     for key in keys:
-        holders = table.get(key, {})
-        size = sizes.get(key) or max(holders.values(), default=0)
+        holders = table.get(key)
+        if not holders:
+            needed += sizes.get(key) or 0
+            continue
+        # Whole arrays, not a loop per holder: a common image is on thousands of nodes.
+        held = np.fromiter(holders.values(), dtype=np.float64, count=len(holders))
+        size = sizes.get(key) or float(held.max())
         needed += size
-        for node, held in holders.items():
-            present[node] += min(held, size) if size else held
+        present[np.fromiter(holders.keys(), dtype=np.intp, count=len(holders))] += (
+            np.minimum(held, size) if size else held
+        )
     return present[nodes], needed
 
 
