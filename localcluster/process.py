@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,10 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _linux_main_thread() -> bool:
+    return sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+
+
 def tail(path: Path, lines: int = 40) -> str:
     """Last ``lines`` lines of a log file, for error messages."""
     try:
@@ -40,7 +45,9 @@ class ManagedProcess:
 
     With ``die_with_parent`` the kernel SIGKILLs the child if this Python process dies without
     running its cleanup (killed by a CI timeout, say), so no control plane is orphaned. SIGKILL,
-    because kube-apiserver does not exit on SIGTERM once etcd, dying too, is gone.
+    because kube-apiserver does not exit on SIGTERM once etcd, dying too, is gone. The kernel ties
+    that signal to the *thread* that started the child, so it is set only from the main thread: a
+    process started from a worker thread would be killed when that thread ends.
     """
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path, *, die_with_parent: bool = True) -> None:
@@ -53,7 +60,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
+                preexec_fn=_die_with_parent if die_with_parent and _linux_main_thread() else None,
             )
 
     @property
