@@ -29,7 +29,7 @@ import orjson
 import urllib3
 
 from scheduler.core.gang_sources import K8S_POD_GROUP, PLUGINS_POD_GROUP, k8s_pod_group_size, plugins_pod_group_size
-from scheduler.state.kube import Kube, KubeError
+from scheduler.state.kube import AnswerBrokeOff, Kube, KubeError
 from scheduler.state.store import ClusterState
 
 log = logging.getLogger("gpusched.informer")
@@ -62,6 +62,8 @@ def restart_cause(exc: BaseException) -> str:
     the stream broke), http_4xx, http_5xx, read (a truncated or malformed body) or other."""
     if isinstance(exc, Gone) or (isinstance(exc, KubeError) and exc.status == 410):
         return "gone"
+    if isinstance(exc, AnswerBrokeOff):
+        return "read"
     if isinstance(exc, KubeError):
         if exc.status == 0:
             return "connection"

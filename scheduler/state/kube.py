@@ -32,6 +32,10 @@ class KubeError(Exception):
         self.outcome_unknown = outcome_unknown
 
 
+class AnswerBrokeOff(KubeError):
+    """The request reached the API, and its answer broke off or is no JSON: a write may have taken."""
+
+
 def load_api_client(kubeconfig: str | None = None, *, retries: bool | None = None) -> k8s_client.ApiClient:
     """In-cluster config when running in a pod, else the kubeconfig (or $KUBECONFIG).
 
@@ -90,7 +94,13 @@ class Kube:
             raise KubeError(0, f"{method} {path}: {exc}", outcome_unknown=unknown) from exc
 
     def _json(self, resp: Any, what: str) -> Any:
-        data = resp.read()
+        try:
+            data = resp.read()
+        except Exception as exc:  # the answer broke off (truncated, reset): the request reached the API
+            resp.release_conn()
+            raise AnswerBrokeOff(
+                0, f"{what}: the answer broke off ({resp.status}): {exc}", outcome_unknown=True
+            ) from exc
         resp.release_conn()
         if resp.status >= 300:
             try:
@@ -98,7 +108,10 @@ class Kube:
             except orjson.JSONDecodeError:
                 message = data[:200].decode(errors="replace")
             raise KubeError(resp.status, f"{what}: {message}")
-        return orjson.loads(data) if data else {}
+        try:
+            return orjson.loads(data) if data else {}
+        except orjson.JSONDecodeError as exc:
+            raise AnswerBrokeOff(0, f"{what}: the answer is not JSON ({resp.status})", outcome_unknown=True) from exc
 
     def get(self, path: str, query: Mapping[str, Any] | None = None) -> Any:
         return self._json(self._request("GET", path, query), f"GET {path}")
