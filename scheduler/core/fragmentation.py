@@ -240,7 +240,9 @@ class FragmentationState:
             return self.w_all * total - copies @ self.t_value64
         assert sum_ge is not None
         level = self.cpu_levels.searchsorted(cpu, side="right") * self.strides[1]
-        cell = self.u_base + level[:, None] + np.minimum(count, self.max_count)
+        # Counts below 0 come only from placements that do not fit (a plugin scored on a node too
+        # small for the pod): clipped, so such a row reads a table cell of its own node, never another.
+        cell = self.u_base + level[:, None] + np.clip(count, 0, self.max_count)
         return self.w_all * total - np.einsum("ij,ij->i", sum_ge, self.table[cell])
 
     def milli(self, nodes: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Properties of every trace policy of the simulator at once (simulations/policies.py)."""
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scheduler.core.framework import Cycle
@@ -23,6 +23,7 @@ pod_st = st.one_of(
 
 @settings(max_examples=30, deadline=None)
 @given(frees=frees_st, pod=pod_st)
+@example(frees=[[0]], pod=req("x", gpus=7, cpu=0))  # 7 GPUs on a 1-GPU node: a count below zero
 def test_every_policy_scores_within_0_and_100(frees: list[list[int]], pod: PodRequest) -> None:
     snap = snap_of(frees, [64_000] * len(frees))
     for name in policies.POLICIES:
