@@ -251,6 +251,14 @@ SLOW = GPTConfig(
 )
 
 
+def generated_tokens(metrics: str) -> float:
+    """gpusched_inference_generated_tokens_total from a /metrics page (0 before the first)."""
+    for line in metrics.splitlines():
+        if line.startswith("gpusched_inference_generated_tokens_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def test_probes_answer_within_a_second_behind_50_slow_generations(tmp_path: Path) -> None:
     """The kubelet's probes time out after 1 s; /generate requests queue behind one another."""
     hub = tmp_path / "hub"
@@ -262,8 +270,11 @@ def test_probes_answer_within_a_second_behind_50_slow_generations(tmp_path: Path
             body = {"token_ids": PROMPT, "max_new_tokens": 64}
             generations = [asyncio.create_task(client.post("/generate", json=body)) for _ in range(50)]
             # The queue has formed once the first generation is done (the other 49 wait behind it).
-            while "gpusched_inference_generated_tokens_total 64.0" not in (await client.get("/metrics")).text:
+            # At least 64 tokens: a poll may come after the second generation is done too.
+            deadline = time.monotonic() + 240
+            while generated_tokens((await client.get("/metrics")).text) < 64:
                 assert not any(g.done() and g.exception() for g in generations)
+                assert time.monotonic() < deadline, "no generation finished in 240 s"
                 await asyncio.sleep(0.1)
             seconds = []
             for path in ("/healthz", "/readyz") * 5:
