@@ -463,14 +463,8 @@ class GangManager:
         now: float,
         offered: np.ndarray | None,
     ) -> ActiveGang | GangRefusal:
-        template = replace(
-            pod, rank=None, node_name="", gpu_ids=(), name=f"{pod.pod_group}-member", planned_node="", gang_plan=""
-        )
-        fixed = [
-            (ranks[m.key], snapshot.index[m.node_name], snapshot.placements[m.key].gpus)
-            for m in members
-            if m.node_name in snapshot.index and m.key in ranks and m.key in snapshot.placements
-        ]
+        template = member_template(pod)
+        fixed = bound_members(snapshot, members, ranks)
         candidates = offered
         if candidates is not None and fixed:
             candidates = np.union1d(candidates, [node for _, node, _ in fixed])
@@ -514,9 +508,7 @@ class GangManager:
             slots.append(Slot(ranks[m.key], node, tuple(gpus), _path(snapshot, snapshot.index[node])))
         if {s.rank for s in slots} != set(range(pod.min_member)):
             return None  # the plan does not cover the gang as it is now: plan afresh around the bound
-        template = replace(
-            pod, rank=None, node_name="", gpu_ids=(), name=f"{pod.pod_group}-member", planned_node="", gang_plan=""
-        )
+        template = member_template(pod)
         plan = GangPlan(pod.min_member, tuple(sorted(slots, key=lambda s: s.rank)), "restored")
         bound = {ranks[m.key] for m in under if m.node_name}
         gang = ActiveGang(
@@ -631,6 +623,25 @@ class GangManager:
             del self.active[key]
             self.placed_total += 1
         self.on_change()
+
+
+def member_template(pod: PodRequest) -> PodRequest:
+    """The shape every member of `pod`'s gang is planned with: the pod without its own rank,
+    node, GPUs or written plan."""
+    return replace(
+        pod, rank=None, node_name="", gpu_ids=(), name=f"{pod.pod_group}-member", planned_node="", gang_plan=""
+    )
+
+
+def bound_members(
+    snapshot: ClusterSnapshot, members: Sequence[PodRequest], ranks: dict[str, int]
+) -> list[tuple[int, int, tuple[int, ...]]]:
+    """(rank, node index, GPUs) of the members already bound: what a new plan must keep."""
+    return [
+        (ranks[m.key], snapshot.index[m.node_name], snapshot.placements[m.key].gpus)
+        for m in members
+        if m.node_name in snapshot.index and m.key in ranks and m.key in snapshot.placements
+    ]
 
 
 def rank_members(members: Sequence[PodRequest], size: int) -> dict[str, int]:

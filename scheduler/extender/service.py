@@ -48,6 +48,8 @@ from scheduler.core.gang import (
     Admission,
     GangManager,
     GangRefusal,
+    bound_members,
+    member_template,
     plan_gang,
     rank_members,
 )
@@ -562,12 +564,8 @@ class ExtenderService:
         lower = [
             k for k, p in snap.pods.items() if p.priority < pod.priority and not p.name.startswith(RESERVATION_PREFIX)
         ]
-        template = replace(pod, rank=None, node_name="", gpu_ids=(), name=f"{pod.pod_group}-member")
-        fixed = [
-            (ranks[m.key], snap.index[m.node_name], snap.placements[m.key].gpus)
-            for m in members
-            if m.node_name in snap.index and m.key in snap.placements
-        ]
+        template = member_template(pod)
+        fixed = bound_members(snap, members, ranks)
         with snap.without(lower):
             plan = plan_gang(snap, self.framework, template, pod.min_member, self.gangs.max_span, fixed)
         if isinstance(plan, GangRefusal):
