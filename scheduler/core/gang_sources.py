@@ -6,8 +6,8 @@ A pod names at most one gang; when several sources are present, the first of the
    `spec.schedulingGroup.podGroupName`. Size: the PodGroup's `spec.schedulingPolicy.gang.minCount`;
    a PodGroup with the `basic` policy is no gang, and its pods are placed one by one. Group name
    `scheduling.k8s.io/<name>`.
-2. The label `scheduling.x-k8s.io/pod-group` (scheduler-plugins' coscheduling). Size: the
-   annotation `gpusched.io/min-member`, else the `spec.minMember` of the scheduler-plugins
+2. The label `scheduling.x-k8s.io/pod-group` (the coscheduling plugin of kubernetes-sigs). Size: the
+   annotation `gpusched.io/min-member`, else the `spec.minMember` of the coscheduling
    PodGroup (`scheduling.x-k8s.io/v1alpha1`) of that name. Group name: the label's value.
 3. A LeaderWorkerSet group: labels `leaderworkerset.sigs.k8s.io/name` and `.../group-index`.
    Size: the annotation `leaderworkerset.sigs.k8s.io/size`. Group name `lws/<name>/<group-index>`.
@@ -118,7 +118,7 @@ def gang_identity(
 
 
 def plugins_pod_group_size(obj: Mapping[str, Any]) -> int | None:
-    """scheduler-plugins' PodGroup: `spec.minMember` (a positive whole number), else None."""
+    """The coscheduling PodGroup (kubernetes-sigs): `spec.minMember` (a positive whole number), else None."""
     value = (obj.get("spec") or {}).get("minMember")
     return value if isinstance(value, int) and value >= 1 else None
 
