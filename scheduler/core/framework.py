@@ -19,6 +19,7 @@ import numpy as np
 from scheduler.core import gpusets
 from scheduler.core.args import PluginArgs, parse_args
 from scheduler.core.config import SchedulerConfig
+from scheduler.core.node_answers import NodeAnswers, ShapeAnswers, pod_shape
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import PodRequest
 
@@ -122,6 +123,9 @@ class FilterPlugin(Plugin, ABC):
     # Rejections that clear up by themselves (a report that is stale now): when no node fits and
     # such a rejection is among the reasons, the extender asks kube-scheduler to retry soon.
     transient: ClassVar[bool] = False
+    # True when the plugin's verdict, reason and resolvability for a node depend only on the pod's
+    # shape and that node's own rows: the framework may keep them (core/node_answers.py).
+    filter_per_node: ClassVar[bool] = False
 
     @abstractmethod
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
@@ -148,6 +152,9 @@ class FilterPlugin(Plugin, ABC):
 class ScorePlugin(Plugin, ABC):
     # min-max normalise over the feasible nodes before weighting (for raw scores of no fixed scale)
     normalize: ClassVar[bool] = False
+    # True when the plugin's raw score for a node depends only on the pod's shape and that node's
+    # own rows: the framework may keep it (core/node_answers.py).
+    score_per_node: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
@@ -260,6 +267,8 @@ class Framework:
         self.scores = list(scores)
         self.weight_sum = sum(w for _, w in self.scores) or 1.0
         self.choosers = [plugin for plugin, _ in self.scores if isinstance(plugin, GpuChooser)]
+        self.filters_per_node = [plugin for plugin in self.filters if plugin.filter_per_node]
+        self.scores_per_node = [plugin for plugin, _ in self.scores if plugin.score_per_node]
         # Score plugins that answered NaN, an infinity or a value outside 0..100: plugin -> nodes.
         self.bad_scores: Counter[str] = Counter()
 
@@ -272,6 +281,7 @@ class Framework:
         *,
         explain: bool = True,
         score: bool = True,
+        reuse: bool = False,
     ) -> Decision:
         """Filter and score `candidates` (default: every node) for `pod`.
 
@@ -279,7 +289,9 @@ class Framework:
         resolvable and transient stay empty): the simulator's replay asks again with reasons only
         for pods that find no node. `score=False` stops after the filters (totals are all 0): the
         extender's filter verb needs no scores. `on_filter(plugin, count)` hears how many nodes
-        each filter plugin turned away.
+        each filter plugin turned away. `reuse=True` takes the answers of per-node plugins kept for
+        the pod's shape where the node has not changed since (core/node_answers.py): the same
+        decision, except that those plugins leave no notes for /explain.
         """
         nodes = np.arange(len(snapshot), dtype=np.intp) if candidates is None else np.asarray(candidates, np.intp)
         cycle = Cycle(snapshot, pod, self.config)
@@ -290,37 +302,65 @@ class Framework:
             nodes, error = pre.prefilter(cycle, nodes)
             if error:
                 return Decision(pod, snapshot, empty, np.zeros(0), error=error, notes=cycle.notes)
+        kept = self._kept(snapshot, pod) if reuse else None
+        if kept is not None and nodes.size:
+            kept.refresh_filters(snapshot, lambda: self._shaped(snapshot, pod), self.filters_per_node, nodes)
         rejections: list[Rejection] = []
         for plugin in self.filters:
             if nodes.size == 0:
                 break
-            ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
+            mine = kept if kept is not None and plugin.filter_per_node else None
+            ok = mine.passes[plugin.name][nodes] if mine else np.asarray(plugin.filter(cycle, nodes), dtype=bool)
             if not ok.all():
                 if on_filter is not None:
                     on_filter(plugin.name, int(ok.size - np.count_nonzero(ok)))
                 if explain:
                     rejected = nodes[~ok]
-                    words = plugin.reasons(cycle, rejected)
-                    mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
+                    if mine:
+                        words = mine.words[plugin.name][rejected].tolist()
+                        mask = mine.resolvable[plugin.name][rejected]
+                    else:
+                        words = plugin.reasons(cycle, rejected)
+                        mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
                     rejections.append(Rejection(plugin.name, rejected, words, mask, plugin.transient))
                 nodes = nodes[ok]
-        scores, total = self._score(cycle, nodes) if score else ({}, np.zeros(nodes.size))
+        scores, total = self._score(cycle, nodes, kept) if score else ({}, np.zeros(nodes.size))
         return Decision(pod, snapshot, nodes, total, scores, rejections, notes=cycle.notes)
 
-    def score_feasible(self, snapshot: ClusterSnapshot, pod: PodRequest, feasible: np.ndarray) -> Decision:
+    def _kept(self, snapshot: ClusterSnapshot, pod: PodRequest) -> ShapeAnswers | None:
+        if not (self.filters_per_node or self.scores_per_node):
+            return None
+        return NodeAnswers.of(snapshot, self).shape(snapshot, pod_shape(pod))
+
+    def _shaped(self, snapshot: ClusterSnapshot, pod: PodRequest) -> Cycle:
+        """A cycle for per-node plugins: they see the pod's shape only."""
+        return Cycle(snapshot, pod_shape(pod), self.config)
+
+    def score_feasible(
+        self, snapshot: ClusterSnapshot, pod: PodRequest, feasible: np.ndarray, *, reuse: bool = False
+    ) -> Decision:
         """Score nodes already known to pass every filter for this pod in this very state (the
         extender's prioritize right after its filter): the filters are not run again."""
         cycle = Cycle(snapshot, pod, self.config)
         nodes = np.asarray(feasible, dtype=np.intp)
-        scores, total = self._score(cycle, nodes)
+        scores, total = self._score(cycle, nodes, self._kept(snapshot, pod) if reuse else None)
         return Decision(pod, snapshot, nodes, total, scores, notes=cycle.notes)
 
-    def _score(self, cycle: Cycle, nodes: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _score(
+        self, cycle: Cycle, nodes: np.ndarray, kept: ShapeAnswers | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         scores: dict[str, np.ndarray] = {}
         total = np.zeros(nodes.size)
         if nodes.size:
+            if kept is not None:
+                snapshot, pod = cycle.snapshot, cycle.pod
+                shaped = lambda: self._shaped(snapshot, pod)  # noqa: E731
+                kept.refresh_scores(snapshot, shaped, self.scores_per_node, nodes, self._checked)
             for scorer, weight in self.scores:
-                raw = self._checked(scorer, cycle, np.asarray(scorer.score(cycle, nodes), dtype=np.float64))
+                if kept is not None and scorer.score_per_node:
+                    raw = kept.scores[scorer.name][nodes]
+                else:
+                    raw = self._checked(scorer, cycle, np.asarray(scorer.score(cycle, nodes), dtype=np.float64))
                 if scorer.normalize:
                     raw = minmax(raw)
                 scores[scorer.name] = raw

@@ -169,6 +169,9 @@ class ClusterSnapshot:
         # are computed again only for the nodes that changed since they last looked.
         self.changes = 0
         self.changed_at = np.zeros(n, dtype=np.int64)
+        # Counts changes to what nodes hold of images, weights and adapters: values that read the
+        # sizes other nodes report (the largest size of an image) depend on it too.
+        self.catalog = 0
         # Pods whose gpusched.io/gpu-ids the kubelet contradicts (core/gpu_assignment.py); given by
         # the caller when it must outlive this snapshot.
         self.assignments = assignments if assignments is not None else GpuAssignments()
@@ -351,6 +354,8 @@ class ClusterSnapshot:
         self.link_affinity[i] = 0.0
         self.report_age[i] = np.inf
         self.nodes[i] = node
+        if (node.images, node.models, node.lora_adapters) != (old.images, old.models, old.lora_adapters):
+            self.catalog += 1
         self._load_node(i, node)
         self._changed(i)
         wiring = self.link_affinity[i].tobytes()

@@ -75,6 +75,9 @@ def create_app(
                 # bind waits on the API server: keep the event loop free for filter calls meanwhile
                 result = await run_in_threadpool(run, args) if blocking else run(args)
                 return _json(result)
+            except msgspec.DecodeError as exc:  # a part decoded only when needed (SentArgs.node_names)
+                outcome = "bad_request"
+                return on_bad_input(f"gpusched: malformed {verb} request: {exc}")
             except Exception as exc:  # a bug must not crash kube-scheduler's cycle; say what broke
                 outcome = "error"
                 log.exception("%s failed", verb)
@@ -91,7 +94,7 @@ def create_app(
         return await handle(
             "filter",
             request,
-            wire.ExtenderArgs,
+            wire.SentArgs,
             service.filter,
             lambda msg: _json(wire.ExtenderFilterResult(error=msg)),
         )
@@ -99,7 +102,7 @@ def create_app(
     @app.post("/prioritize")
     async def prioritize(request: Request) -> Response:
         return await handle(
-            "prioritize", request, wire.ExtenderArgs, service.prioritize, lambda msg: _json({"Error": msg}, 400)
+            "prioritize", request, wire.SentArgs, service.prioritize, lambda msg: _json({"Error": msg}, 400)
         )
 
     @app.post("/bind")

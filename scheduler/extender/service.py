@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
+import msgspec
 import numpy as np
 
 from scheduler.core.framework import Decision, Framework
@@ -84,6 +85,15 @@ def summarize(reasons: Iterable[str], most: int = 4) -> str:
     return ", ".join(parts)
 
 
+NULL = msgspec.Raw(b"null")
+
+
+def _node_names(args: wire.ExtenderArgs | wire.SentArgs) -> list[str] | msgspec.Raw | None:
+    """The request's NodeNames (a list, or its JSON as sent), None when it sends Nodes instead."""
+    sent = args.node_names
+    return None if sent is None or (isinstance(sent, msgspec.Raw) and (not len(sent) or sent == NULL)) else sent
+
+
 class Binder(Protocol):
     def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
@@ -115,8 +125,9 @@ class ExtenderService:
         self._pruned_at = -1  # state generation at the last prune of gangs whose pods are gone
         self._rebuilds_seen = -1
         # Node-name lists seen lately with their indices, and the last filter's feasible nodes.
-        self._name_cache: list[tuple[list[str], ClusterSnapshot, np.ndarray, list[str]]] = []
+        self._name_cache: list[tuple[list[str] | msgspec.Raw, ClusterSnapshot, np.ndarray, list[str]]] = []
         self._passed: tuple[PodRequest, int, ClusterSnapshot, np.ndarray] | None = None
+        self._priority_json: tuple[ClusterSnapshot, np.ndarray] | None = None  # see _priorities
         config = state.config
         self.gangs = GangManager(framework, config.gang_ttl_s, config.gang_max_span, on_change=state.mark_changed)
         state.reservations = self.gangs.reservations
@@ -140,7 +151,7 @@ class ExtenderService:
             # The snapshot just replaced (its memo refers back to it) is collected first: frozen
             # objects are never freed.
             self._rebuilds_seen = self.state.rebuilds
-            self._name_cache, self._passed = [], None  # they refer to the snapshot replaced
+            self._name_cache, self._passed, self._priority_json = [], None, None  # of the snapshot replaced
             gc.unfreeze()
             gc.collect()
             gc.freeze()
@@ -164,16 +175,26 @@ class ExtenderService:
             if any(m.gang_plan and m.node_name for m in members) and not all(m.node_name for m in members):
                 self.gangs.restore(snap, members, now)
 
-    def _candidates(self, snap: ClusterSnapshot, names: list[str]) -> tuple[np.ndarray, list[str]]:
-        """Snapshot indices of the named nodes, and the names gpusched does not know.
+    def _candidates(
+        self, snap: ClusterSnapshot, args: wire.ExtenderArgs | wire.SentArgs
+    ) -> tuple[np.ndarray, list[str]]:
+        """Snapshot indices of the nodes the request names, and the names gpusched does not know.
 
         kube-scheduler sends the same list again and again (every node that passed its own
         filters; to prioritize, those that passed gpusched's filter too): the last lists are
-        remembered with their indices, and a list equal to one of them costs one comparison.
+        remembered with their indices, and a list equal to one of them costs one comparison, of
+        the JSON as sent when the request came from HTTP (wire.SentArgs), which is then not decoded.
         """
-        for known_names, known_snap, indices, unknown in self._name_cache:
-            if known_snap is snap and known_names == names:
-                return indices, unknown
+        sent = _node_names(args)
+        if isinstance(sent, msgspec.Raw):
+            self._encode_remembered()
+        if sent is not None:
+            for at, (known_names, known_snap, indices, unknown) in enumerate(self._name_cache):
+                if known_snap is snap and type(known_names) is type(sent) and known_names == sent:
+                    if at:  # the most recently used first: the full list must outlive each pod's passed list
+                        self._name_cache.insert(0, self._name_cache.pop(at))
+                    return indices, unknown
+        names = self._names(args)
         get = snap.index.get
         found = [get(name) for name in names]
         if None in found:
@@ -182,21 +203,34 @@ class ExtenderService:
         else:
             unknown = []
         indices = np.array(found, dtype=np.intp)
-        self._remember_names(names, snap, indices, unknown)
+        if sent is not None:
+            self._remember_names(sent, snap, indices, unknown)
         return indices, unknown
 
-    def _remember_names(self, names: list[str], snap: ClusterSnapshot, indices: np.ndarray, unknown: list[str]) -> None:
+    def _remember_names(
+        self, names: list[str] | msgspec.Raw, snap: ClusterSnapshot, indices: np.ndarray, unknown: list[str]
+    ) -> None:
         self._name_cache = [(names, snap, indices, unknown), *self._name_cache[: NAME_CACHE - 1]]
 
+    def _encode_remembered(self) -> None:
+        """Lists filter remembered, as the JSON kube-scheduler will send them to prioritize (once)."""
+        for at, (names, snap, indices, unknown) in enumerate(self._name_cache):
+            if isinstance(names, list):
+                self._name_cache[at] = (msgspec.Raw(msgspec.json.encode(names)), snap, indices, unknown)
+
     @staticmethod
-    def _names(args: wire.ExtenderArgs) -> list[str]:
-        if args.node_names is not None:
-            return list(args.node_names)
+    def _names(args: wire.ExtenderArgs | wire.SentArgs) -> list[str]:
+        """The node names the request carries (NodeNames, else the names of its Nodes)."""
+        sent = _node_names(args)
+        if isinstance(sent, msgspec.Raw):
+            sent = msgspec.json.decode(sent, type=list[str])
+        if sent is not None:
+            return sent  # the request's own list: kept, never changed
         items = args.nodes.items if args.nodes is not None else []
         return [str((item.get("metadata") or {}).get("name", "")) for item in items]
 
     def _decide(self, snap: ClusterSnapshot, pod: PodRequest, nodes: np.ndarray) -> Decision:
-        return self.framework.decide(snap, pod, nodes, on_filter=self._count_rejection, score=False)
+        return self.framework.decide(snap, pod, nodes, on_filter=self._count_rejection, score=False, reuse=True)
 
     def _members(self, pod: PodRequest) -> list[PodRequest]:
         """The pod's gang as the informer sees it, the pod itself included (in its latest copy);
@@ -228,15 +262,14 @@ class ExtenderService:
         return nodes is feasible or bool(np.isin(nodes, feasible).all())
 
     # -------------------------------------------------------------------- verbs
-    def filter(self, args: wire.ExtenderArgs) -> wire.ExtenderFilterResult:
+    def filter(self, args: wire.ExtenderArgs | wire.SentArgs) -> wire.ExtenderFilterResult:
         pod = self.state.parse_pod(args.pod)
         if self.offline and not pod.node_name:
             self.state.upsert_pod(args.pod)
-        names = self._names(args)
         with self.state.lock:
             snap = self._snapshot()
             generation = self.state.generation
-            nodes, unknown = self._candidates(snap, names)
+            nodes, unknown = self._candidates(snap, args)
             failed = dict.fromkeys(unknown, "gpusched: unknown to gpusched (no Node in its cache yet)")
             if pod.pod_group and not pod.errors:
                 admission = self._admit(snap, pod, nodes)
@@ -282,9 +315,9 @@ class ExtenderService:
 
     @staticmethod
     def _filter_result(
-        args: wire.ExtenderArgs, passed: list[str], failed: dict[str, str], unresolvable: dict[str, str]
+        args: wire.ExtenderArgs | wire.SentArgs, passed: list[str], failed: dict[str, str], unresolvable: dict[str, str]
     ) -> wire.ExtenderFilterResult:
-        if args.node_names is None and args.nodes is not None:
+        if _node_names(args) is None and args.nodes is not None:
             keep = set(passed)
             items = [i for i in args.nodes.items if (i.get("metadata") or {}).get("name") in keep]
             return wire.ExtenderFilterResult(
@@ -294,31 +327,47 @@ class ExtenderService:
             node_names=passed, failed_nodes=failed, failed_and_unresolvable_nodes=unresolvable
         )
 
-    def prioritize(self, args: wire.ExtenderArgs) -> list[wire.HostPriority]:
+    def prioritize(self, args: wire.ExtenderArgs | wire.SentArgs) -> msgspec.Raw:
+        """The HostPriority list, one entry per name sent (0 where the pod does not fit), as JSON."""
         pod = self.state.parse_pod(args.pod)
-        names = self._names(args)
         with self.state.lock:
             snap = self._snapshot()
-            nodes, unknown = self._candidates(snap, names)
+            nodes, unknown = self._candidates(snap, args)
             if self._filtered_just_now(pod, snap, nodes):
-                decision = self.framework.score_feasible(snap, pod, nodes)
+                decision = self.framework.score_feasible(snap, pod, nodes, reuse=True)
             else:
-                decision = self.framework.decide(snap, pod, nodes)
-        if decision.feasible.size and decision.feasible is nodes and not unknown:
-            # Every named node was feasible, in the order named: one score each, in order.
-            return [wire.HostPriority(host=n, score=s) for n, s in zip(names, self._levels(decision), strict=True)]
-        scores = dict.fromkeys(names, 0)
-        if decision.feasible.size:
-            feasible_names = [snap.names[i] for i in decision.feasible.tolist()]
-            scores.update(zip(feasible_names, self._levels(decision), strict=True))
-        return [wire.HostPriority(host=name, score=score) for name, score in scores.items()]
+                decision = self.framework.decide(snap, pod, nodes, reuse=True)
+            if decision.feasible is nodes:
+                levels = self._levels(decision)
+            else:
+                levels = np.zeros(len(snap), dtype=np.intp)
+                levels[decision.feasible] = self._levels(decision)
+                levels = levels[nodes]
+            known = self._priorities(snap, nodes, levels)
+        if unknown:
+            rest = msgspec.json.encode([wire.HostPriority(host=name, score=0) for name in unknown])
+            return msgspec.Raw(known[:-1] + (b"," if nodes.size else b"") + rest[1:])
+        return msgspec.Raw(known)
+
+    def _priorities(self, snap: ClusterSnapshot, nodes: np.ndarray, levels: np.ndarray) -> bytes:
+        """JSON of [{"Host": name, "Score": level}] for `nodes`: each node's entry at each level is
+        encoded once per snapshot, so that an answer of thousands of nodes is one join."""
+        if self._priority_json is None or self._priority_json[0] is not snap:
+            hosts = [msgspec.json.encode(wire.HostPriority(host=name, score=0))[:-2] for name in snap.names]
+            table = np.empty((len(hosts), MAX_EXTENDER_SCORE + 1), dtype=object)
+            for level in range(MAX_EXTENDER_SCORE + 1):
+                table[:, level] = [host + b"%d}" % level for host in hosts]
+            self._priority_json = (snap, table)
+        return b"[" + b",".join(self._priority_json[1][nodes, levels].tolist()) + b"]"
 
     @staticmethod
-    def _levels(decision: Decision) -> list[int]:
+    def _levels(decision: Decision) -> np.ndarray:
         """kube-scheduler's 0..10 per feasible node: 10 for the best, 0 at SCORE_SPAN points behind."""
+        if not decision.feasible.size:
+            return np.zeros(0, dtype=np.intp)
         behind = decision.total.max() - decision.total
         levels = np.clip(np.rint(MAX_EXTENDER_SCORE * (1.0 - behind / SCORE_SPAN)), 0, MAX_EXTENDER_SCORE)
-        return levels.astype(int).tolist()
+        return levels.astype(np.intp)
 
     def bind(self, args: wire.ExtenderBindingArgs) -> wire.ExtenderBindingResult:
         key = f"{args.pod_namespace}/{args.pod_name}"

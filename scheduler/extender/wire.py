@@ -20,6 +20,15 @@ class ExtenderArgs(msgspec.Struct, rename="pascal"):
     node_names: list[str] | None = None
 
 
+class SentArgs(msgspec.Struct, rename="pascal"):
+    """ExtenderArgs as the app decodes them: NodeNames kept as the JSON sent (thousands of names
+    that kube-scheduler sends again and again), decoded only when it is a list not seen lately."""
+
+    pod: dict[str, Any]
+    nodes: NodeList | None = None
+    node_names: msgspec.Raw = msgspec.Raw()
+
+
 class ExtenderFilterResult(msgspec.Struct, rename="pascal"):
     nodes: NodeList | None = None
     node_names: list[str] | None = None

@@ -171,6 +171,7 @@ class ColdStartArgs(PluginArgs, frozen=True):
 
 class ColdStart(ScorePlugin):
     name = "cold-start"
+    score_per_node = True  # the largest reported sizes: ClusterSnapshot.catalog
 
     Args = ColdStartArgs
 

@@ -19,6 +19,7 @@ def _show(code: int) -> str:
 
 class CudaDriver(FilterPlugin):
     name = "cuda"
+    filter_per_node = True
 
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         if not cycle.pod.cuda:

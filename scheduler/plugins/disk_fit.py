@@ -57,6 +57,7 @@ class DiskFitArgs(PluginArgs, frozen=True):
 
 class DiskFit(FilterPlugin):
     name = "disk-fit"
+    filter_per_node = True  # the largest reported image size: ClusterSnapshot.catalog
     Args = DiskFitArgs
 
     def __init__(self, args: DiskFitArgs, config: SchedulerConfig) -> None:

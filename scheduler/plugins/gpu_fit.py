@@ -29,6 +29,7 @@ _ROW_HASH = np.random.default_rng(20261130).integers(1, 2**62, size=32, dtype=np
 
 class GpuFit(FilterPlugin):
     name = "gpu-fit"
+    filter_per_node = True
 
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod

@@ -122,6 +122,7 @@ class InferenceFitArgs(PluginArgs, frozen=True):
 
 class InferenceFit(FilterPlugin, ScorePlugin):
     name = "inference-fit"
+    filter_per_node = True  # sizing only; the score spreads replicas over other nodes
 
     Args = InferenceFitArgs
 

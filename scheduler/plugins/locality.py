@@ -39,6 +39,7 @@ def present_and_needed(
 
 class Locality(ScorePlugin):
     name = "locality"
+    score_per_node = True  # the largest reported sizes: ClusterSnapshot.catalog
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod

@@ -73,6 +73,7 @@ class LoraArgs(PluginArgs, frozen=True):
 
 class Lora(ScorePlugin):
     name = "lora"
+    score_per_node = True
 
     Args = LoraArgs
 

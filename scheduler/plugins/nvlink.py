@@ -21,6 +21,7 @@ from scheduler.core.framework import Cycle, ScorePlugin
 
 class NvLink(ScorePlugin):
     name = "nvlink"
+    score_per_node = True
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         if cycle.pod.gpus_needed < 2:

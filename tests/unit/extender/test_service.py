@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -100,6 +101,11 @@ def offline_service(
 
 def filter_(service: ExtenderService, obj: dict[str, Any], nodes: Sequence[str]) -> wire.ExtenderFilterResult:
     return service.filter(wire.ExtenderArgs(pod=obj, node_names=list(nodes)))
+
+
+def prioritize(service: ExtenderService, obj: dict[str, Any], nodes: Sequence[str]) -> list[wire.HostPriority]:
+    answer = service.prioritize(wire.ExtenderArgs(pod=obj, node_names=list(nodes)))
+    return msgspec.json.decode(answer, type=list[wire.HostPriority])
 
 
 def bind(service: ExtenderService, obj: dict[str, Any], node: str) -> wire.ExtenderBindingResult:
@@ -862,13 +868,13 @@ def test_prioritize_right_after_filter_scores_what_filter_passed_in_any_order_an
     passed = filter_(service, pod("p", 2), names).node_names
     assert passed == names
     subset = list(reversed(passed))[:4]  # kube-scheduler may send fewer names, in its own order
-    reused = service.prioritize(wire.ExtenderArgs(pod=pod("p", 2), node_names=subset))
-    computed = fresh.prioritize(wire.ExtenderArgs(pod=pod("p", 2), node_names=subset))
+    reused = prioritize(service, pod("p", 2), subset)
+    computed = prioritize(fresh, pod("p", 2), subset)
     assert [h.host for h in reused] == subset and reused == computed
     # The state moves between filter and prioritize (a pod fills n5): n5 is filtered again.
     filter_(service, pod("p", 2), names)
     service.state.upsert_pod(pod("full", 4, node="n5"))
-    scores = {h.host: h.score for h in service.prioritize(wire.ExtenderArgs(pod=pod("p", 2), node_names=names))}
+    scores = {h.host: h.score for h in prioritize(service, pod("p", 2), names)}
     assert scores["n5"] == 0 and max(scores.values()) == 10
 
 
@@ -879,7 +885,7 @@ def test_a_rebuild_lets_the_snapshot_it_replaced_go() -> None:
     service, _ = offline_service([gpu_node("n0", 4), gpu_node("n1", 4)])
     service.state.upsert_pod(pod("p", 2))
     filter_(service, pod("p", 2), ["n0", "n1"])
-    service.prioritize(wire.ExtenderArgs(pod=pod("p", 2), node_names=["n0", "n1"]))
+    prioritize(service, pod("p", 2), ["n0", "n1"])
     old = weakref.ref(service.state.snapshot())
     service.state.upsert_node(node_object("n2", gpus=4))  # a node added: a new snapshot
     filter_(service, pod("p", 2), ["n0", "n1", "n2"])

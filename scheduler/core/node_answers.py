@@ -1,0 +1,143 @@
+"""Per-node plugin answers kept per pod shape, asked again only for the nodes that changed.
+
+kube-scheduler asks about pod after pod of the same shape (the replicas of one Deployment, the
+workers of one job) while only a few nodes change between two asks: a bind, a report. A plugin
+whose answer for a node depends only on the pod's request and on that node's own rows declares so
+(`FilterPlugin.filter_per_node`, `ScorePlugin.score_per_node`); the framework then keeps its
+answers here, per shape, with the snapshot's change count when each node was asked, and asks
+the plugin again only for nodes whose `ClusterSnapshot.changed_at` moved since.
+
+What such a plugin may read, so that a kept answer is the answer it would give now:
+- of the pod, only its shape (`pod_shape`): the plugin is handed the shape, whose name, owner,
+  gang and other identity fields are blank, so it cannot depend on them;
+- of the snapshot, the node's own rows (anything `place`, `remove` or `update_node` changes for
+  that node), the sizes nodes report for images, weights and adapters (`ClusterSnapshot.catalog`:
+  any change to them drops every kept answer), and the configuration;
+- not the clock, not report ages (freshness), not other nodes' occupancy (inference-fit's
+  spreading) and not the candidate set (a minimum over the nodes scored).
+
+The per-node answers are the same whether asked for one node or for all: filter verdicts, the
+reasons of rejected nodes and whether preemption may help there, raw scores (normalising over the
+feasible nodes is done per decision, by the framework). The unit test
+tests/unit/core/test_node_answers.py checks decisions with kept answers against fresh ones over
+random event sequences.
+
+Memory: per shape, about 60 bytes per node and plugin (5,000 nodes: about 2 MB for the default
+policy); at most MAX_SHAPES shapes are kept, one more starts over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from scheduler.core.snapshot import ClusterSnapshot
+from scheduler.core.types import PodRequest
+
+if TYPE_CHECKING:
+    from scheduler.core.framework import Cycle, FilterPlugin, ScorePlugin
+
+MAX_SHAPES = 32
+
+
+def pod_shape(pod: PodRequest) -> PodRequest:
+    """What the pod asks, without who it is: pods of one shape get the same per-node answers."""
+    return replace(
+        pod,
+        namespace="",
+        name="",
+        uid="",
+        owner="",
+        node_name="",
+        gpu_ids=(),
+        nominated_node="",
+        rank=None,
+        priority=0,
+        planned_node="",
+        gang_plan="",
+        pod_group="",
+        min_member=0,
+        group_size_ref="",
+    )
+
+
+class ShapeAnswers:
+    """One pod shape's kept answers over every node of a snapshot."""
+
+    def __init__(self, n: int, catalog: int) -> None:
+        self.n = n
+        self.catalog = catalog
+        self.filter_at = np.full(n, -1, dtype=np.int64)  # the snapshot's change count when asked
+        self.passes: dict[str, np.ndarray] = {}  # plugin -> (n,) bool
+        self.words: dict[str, np.ndarray] = {}  # plugin -> (n,) object: why a rejected node fails
+        self.resolvable: dict[str, np.ndarray] = {}  # plugin -> (n,) bool
+        self.score_at = np.full(n, -1, dtype=np.int64)
+        self.scores: dict[str, np.ndarray] = {}  # plugin -> (n,) float64
+
+    def refresh_filters(
+        self,
+        snapshot: ClusterSnapshot,
+        cycle: Callable[[], Cycle],
+        plugins: Sequence[FilterPlugin],
+        nodes: np.ndarray,
+    ) -> None:
+        """Ask `plugins` about the nodes of `nodes` that changed since they were last asked."""
+        stale = nodes[self.filter_at[nodes] < snapshot.changed_at[nodes]]
+        if not stale.size or not plugins:
+            return
+        shaped = cycle()
+        for plugin in plugins:
+            name = plugin.name
+            if name not in self.passes:
+                self.passes[name] = np.zeros(self.n, dtype=bool)
+                self.words[name] = np.full(self.n, "", dtype=object)
+                self.resolvable[name] = np.zeros(self.n, dtype=bool)
+            ok = np.asarray(plugin.filter(shaped, stale), dtype=bool)
+            self.passes[name][stale] = ok
+            rejected = stale[~ok]
+            if rejected.size:
+                self.words[name][rejected] = plugin.reasons(shaped, rejected)
+                self.resolvable[name][rejected] = np.asarray(plugin.resolvable_nodes(shaped, rejected), dtype=bool)
+        self.filter_at[stale] = snapshot.changes
+
+    def refresh_scores(
+        self,
+        snapshot: ClusterSnapshot,
+        cycle: Callable[[], Cycle],
+        plugins: Sequence[ScorePlugin],
+        nodes: np.ndarray,
+        checked: Callable[[ScorePlugin, Cycle, np.ndarray], np.ndarray],
+    ) -> None:
+        """Score the nodes of `nodes` (all feasible for the shape) that changed since last scored.
+
+        `checked` is the framework's check of a plugin's raw scores (core/framework.py)."""
+        stale = nodes[self.score_at[nodes] < snapshot.changed_at[nodes]]
+        if not stale.size or not plugins:
+            return
+        shaped = cycle()
+        for plugin in plugins:
+            raw = np.asarray(plugin.score(shaped, stale), dtype=np.float64)
+            self.scores.setdefault(plugin.name, np.zeros(self.n))[stale] = checked(plugin, shaped, raw)
+        self.score_at[stale] = snapshot.changes
+
+
+class NodeAnswers:
+    """Shape -> ShapeAnswers over one snapshot, for one framework (kept in the snapshot's memo)."""
+
+    def __init__(self) -> None:
+        self.shapes: dict[PodRequest, ShapeAnswers] = {}
+
+    @staticmethod
+    def of(snapshot: ClusterSnapshot, owner: object) -> NodeAnswers:
+        return snapshot.memo(("node-answers", id(owner)), lambda _: NodeAnswers())
+
+    def shape(self, snapshot: ClusterSnapshot, shape: PodRequest) -> ShapeAnswers:
+        entry = self.shapes.get(shape)
+        if entry is None or entry.catalog != snapshot.catalog:
+            if entry is None and len(self.shapes) >= MAX_SHAPES:
+                self.shapes.clear()
+            entry = self.shapes[shape] = ShapeAnswers(len(snapshot), snapshot.catalog)
+        return entry

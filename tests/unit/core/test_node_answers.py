@@ -1,0 +1,207 @@
+"""Kept per-node answers (scheduler/core/node_answers.py): a decision that reuses them equals a
+fresh one, after any sequence of placements, removals and node updates."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.core import node_answers
+from scheduler.core.framework import Decision, Framework
+from scheduler.core.node_answers import NodeAnswers, pod_shape
+from scheduler.core.snapshot import ClusterSnapshot, SnapshotError
+from scheduler.core.types import PodRequest
+from scheduler.plugins import registry
+from tests.builders import gpu_node
+
+GiB = 2**30
+IMAGE, WEIGHTS, ADAPTER = "reg.example/serve:1", "org/llama@1", "org/adapter@1"
+
+
+def framework() -> Framework:
+    return registry.build(registry.config_from(None))
+
+
+def cluster() -> ClusterSnapshot:
+    nodes = [
+        gpu_node("a", gpus=4, images={IMAGE: 10 * GiB}, models={WEIGHTS: 16 * GiB}),
+        gpu_node("b", gpus=4, model="L4", memory_gib=24, interconnect="pcie", labels={"rack": "r1"}),
+        gpu_node("c", gpus=2, model="A100-40GB", memory_gib=40, cuda=(12, 2)),
+        gpu_node("d", gpus=4, report_age_s=None),
+        gpu_node("e", gpus=4, report_age_s=200.0),  # stale: freshness turns it away (not kept)
+    ]
+    return ClusterSnapshot(nodes)
+
+
+def assert_same(kept: Decision, fresh: Decision) -> None:
+    assert kept.error == fresh.error
+    assert kept.feasible.tolist() == fresh.feasible.tolist()
+    assert kept.scores.keys() == fresh.scores.keys()
+    for name, values in fresh.scores.items():
+        assert kept.scores[name].tolist() == values.tolist(), name
+    assert np.array_equal(kept.total, fresh.total)
+    assert [(r.plugin, r.nodes.tolist(), r.reasons, r.resolvable.tolist(), r.transient) for r in kept.rejections] == [
+        (r.plugin, r.nodes.tolist(), r.reasons, r.resolvable.tolist(), r.transient) for r in fresh.rejections
+    ]
+
+
+# ------------------------------------------------------------------ pods asked about
+POD_SHAPES = [
+    PodRequest("ns", "one", gpu_count=1),
+    PodRequest("ns", "two", gpu_count=2, gpu_memory=30 * GiB),
+    PodRequest("ns", "four", gpu_count=4, cuda=(12, 4)),
+    PodRequest("ns", "share", gpu_milli=300),
+    PodRequest("ns", "h100", gpu_count=1, gpu_models=("H100",)),
+    PodRequest("ns", "serve", gpu_count=1, images=(IMAGE,), model=WEIGHTS, workload="inference", owner="Deploy/x"),
+    PodRequest("ns", "big", gpu_count=2, model=WEIGHTS, model_bytes=70 * GiB, workload="inference", owner="Deploy/y"),
+    PodRequest("ns", "lora", gpu_count=1, model=WEIGHTS, lora_adapters=(ADAPTER,)),
+    PodRequest("other", "pulls", gpu_count=1, images=("reg.example/other:2",), cpu_milli=2000),
+]
+asked = st.tuples(st.sampled_from(POD_SHAPES), st.text("xyz", min_size=1, max_size=3))
+
+
+def ask(pod: PodRequest, name: str) -> PodRequest:
+    """The shape under another name: a replica of the same request."""
+    return replace(pod, name=f"{pod.name}-{name}", uid=name)
+
+
+# ------------------------------------------------------------------------ events
+Event = Callable[[ClusterSnapshot], None]
+
+
+def place(node: int, shape: PodRequest, name: str) -> Event:
+    def run(snap: ClusterSnapshot) -> None:
+        pod = ask(shape, name)
+        if pod.key in snap.placements or node >= len(snap):
+            return
+        gpus = snap.first_free_gpus(node, pod.gpus_needed, pod.milli_per_gpu)
+        if len(gpus) == pod.gpus_needed:
+            with contextlib.suppress(SnapshotError):  # over the Node's allocatable count
+                snap.place(replace(pod, node_name=snap.names[node]), node, gpus)
+
+    return run
+
+
+def remove(index: int) -> Event:
+    def run(snap: ClusterSnapshot) -> None:
+        keys = sorted(snap.placements)
+        if keys:
+            snap.remove(keys[index % len(keys)])
+
+    return run
+
+
+def update(node: int, change: str) -> Event:
+    """The node's report or Node object changes: what it caches, a GPU's health, its driver."""
+
+    def run(snap: ClusterSnapshot) -> None:
+        old = snap.nodes[node]
+        if change == "image":
+            new = replace(old, images={**old.images, IMAGE: 12 * GiB})  # a larger size than a's
+        elif change == "weights":
+            new = replace(old, models={**old.models, WEIGHTS: 20 * GiB})
+        elif change == "uncache":
+            new = replace(old, images={}, models={})
+        elif change == "adapter":
+            new = replace(old, lora_adapters={ADAPTER: GiB})
+        elif change == "unhealthy" and old.gpus:
+            new = replace(old, gpus=(replace(old.gpus[0], healthy=False), *old.gpus[1:]))
+        elif change == "driver":
+            new = replace(old, cuda=(12, 2) if old.cuda == (12, 4) else (12, 4))
+        elif change == "cordon":
+            new = replace(old, schedulable=not old.schedulable)
+        elif change == "disk":
+            new = replace(old, image_fs_free=5 * GiB, image_fs_total=100 * GiB)
+        elif change == "pull":
+            new = replace(old, pull_bytes_per_s=old.pull_bytes_per_s * 2 + 50e6)
+        else:
+            new = replace(old)
+        snap.update_node(node, new)
+
+    return run
+
+
+def age(node: int, seconds: float) -> Event:
+    def run(snap: ClusterSnapshot) -> None:
+        snap.report_age[node] = seconds  # as ClusterState sets it before each decision
+
+    return run
+
+
+nodes = st.integers(0, 4)
+Step = tuple[Event, tuple[PodRequest, str], list[int]]  # an event, then a pod asked about, over some nodes
+events = st.one_of(
+    st.builds(place, nodes, st.sampled_from(POD_SHAPES), st.text("pq", min_size=1, max_size=2)),
+    st.builds(remove, st.integers(0, 20)),
+    st.builds(
+        update,
+        nodes,
+        st.sampled_from(["image", "weights", "uncache", "adapter", "unhealthy", "driver", "cordon", "disk", "pull"]),
+    ),
+    st.builds(age, nodes, st.sampled_from([0.0, 30.0, 200.0])),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(events, asked, st.lists(nodes, max_size=5, unique=True)), min_size=1, max_size=25),
+)
+def test_a_decision_with_kept_answers_equals_a_fresh_one(steps: list[Step]) -> None:
+    snap, reusing, fresh = cluster(), framework(), framework()
+    for event, (shape, name), subset in steps:
+        event(snap)
+        pod = ask(shape, name)
+        candidates = np.array(subset or range(len(snap)), dtype=np.intp)
+        kept = reusing.decide(snap, pod, candidates, reuse=True)
+        assert_same(kept, fresh.decide(snap, pod, candidates))
+        again = reusing.score_feasible(snap, pod, kept.feasible, reuse=True)
+        assert np.array_equal(again.total, kept.total)
+
+
+# --------------------------------------------------------------- what is kept
+def test_only_changed_nodes_are_asked_again() -> None:
+    snap, fw = cluster(), framework()
+    pod = ask(POD_SHAPES[0], "1")
+    fw.decide(snap, pod, reuse=True)
+    answers = NodeAnswers.of(snap, fw).shape(snap, pod_shape(pod))
+    asked_at = answers.filter_at.copy()
+    # Another replica of the same shape, nothing changed: nothing is asked again.
+    fw.decide(snap, ask(POD_SHAPES[0], "2"), reuse=True)
+    assert answers.filter_at.tolist() == asked_at.tolist()
+    # A pod placed on b: only b is asked again, at the snapshot's new change count.
+    place(1, POD_SHAPES[0], "placed")(snap)
+    fw.decide(snap, ask(POD_SHAPES[0], "3"), reuse=True)
+    assert (answers.filter_at != asked_at).tolist() == [False, True, False, False, False]
+    assert answers.filter_at[1] == snap.changes
+
+
+def test_a_change_to_what_nodes_cache_drops_every_kept_answer() -> None:
+    snap, fw = cluster(), framework()
+    pod = ask(POD_SHAPES[5], "1")
+    fw.decide(snap, pod, reuse=True)
+    first = NodeAnswers.of(snap, fw).shape(snap, pod_shape(pod))
+    update(1, "image")(snap)  # b now holds the image, at a larger size: locality moves on a too
+    fw.decide(snap, pod, reuse=True)
+    assert NodeAnswers.of(snap, fw).shape(snap, pod_shape(pod)) is not first
+
+
+def test_the_shape_leaves_out_who_the_pod_is() -> None:
+    # name, uid, namespace, owner, gang and placement fields: 9 differences, one shape
+    a = PodRequest("ns", "a", uid="1", gpu_count=2, owner="Deploy/x", pod_group="g", rank=0, priority=5)
+    b = PodRequest("other", "b", uid="2", gpu_count=2, owner="Deploy/y", pod_group="h", rank=1, node_name="n")
+    assert pod_shape(a) == pod_shape(b)
+    assert pod_shape(a) != pod_shape(replace(a, gpu_memory=GiB))  # what it asks is the shape
+
+
+def test_at_most_max_shapes_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node_answers, "MAX_SHAPES", 2)
+    snap, answers = cluster(), NodeAnswers()
+    for count in (1, 2, 3):  # the third shape starts over
+        answers.shape(snap, PodRequest("", "", gpu_count=count))
+    assert len(answers.shapes) == 1
