@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from scheduler.core.scenario import load_nodes, load_pods, pod_object
@@ -103,6 +104,19 @@ def test_malformed_filter_answers_error_not_5xx(client: httpx.Client, payload: b
     resp = client.post("/filter", content=payload)
     assert resp.status_code == 200
     assert resp.json()["Error"].startswith("gpusched: malformed filter request")
+
+
+@pytest.mark.parametrize("names", [b'"a"', b"[1]", b'["a", 2]', b"{}"])
+def test_malformed_node_names_are_refused_by_both_verbs(client: httpx.Client, names: bytes) -> None:
+    # NodeNames is decoded only when it is not a list seen lately: still a malformed request
+    pod = msgspec.json.encode(pod_object({"name": "p", "gpus": 1}))
+    payload = b'{"Pod": ' + pod + b', "NodeNames": ' + names + b"}"
+    filtered = client.post("/filter", content=payload)
+    assert filtered.status_code == 200
+    assert filtered.json()["Error"].startswith("gpusched: malformed filter request")
+    prioritized = client.post("/prioritize", content=payload)
+    assert prioritized.status_code == 400
+    assert prioritized.json()["Error"].startswith("gpusched: malformed prioritize request")
 
 
 def test_malformed_annotation_is_a_clear_error(client: httpx.Client) -> None:
