@@ -27,6 +27,7 @@ import statistics
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +95,7 @@ def pod_object(name: str, gpus: int, node: str = "", gpu_ids: tuple[int, ...] = 
             "name": name,
             "namespace": "bench",
             "uid": f"uid-{name}",
+            "resourceVersion": str(zlib.crc32(name.encode())),  # every Pod kube-scheduler sends has one
             "labels": {"app": name.rsplit("-", 1)[0]},
             "annotations": annotations,
             "ownerReferences": [{"kind": "ReplicaSet", "name": "rs-" + name.rsplit("-", 1)[0], "controller": True}],

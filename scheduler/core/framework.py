@@ -171,13 +171,43 @@ class GpuChooser(ABC):
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """The nodes one filter plugin turned away, each with its reason."""
+    """The nodes one filter plugin turned away, each with its reason.
+
+    Reasons are kept as `codes` into `texts` (thousands of nodes share a handful of reasons), so
+    that the extender words its answer once per reason rather than once per node."""
 
     plugin: str
     nodes: np.ndarray  # node indices
-    reasons: list[str]  # aligned with `nodes`
+    codes: np.ndarray  # aligned with `nodes`: the node's reason, an index into `texts`
+    texts: Sequence[str]
     resolvable: np.ndarray  # aligned with `nodes`: evicting pods could let the pod on
     transient: bool  # the plugin's rejections may clear by themselves (a report turning fresh)
+
+    @classmethod
+    def worded(
+        cls, plugin: str, nodes: np.ndarray, reasons: Sequence[str], resolvable: np.ndarray, transient: bool
+    ) -> Rejection:
+        texts = list(dict.fromkeys(reasons))
+        code_of = {text: code for code, text in enumerate(texts)}
+        codes = np.fromiter((code_of[r] for r in reasons), dtype=np.intp, count=len(reasons))
+        return cls(plugin, nodes, codes, texts, resolvable, transient)
+
+    @property
+    def reasons(self) -> list[str]:
+        """The reason of each node, aligned with `nodes`."""
+        texts = self.texts
+        return [texts[code] for code in self.codes.tolist()]
+
+    def grouped(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(reason, its nodes, whether preemption may help each) for each reason given."""
+        if len(self.texts) == 1:
+            return [(self.texts[0], self.nodes, self.resolvable)]
+        order = np.argsort(self.codes, kind="stable")
+        codes = self.codes[order]
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]).tolist()
+        ends = [*starts[1:], codes.size]
+        nodes, resolvable = self.nodes[order], self.resolvable[order]
+        return [(self.texts[codes[a]], nodes[a:b], resolvable[a:b]) for a, b in zip(starts, ends, strict=True)]
 
 
 @dataclass(slots=True)
@@ -317,12 +347,13 @@ class Framework:
                 if explain:
                     rejected = nodes[~ok]
                     if mine:
-                        words = mine.words[plugin.name][rejected].tolist()
+                        codes, texts = mine.codes[plugin.name][rejected], mine.texts[plugin.name]
                         mask = mine.resolvable[plugin.name][rejected]
+                        rejections.append(Rejection(plugin.name, rejected, codes, texts, mask, plugin.transient))
                     else:
                         words = plugin.reasons(cycle, rejected)
                         mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
-                    rejections.append(Rejection(plugin.name, rejected, words, mask, plugin.transient))
+                        rejections.append(Rejection.worded(plugin.name, rejected, words, mask, plugin.transient))
                 nodes = nodes[ok]
         scores, total = self._score(cycle, nodes, kept) if score else ({}, np.zeros(nodes.size))
         return Decision(pod, snapshot, nodes, total, scores, rejections, notes=cycle.notes)

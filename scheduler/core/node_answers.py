@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from scheduler.core.framework import Cycle, FilterPlugin, ScorePlugin
 
 MAX_SHAPES = 32
+MAX_TEXTS = 1024  # distinct reasons kept per plugin and shape beyond one per node
 
 
 def pod_shape(pod: PodRequest) -> PodRequest:
@@ -72,7 +73,10 @@ class ShapeAnswers:
         self.catalog = catalog
         self.filter_at = np.full(n, -1, dtype=np.int64)  # the snapshot's change count when asked
         self.passes: dict[str, np.ndarray] = {}  # plugin -> (n,) bool
-        self.words: dict[str, np.ndarray] = {}  # plugin -> (n,) object: why a rejected node fails
+        # plugin -> (n,) index into texts[plugin] of why a rejected node fails, and those texts
+        self.codes: dict[str, np.ndarray] = {}
+        self.texts: dict[str, list[str]] = {}
+        self._code_of: dict[str, dict[str, int]] = {}
         self.resolvable: dict[str, np.ndarray] = {}  # plugin -> (n,) bool
         self.score_at = np.full(n, -1, dtype=np.int64)
         self.scores: dict[str, np.ndarray] = {}  # plugin -> (n,) float64
@@ -88,18 +92,32 @@ class ShapeAnswers:
         stale = nodes[self.filter_at[nodes] < snapshot.changed_at[nodes]]
         if not stale.size or not plugins:
             return
+        if any(len(texts) > MAX_TEXTS + self.n for texts in self.texts.values()):
+            # Reasons that name changing figures (free disk) pile up: start over, every node anew.
+            self.filter_at[:] = -1
+            self.texts.clear()
+            self._code_of.clear()
+            stale = nodes
         shaped = cycle()
         for plugin in plugins:
             name = plugin.name
             if name not in self.passes:
                 self.passes[name] = np.zeros(self.n, dtype=bool)
-                self.words[name] = np.full(self.n, "", dtype=object)
                 self.resolvable[name] = np.zeros(self.n, dtype=bool)
+                self.codes[name] = np.zeros(self.n, dtype=np.intp)
+            if name not in self.texts:
+                self.texts[name], self._code_of[name] = [], {}
             ok = np.asarray(plugin.filter(shaped, stale), dtype=bool)
             self.passes[name][stale] = ok
             rejected = stale[~ok]
             if rejected.size:
-                self.words[name][rejected] = plugin.reasons(shaped, rejected)
+                texts, code_of = self.texts[name], self._code_of[name]
+                words = plugin.reasons(shaped, rejected)
+                for text in words:
+                    if text not in code_of:
+                        code_of[text] = len(texts)
+                        texts.append(text)
+                self.codes[name][rejected] = [code_of[text] for text in words]
                 self.resolvable[name][rejected] = np.asarray(plugin.resolvable_nodes(shaped, rejected), dtype=bool)
         self.filter_at[stale] = snapshot.changes
 

@@ -127,7 +127,7 @@ class ExtenderService:
         # Node-name lists seen lately with their indices, and the last filter's feasible nodes.
         self._name_cache: list[tuple[list[str] | msgspec.Raw, ClusterSnapshot, np.ndarray, list[str]]] = []
         self._passed: tuple[PodRequest, int, ClusterSnapshot, np.ndarray] | None = None
-        self._priority_json: tuple[ClusterSnapshot, np.ndarray] | None = None  # see _priorities
+        self._priority_json: tuple[ClusterSnapshot, np.ndarray, np.ndarray] | None = None  # see _priorities
         config = state.config
         self.gangs = GangManager(framework, config.gang_ttl_s, config.gang_max_span, on_change=state.mark_changed)
         state.reservations = self.gangs.reservations
@@ -186,8 +186,6 @@ class ExtenderService:
         the JSON as sent when the request came from HTTP (wire.SentArgs), which is then not decoded.
         """
         sent = _node_names(args)
-        if isinstance(sent, msgspec.Raw):
-            self._encode_remembered()
         if sent is not None:
             for at, (known_names, known_snap, indices, unknown) in enumerate(self._name_cache):
                 if known_snap is snap and type(known_names) is type(sent) and known_names == sent:
@@ -211,12 +209,6 @@ class ExtenderService:
         self, names: list[str] | msgspec.Raw, snap: ClusterSnapshot, indices: np.ndarray, unknown: list[str]
     ) -> None:
         self._name_cache = [(names, snap, indices, unknown), *self._name_cache[: NAME_CACHE - 1]]
-
-    def _encode_remembered(self) -> None:
-        """Lists filter remembered, as the JSON kube-scheduler will send them to prioritize (once)."""
-        for at, (names, snap, indices, unknown) in enumerate(self._name_cache):
-            if isinstance(names, list):
-                self._name_cache[at] = (msgspec.Raw(msgspec.json.encode(names)), snap, indices, unknown)
 
     @staticmethod
     def _names(args: wire.ExtenderArgs | wire.SentArgs) -> list[str]:
@@ -301,16 +293,23 @@ class ExtenderService:
         unresolvable: dict[str, str] = {}
         name_array = snap.name_array
         for rejection in decision.rejections:
-            texts = "gpusched: " + np.asarray(rejection.reasons, dtype=object)  # elementwise, in C
-            for target, mask in ((failed, rejection.resolvable), (unresolvable, ~rejection.resolvable)):
-                if mask.any():
-                    target.update(zip(name_array[rejection.nodes[mask]].tolist(), texts[mask].tolist(), strict=True))
+            for reason, rejected, resolvable in rejection.grouped():
+                text = "gpusched: " + reason
+                if resolvable.all():
+                    failed.update(dict.fromkeys(name_array[rejected].tolist(), text))
+                elif not resolvable.any():
+                    unresolvable.update(dict.fromkeys(name_array[rejected].tolist(), text))
+                else:
+                    failed.update(dict.fromkeys(name_array[rejected[resolvable]].tolist(), text))
+                    unresolvable.update(dict.fromkeys(name_array[rejected[~resolvable]].tolist(), text))
         passed: list[str] = name_array[decision.feasible].tolist()
         if not pod.pod_group:
             with self.state.lock:
                 if self.state.generation == generation:
                     self._passed = (pod, generation, snap, decision.feasible)
-                    self._remember_names(passed, snap, decision.feasible, [])
+                    # As kube-scheduler will send them to prioritize: as JSON over HTTP.
+                    sent = msgspec.Raw(msgspec.json.encode(passed)) if isinstance(args, wire.SentArgs) else passed
+                    self._remember_names(sent, snap, decision.feasible, [])
         return self._filter_result(args, passed, failed, unresolvable)
 
     @staticmethod
@@ -350,15 +349,21 @@ class ExtenderService:
         return msgspec.Raw(known)
 
     def _priorities(self, snap: ClusterSnapshot, nodes: np.ndarray, levels: np.ndarray) -> bytes:
-        """JSON of [{"Host": name, "Score": level}] for `nodes`: each node's entry at each level is
-        encoded once per snapshot, so that an answer of thousands of nodes is one join."""
+        """JSON of [{"Host": name, "Score": level}] for `nodes`: each node's `{"Host":...,"Score":`
+        is encoded once per snapshot (all of them together, so that they lie together in memory),
+        and an answer of thousands of nodes is one join."""
         if self._priority_json is None or self._priority_json[0] is not snap:
-            hosts = [msgspec.json.encode(wire.HostPriority(host=name, score=0))[:-2] for name in snap.names]
-            table = np.empty((len(hosts), MAX_EXTENDER_SCORE + 1), dtype=object)
-            for level in range(MAX_EXTENDER_SCORE + 1):
-                table[:, level] = [host + b"%d}" % level for host in hosts]
-            self._priority_json = (snap, table)
-        return b"[" + b",".join(self._priority_json[1][nodes, levels].tolist()) + b"]"
+            encoded = [msgspec.json.encode(wire.HostPriority(host=name, score=0)) for name in snap.names]
+            heads = np.array([head[:-2] for head in encoded], dtype=object)  # without the score's "0}"
+            tails = np.array([b"%d}," % level for level in range(MAX_EXTENDER_SCORE + 1)], dtype=object)
+            self._priority_json = (snap, heads, tails)
+        _, heads, tails = self._priority_json
+        if not nodes.size:
+            return b"[]"
+        pieces = np.empty(2 * nodes.size, dtype=object)
+        pieces[0::2] = heads[nodes]
+        pieces[1::2] = tails[levels]
+        return b"[" + b"".join(pieces.tolist())[:-1] + b"]"
 
     @staticmethod
     def _levels(decision: Decision) -> np.ndarray:

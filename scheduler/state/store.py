@@ -81,6 +81,7 @@ class ClusterState:
         self._reservations_dirty = False
         self._snapshot: ClusterSnapshot | None = None
         self._merged: dict[str, NodeState] = {}  # node name -> what the snapshot holds for it (age aside)
+        self._last_parsed: tuple[tuple[Any, Any], PodRequest] | None = None  # see parse_pod
         self._report_times = np.zeros(0)  # per snapshot index: when the report was written; inf: none
         self._static_report_times: dict[str, float] = {}
         self._alive_at: dict[str, float] = {}  # node name -> when its agent was last seen alive
@@ -242,8 +243,20 @@ class ClusterState:
         return pod
 
     def parse_pod(self, obj: Mapping[str, Any]) -> PodRequest:
-        """A pod as the verbs decide it: parsed, with its gang's size from the PodGroup it names."""
-        return resolve(parse_pod(obj, self.config.gpu_resource), self.group_sizes)
+        """A pod as the verbs decide it: parsed, with its gang's size from the PodGroup it names.
+
+        kube-scheduler sends one pod to filter, prioritize and often preempt in turn: the last pod
+        parsed is kept under its uid and resourceVersion, which name one version of the object."""
+        meta = obj.get("metadata") or {}
+        version = (meta.get("uid"), meta.get("resourceVersion"))
+        last = self._last_parsed
+        if last is not None and last[0] == version:
+            pod = last[1]
+        else:
+            pod = parse_pod(obj, self.config.gpu_resource)
+            if version[0] and version[1]:
+                self._last_parsed = (version, pod)
+        return resolve(pod, self.group_sizes)
 
     def replace_group_sizes(self, api_group: str, items: Iterable[Mapping[str, Any]], size: SizeOf) -> None:
         """Every PodGroup of `api_group`, each read by `size` (core/gang_sources.py)."""

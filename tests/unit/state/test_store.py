@@ -199,3 +199,23 @@ def test_a_pod_group_of_another_namespace_or_api_gives_no_size() -> None:
     # A relist of one API keeps the other's sizes.
     state.replace_group_sizes(PLUGINS_POD_GROUP, [], plugins_pod_group_size)
     assert state.group_sizes == {("default", "scheduling.k8s.io/train"): 5}
+
+
+def test_a_pod_is_parsed_again_only_when_its_version_changes() -> None:
+    state, _ = state_with()
+
+    def version(gpus: int, uid: str = "u1", resource_version: str | None = "7") -> dict[str, object]:
+        obj = pod("p", gpus=gpus)
+        obj["metadata"]["uid"] = uid
+        if resource_version is not None:
+            obj["metadata"]["resourceVersion"] = resource_version
+        return obj
+
+    first = state.parse_pod(version(1))
+    # Same uid and resourceVersion: the same object, whatever the body says (the API never does that).
+    assert state.parse_pod(version(2)) is first
+    assert state.parse_pod(version(2, resource_version="8")).gpu_count == 2  # a new version
+    assert state.parse_pod(version(4, uid="u2", resource_version="8")).gpu_count == 4  # another pod
+    # Without a resourceVersion (a hand-written request) every body is read.
+    assert state.parse_pod(version(1, resource_version=None)).gpu_count == 1
+    assert state.parse_pod(version(3, resource_version=None)).gpu_count == 3
