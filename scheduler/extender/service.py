@@ -94,6 +94,23 @@ def _node_names(args: wire.ExtenderArgs | wire.SentArgs) -> list[str] | msgspec.
     return None if sent is None or (isinstance(sent, msgspec.Raw) and (not len(sent) or sent == NULL)) else sent
 
 
+class NodeJson:
+    """Pieces of the verbs' JSON answers for every node of one snapshot, encoded together (so that
+    they also lie together in memory): the quoted name, and the name as a HostPriority's start."""
+
+    def __init__(self, snapshot: ClusterSnapshot) -> None:
+        self.snapshot = snapshot
+        names = snapshot.names
+        self.quoted = np.array([msgspec.json.encode(name) for name in names], dtype=object)
+        self.hosts = np.array([b'{"Host":' + quoted + b',"Score":' for quoted in self.quoted.tolist()], dtype=object)
+        self.scores = np.array([b"%d}," % level for level in range(MAX_EXTENDER_SCORE + 1)], dtype=object)
+
+
+def _json_object(entries: list[bytes]) -> msgspec.Raw:
+    """A JSON object from entries that each end with a comma."""
+    return msgspec.Raw(b"{" + b"".join(entries)[:-1] + b"}") if entries else msgspec.Raw(b"{}")
+
+
 class Binder(Protocol):
     def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
@@ -127,7 +144,7 @@ class ExtenderService:
         # Node-name lists seen lately with their indices, and the last filter's feasible nodes.
         self._name_cache: list[tuple[list[str] | msgspec.Raw, ClusterSnapshot, np.ndarray, list[str]]] = []
         self._passed: tuple[PodRequest, int, ClusterSnapshot, np.ndarray] | None = None
-        self._priority_json: tuple[ClusterSnapshot, np.ndarray, np.ndarray] | None = None  # see _priorities
+        self._node_json: NodeJson | None = None
         config = state.config
         self.gangs = GangManager(framework, config.gang_ttl_s, config.gang_max_span, on_change=state.mark_changed)
         state.reservations = self.gangs.reservations
@@ -151,7 +168,7 @@ class ExtenderService:
             # The snapshot just replaced (its memo refers back to it) is collected first: frozen
             # objects are never freed.
             self._rebuilds_seen = self.state.rebuilds
-            self._name_cache, self._passed, self._priority_json = [], None, None  # of the snapshot replaced
+            self._name_cache, self._passed, self._node_json = [], None, None  # of the snapshot replaced
             gc.unfreeze()
             gc.collect()
             gc.freeze()
@@ -290,6 +307,9 @@ class ExtenderService:
             return wire.ExtenderFilterResult(
                 node_names=None, error=f"gpusched: no node fits now, retrying: {summarize(decision.reasons.values())}"
             )
+        as_sent = isinstance(args, wire.SentArgs) and _node_names(args) is not None
+        if as_sent and not failed:  # over HTTP, nothing but gpusched's own decision to tell
+            return self._filter_json(snap, pod, generation, decision)
         unresolvable: dict[str, str] = {}
         name_array = snap.name_array
         for rejection in decision.rejections:
@@ -308,9 +328,40 @@ class ExtenderService:
                 if self.state.generation == generation:
                     self._passed = (pod, generation, snap, decision.feasible)
                     # As kube-scheduler will send them to prioritize: as JSON over HTTP.
-                    sent = msgspec.Raw(msgspec.json.encode(passed)) if isinstance(args, wire.SentArgs) else passed
+                    sent = msgspec.Raw(msgspec.json.encode(passed)) if as_sent else passed
                     self._remember_names(sent, snap, decision.feasible, [])
         return self._filter_result(args, passed, failed, unresolvable)
+
+    def _filter_json(
+        self, snap: ClusterSnapshot, pod: PodRequest, generation: int, decision: Decision
+    ) -> wire.ExtenderFilterResult:
+        """The filter answer with its node lists and maps as JSON, joined from each node's name
+        encoded once per snapshot: no Python string per node is made or read (thousands of them,
+        cold in the CPU's caches between kube-scheduler's calls, cost more than the decision)."""
+        quoted = self._json_of(snap).quoted
+        passed = msgspec.Raw(b"[" + b",".join(quoted[decision.feasible].tolist()) + b"]")
+        failed: list[bytes] = []
+        unresolvable: list[bytes] = []
+        for rejection in decision.rejections:
+            for reason, rejected, resolvable in rejection.grouped():
+                after = b":" + msgspec.json.encode("gpusched: " + reason) + b","
+                for target, nodes in ((failed, rejected[resolvable]), (unresolvable, rejected[~resolvable])):
+                    if nodes.size:
+                        target.append(after.join(quoted[nodes].tolist()) + after)
+        if not pod.pod_group:
+            with self.state.lock:
+                if self.state.generation == generation:
+                    self._passed = (pod, generation, snap, decision.feasible)
+                    self._remember_names(passed, snap, decision.feasible, [])
+        failed_json, unresolvable_json = _json_object(failed), _json_object(unresolvable)
+        return wire.ExtenderFilterResult(
+            node_names=passed, failed_nodes=failed_json, failed_and_unresolvable_nodes=unresolvable_json
+        )
+
+    def _json_of(self, snap: ClusterSnapshot) -> NodeJson:
+        if self._node_json is None or self._node_json.snapshot is not snap:
+            self._node_json = NodeJson(snap)
+        return self._node_json
 
     @staticmethod
     def _filter_result(
@@ -349,20 +400,13 @@ class ExtenderService:
         return msgspec.Raw(known)
 
     def _priorities(self, snap: ClusterSnapshot, nodes: np.ndarray, levels: np.ndarray) -> bytes:
-        """JSON of [{"Host": name, "Score": level}] for `nodes`: each node's `{"Host":...,"Score":`
-        is encoded once per snapshot (all of them together, so that they lie together in memory),
-        and an answer of thousands of nodes is one join."""
-        if self._priority_json is None or self._priority_json[0] is not snap:
-            encoded = [msgspec.json.encode(wire.HostPriority(host=name, score=0)) for name in snap.names]
-            heads = np.array([head[:-2] for head in encoded], dtype=object)  # without the score's "0}"
-            tails = np.array([b"%d}," % level for level in range(MAX_EXTENDER_SCORE + 1)], dtype=object)
-            self._priority_json = (snap, heads, tails)
-        _, heads, tails = self._priority_json
+        """JSON of [{"Host": name, "Score": level}] for `nodes`, one join of pieces encoded once."""
         if not nodes.size:
             return b"[]"
+        json = self._json_of(snap)
         pieces = np.empty(2 * nodes.size, dtype=object)
-        pieces[0::2] = heads[nodes]
-        pieces[1::2] = tails[levels]
+        pieces[0::2] = json.hosts[nodes]
+        pieces[1::2] = json.scores[levels]
         return b"[" + b"".join(pieces.tolist())[:-1] + b"]"
 
     @staticmethod

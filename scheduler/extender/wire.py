@@ -30,10 +30,12 @@ class SentArgs(msgspec.Struct, rename="pascal"):
 
 
 class ExtenderFilterResult(msgspec.Struct, rename="pascal"):
+    """Lists and maps as values, or as their JSON when answering SentArgs (service._filter_json)."""
+
     nodes: NodeList | None = None
-    node_names: list[str] | None = None
-    failed_nodes: dict[str, str] = {}
-    failed_and_unresolvable_nodes: dict[str, str] = {}
+    node_names: list[str] | msgspec.Raw | None = None
+    failed_nodes: dict[str, str] | msgspec.Raw = {}
+    failed_and_unresolvable_nodes: dict[str, str] | msgspec.Raw = {}
     error: str = ""
 
 

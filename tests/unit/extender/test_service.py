@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from scheduler.core.gang_sources import K8S_POD_GROUP, PLUGINS_POD_GROUP, k8s_pod_group_size, plugins_pod_group_size
-from scheduler.core.podspec import ANN_GANG_PLAN, ANN_GPU_IDS, ANN_PLANNED_NODE, ANN_RANK, ANN_TOPOLOGY_PATH
+from scheduler.core.podspec import ANN_GANG_PLAN, ANN_GPU_IDS, ANN_PLANNED_NODE, ANN_RANK, ANN_TOPOLOGY_PATH, parse_pod
 from scheduler.core.scenario import load_nodes, load_pods
 from scheduler.core.types import NodeState, PodRequest
 from scheduler.extender import wire
@@ -856,6 +856,44 @@ def test_the_offline_path_from_a_scenario_binds_around_running_pods() -> None:
     snap = service.state.snapshot()
     assert snap.placements["default/running"].gpus == (0, 1, 3)
     assert np.array_equal(snap.gpu_free_count(), [1, 2]) and snap.over_committed() == []
+
+
+def sent(obj: dict[str, Any], nodes: Sequence[str]) -> wire.SentArgs:
+    """The request as the app decodes it from HTTP: NodeNames kept as the JSON sent."""
+    return msgspec.json.decode(msgspec.json.encode({"Pod": obj, "NodeNames": list(nodes)}), type=wire.SentArgs)
+
+
+def as_json(answer: Any) -> Any:
+    return msgspec.json.decode(msgspec.json.encode(answer))
+
+
+@pytest.mark.parametrize(
+    ("obj", "names"),
+    [
+        # n0..n2: 4 L4s (24 GiB); n3: 2 H100s; n4: stale report; n5: busy (3 of 4 GPUs held)
+        pytest.param(pod("fits", 1), ["n0", "n3", "n5"], id="every node passes"),
+        pytest.param(pod("two", 2), ["n0", "n1", "n2", "n3", "n4", "n5"], id="busy and stale nodes fail"),
+        pytest.param(pod("big", 1, {"gpusched.io/gpu-memory": "40Gi"}), ["n5", "n0", "n3"], id="unresolvable too"),
+        pytest.param(pod("eight", 8), ["n0", "n1", "n3"], id="no node passes"),
+        pytest.param(pod("ghost", 1), ["n0", "ghost"], id="an unknown name"),
+    ],
+)
+def test_an_http_request_gets_the_answer_a_decoded_one_gets(obj: dict[str, Any], names: list[str]) -> None:
+    nodes = [
+        *(gpu_node(f"n{i}", 4, model="L4", memory_gib=24) for i in range(3)),
+        gpu_node("n3", 2),
+        gpu_node("n4", 4, report_age_s=500.0),
+        gpu_node("n5", 4),
+    ]
+    busy = [parse_pod(pod("busy", 3, node="n5"))]
+    decoded, _ = offline_service(nodes, busy)
+    over_http, _ = offline_service(nodes, busy)
+    for _ in range(2):  # the second time from the answers kept for the pod's shape
+        expected = as_json(decoded.filter(wire.ExtenderArgs(pod=obj, node_names=names)))
+        assert as_json(over_http.filter(sent(obj, names))) == expected
+        passed = expected["NodeNames"] or []
+        expected_scores = as_json(decoded.prioritize(wire.ExtenderArgs(pod=obj, node_names=passed)))
+        assert as_json(over_http.prioritize(sent(obj, passed))) == expected_scores
 
 
 def test_prioritize_right_after_filter_scores_what_filter_passed_in_any_order_and_sees_changes() -> None:
