@@ -297,7 +297,7 @@ class Framework:
         self.scores = list(scores)
         self.weight_sum = sum(w for _, w in self.scores) or 1.0
         self.choosers = [plugin for plugin, _ in self.scores if isinstance(plugin, GpuChooser)]
-        self.filters_per_node = [plugin for plugin in self.filters if plugin.filter_per_node]
+        self.filters_per_node = [(at, plugin) for at, plugin in enumerate(self.filters) if plugin.filter_per_node]
         self.scores_per_node = [plugin for plugin, _ in self.scores if plugin.score_per_node]
         # Score plugins that answered NaN, an infinity or a value outside 0..100: plugin -> nodes.
         self.bad_scores: Counter[str] = Counter()
@@ -333,28 +333,39 @@ class Framework:
             if error:
                 return Decision(pod, snapshot, empty, np.zeros(0), error=error, notes=cycle.notes)
         kept = self._kept(snapshot, pod) if reuse else None
+        first_fail = None  # with kept answers: per node of `nodes`, its first per-node filter to fail
         if kept is not None and nodes.size:
             kept.refresh_filters(snapshot, lambda: self._shaped(snapshot, pod), self.filters_per_node, nodes)
+            first_fail = kept.first_fail[nodes]
         rejections: list[Rejection] = []
-        for plugin in self.filters:
+        for position, plugin in enumerate(self.filters):
             if nodes.size == 0:
                 break
-            mine = kept if kept is not None and plugin.filter_per_node else None
-            ok = mine.passes[plugin.name][nodes] if mine else np.asarray(plugin.filter(cycle, nodes), dtype=bool)
-            if not ok.all():
+            if kept is not None and first_fail is not None and plugin.filter_per_node:
+                ok = first_fail != position
+                if ok.all():
+                    continue
+                rejected = nodes[~ok]
+                if on_filter is not None:
+                    on_filter(plugin.name, rejected.size)
+                if explain:
+                    codes, mask = kept.code[rejected], kept.resolvable[rejected]
+                    texts = kept.texts[plugin.name]
+                    rejections.append(Rejection(plugin.name, rejected, codes, texts, mask, plugin.transient))
+            else:
+                ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
+                if ok.all():
+                    continue
                 if on_filter is not None:
                     on_filter(plugin.name, int(ok.size - np.count_nonzero(ok)))
                 if explain:
                     rejected = nodes[~ok]
-                    if mine:
-                        codes, texts = mine.codes[plugin.name][rejected], mine.texts[plugin.name]
-                        mask = mine.resolvable[plugin.name][rejected]
-                        rejections.append(Rejection(plugin.name, rejected, codes, texts, mask, plugin.transient))
-                    else:
-                        words = plugin.reasons(cycle, rejected)
-                        mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
-                        rejections.append(Rejection.worded(plugin.name, rejected, words, mask, plugin.transient))
-                nodes = nodes[ok]
+                    words = plugin.reasons(cycle, rejected)
+                    mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
+                    rejections.append(Rejection.worded(plugin.name, rejected, words, mask, plugin.transient))
+            nodes = nodes[ok]
+            if first_fail is not None:
+                first_fail = first_fail[ok]
         scores, total = self._score(cycle, nodes, kept) if score else ({}, np.zeros(nodes.size))
         return Decision(pod, snapshot, nodes, total, scores, rejections, notes=cycle.notes)
 

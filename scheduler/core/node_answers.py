@@ -16,14 +16,15 @@ What such a plugin may read, so that a kept answer is the answer it would give n
 - not the clock, not report ages (freshness), not other nodes' occupancy (inference-fit's
   spreading) and not the candidate set (a minimum over the nodes scored).
 
-The per-node answers are the same whether asked for one node or for all: filter verdicts, the
-reasons of rejected nodes and whether preemption may help there, raw scores (normalising over the
-feasible nodes is done per decision, by the framework). The unit test
+The per-node answers are the same whether asked for one node or for all. Kept per node: which
+per-node filter turns it away first (so that a decision finds every rejection with one comparison
+per plugin), with its reason and whether preemption may help there; and raw scores (normalising
+over the feasible nodes is done per decision, by the framework). The unit test
 tests/unit/core/test_node_answers.py checks decisions with kept answers against fresh ones over
 random event sequences.
 
-Memory: per shape, about 60 bytes per node and plugin (5,000 nodes: about 2 MB for the default
-policy); at most MAX_SHAPES shapes are kept, one more starts over.
+Memory: per shape, about 30 bytes per node and 8 per node and kept score (5,000 nodes: about
+0.4 MB for the default policy); at most MAX_SHAPES shapes are kept, one more starts over.
 """
 
 from __future__ import annotations
@@ -72,12 +73,14 @@ class ShapeAnswers:
         self.n = n
         self.catalog = catalog
         self.filter_at = np.full(n, -1, dtype=np.int64)  # the snapshot's change count when asked
-        self.passes: dict[str, np.ndarray] = {}  # plugin -> (n,) bool
-        # plugin -> (n,) index into texts[plugin] of why a rejected node fails, and those texts
-        self.codes: dict[str, np.ndarray] = {}
+        # Per node: the position (in the framework's filters) of the first per-node filter that
+        # turns it away (-1: none does), its reason (an index into texts[that plugin]) and whether
+        # evicting pods could let the pod on.
+        self.first_fail = np.full(n, -1, dtype=np.int8)
+        self.code = np.zeros(n, dtype=np.int32)
+        self.resolvable = np.zeros(n, dtype=bool)
         self.texts: dict[str, list[str]] = {}
         self._code_of: dict[str, dict[str, int]] = {}
-        self.resolvable: dict[str, np.ndarray] = {}  # plugin -> (n,) bool
         self.score_at = np.full(n, -1, dtype=np.int64)
         self.scores: dict[str, np.ndarray] = {}  # plugin -> (n,) float64
 
@@ -85,10 +88,11 @@ class ShapeAnswers:
         self,
         snapshot: ClusterSnapshot,
         cycle: Callable[[], Cycle],
-        plugins: Sequence[FilterPlugin],
+        plugins: Sequence[tuple[int, FilterPlugin]],
         nodes: np.ndarray,
     ) -> None:
-        """Ask `plugins` about the nodes of `nodes` that changed since they were last asked."""
+        """Ask `plugins` (each with its position among the filters, in order) about the nodes of
+        `nodes` that changed since they were last asked."""
         stale = nodes[self.filter_at[nodes] < snapshot.changed_at[nodes]]
         if not stale.size or not plugins:
             return
@@ -99,26 +103,25 @@ class ShapeAnswers:
             self._code_of.clear()
             stale = nodes
         shaped = cycle()
-        for plugin in plugins:
-            name = plugin.name
-            if name not in self.passes:
-                self.passes[name] = np.zeros(self.n, dtype=bool)
-                self.resolvable[name] = np.zeros(self.n, dtype=bool)
-                self.codes[name] = np.zeros(self.n, dtype=np.intp)
-            if name not in self.texts:
-                self.texts[name], self._code_of[name] = [], {}
-            ok = np.asarray(plugin.filter(shaped, stale), dtype=bool)
-            self.passes[name][stale] = ok
-            rejected = stale[~ok]
+        self.first_fail[stale] = -1
+        remaining = stale
+        for position, plugin in plugins:
+            if not remaining.size:
+                break
+            ok = np.asarray(plugin.filter(shaped, remaining), dtype=bool)
+            rejected = remaining[~ok]
             if rejected.size:
-                texts, code_of = self.texts[name], self._code_of[name]
+                texts = self.texts.setdefault(plugin.name, [])
+                code_of = self._code_of.setdefault(plugin.name, {})
                 words = plugin.reasons(shaped, rejected)
                 for text in words:
                     if text not in code_of:
                         code_of[text] = len(texts)
                         texts.append(text)
-                self.codes[name][rejected] = [code_of[text] for text in words]
-                self.resolvable[name][rejected] = np.asarray(plugin.resolvable_nodes(shaped, rejected), dtype=bool)
+                self.first_fail[rejected] = position
+                self.code[rejected] = [code_of[text] for text in words]
+                self.resolvable[rejected] = np.asarray(plugin.resolvable_nodes(shaped, rejected), dtype=bool)
+                remaining = remaining[ok]
         self.filter_at[stale] = snapshot.changes
 
     def refresh_scores(
