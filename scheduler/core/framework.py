@@ -372,7 +372,7 @@ class Framework:
     def _kept(self, snapshot: ClusterSnapshot, pod: PodRequest) -> ShapeAnswers | None:
         if not (self.filters_per_node or self.scores_per_node):
             return None
-        return NodeAnswers.of(snapshot, self).shape(snapshot, pod_shape(pod))
+        return NodeAnswers.of(snapshot, self).shape(snapshot, pod)
 
     def _shaped(self, snapshot: ClusterSnapshot, pod: PodRequest) -> Cycle:
         """A cycle for per-node plugins: they see the pod's shape only."""

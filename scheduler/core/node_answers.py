@@ -9,7 +9,7 @@ the plugin again only for nodes whose `ClusterSnapshot.changed_at` moved since.
 
 What such a plugin may read, so that a kept answer is the answer it would give now:
 - of the pod, only its shape (`pod_shape`): the plugin is handed the shape, whose name, owner,
-  gang and other identity fields are blank, so it cannot depend on them;
+  gang and other identity fields (IDENTITY) are blank, so it cannot depend on them;
 - of the snapshot, the node's own rows (anything `place`, `remove` or `update_node` changes for
   that node), the sizes nodes report for images, weights and adapters (`ClusterSnapshot.catalog`:
   any change to them drops every kept answer), and the configuration;
@@ -30,8 +30,9 @@ Memory: per shape, about 30 bytes per node and 8 per node and kept score (5,000 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import fields, replace
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,25 +46,30 @@ MAX_SHAPES = 32
 MAX_TEXTS = 1024  # distinct reasons kept per plugin and shape beyond one per node
 
 
+# What names a pod rather than what it asks: left out of its shape.
+IDENTITY: dict[str, Any] = {
+    "namespace": "",
+    "name": "",
+    "uid": "",
+    "owner": "",
+    "node_name": "",
+    "gpu_ids": (),
+    "nominated_node": "",
+    "rank": None,
+    "priority": 0,
+    "planned_node": "",
+    "gang_plan": "",
+    "pod_group": "",
+    "min_member": 0,
+    "group_size_ref": "",
+}
+# The fields of a pod's shape, read at C speed: pods with equal keys have equal shapes.
+shape_key = attrgetter(*(f.name for f in fields(PodRequest) if f.name not in IDENTITY))
+
+
 def pod_shape(pod: PodRequest) -> PodRequest:
     """What the pod asks, without who it is: pods of one shape get the same per-node answers."""
-    return replace(
-        pod,
-        namespace="",
-        name="",
-        uid="",
-        owner="",
-        node_name="",
-        gpu_ids=(),
-        nominated_node="",
-        rank=None,
-        priority=0,
-        planned_node="",
-        gang_plan="",
-        pod_group="",
-        min_member=0,
-        group_size_ref="",
-    )
+    return replace(pod, **IDENTITY)
 
 
 class ShapeAnswers:
@@ -149,13 +155,15 @@ class NodeAnswers:
     """Shape -> ShapeAnswers over one snapshot, for one framework (kept in the snapshot's memo)."""
 
     def __init__(self) -> None:
-        self.shapes: dict[PodRequest, ShapeAnswers] = {}
+        self.shapes: dict[tuple[object, ...], ShapeAnswers] = {}
 
     @staticmethod
     def of(snapshot: ClusterSnapshot, owner: object) -> NodeAnswers:
         return snapshot.memo(("node-answers", id(owner)), lambda _: NodeAnswers())
 
-    def shape(self, snapshot: ClusterSnapshot, shape: PodRequest) -> ShapeAnswers:
+    def shape(self, snapshot: ClusterSnapshot, pod: PodRequest) -> ShapeAnswers:
+        """The answers kept for the pod's shape."""
+        shape = shape_key(pod)
         entry = self.shapes.get(shape)
         if entry is None or entry.catalog != snapshot.catalog:
             if entry is None and len(self.shapes) >= MAX_SHAPES:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from decimal import ROUND_CEILING, Context, Decimal
+from functools import lru_cache
 
 _SUFFIX: dict[str, Decimal | int] = {
     "": 1,
@@ -50,6 +51,11 @@ class QuantityError(ValueError):
 
 
 def _parse(text: str | int | float) -> Decimal:
+    # Pods repeat a few quantities ("4", "32Gi"): strings are parsed once.
+    return _parse_text(text) if type(text) is str else _parse_any(text)
+
+
+def _parse_any(text: str | int | float) -> Decimal:
     if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise QuantityError(f"not a quantity: {text!r}")
     match = _QUANTITY.fullmatch(str(text))
@@ -64,6 +70,9 @@ def _parse(text: str | int | float) -> Decimal:
     if value > _INT64_MAX:
         raise QuantityError(f"quantity out of range: {text!r}")
     return value
+
+
+_parse_text = lru_cache(maxsize=4096)(_parse_any)
 
 
 def parse_quantity(text: str | int | float) -> int:

@@ -524,8 +524,9 @@ class ClusterState:
             snap = self._snapshot
             self._sync_reservations(snap)
             # A report stamped ahead of this clock (node clock skew) is as new as can be: age 0.
-            times = self._report_times
-            snap.report_age[:] = np.where(np.isfinite(times), np.maximum(now - times, 0.0), np.inf)
+            times, age = self._report_times, snap.report_age
+            np.maximum(np.subtract(now, times, out=age), 0.0, out=age)  # never seen written: inf already
+            age[np.isposinf(times)] = np.inf  # no report at all
             return snap
 
     def _build(self, now: float) -> ClusterSnapshot:

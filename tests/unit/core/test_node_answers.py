@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from scheduler.core import node_answers
 from scheduler.core.framework import Decision, Framework
-from scheduler.core.node_answers import NodeAnswers, pod_shape
+from scheduler.core.node_answers import NodeAnswers, pod_shape, shape_key
 from scheduler.core.snapshot import ClusterSnapshot, SnapshotError
 from scheduler.core.types import PodRequest
 from scheduler.plugins import registry
@@ -169,7 +169,7 @@ def test_only_changed_nodes_are_asked_again() -> None:
     snap, fw = cluster(), framework()
     pod = ask(POD_SHAPES[0], "1")
     fw.decide(snap, pod, reuse=True)
-    answers = NodeAnswers.of(snap, fw).shape(snap, pod_shape(pod))
+    answers = NodeAnswers.of(snap, fw).shape(snap, pod)
     asked_at = answers.filter_at.copy()
     # Another replica of the same shape, nothing changed: nothing is asked again.
     fw.decide(snap, ask(POD_SHAPES[0], "2"), reuse=True)
@@ -185,18 +185,19 @@ def test_a_change_to_what_nodes_cache_drops_every_kept_answer() -> None:
     snap, fw = cluster(), framework()
     pod = ask(POD_SHAPES[5], "1")
     fw.decide(snap, pod, reuse=True)
-    first = NodeAnswers.of(snap, fw).shape(snap, pod_shape(pod))
+    first = NodeAnswers.of(snap, fw).shape(snap, pod)
     update(1, "image")(snap)  # b now holds the image, at a larger size: locality moves on a too
     fw.decide(snap, pod, reuse=True)
-    assert NodeAnswers.of(snap, fw).shape(snap, pod_shape(pod)) is not first
+    assert NodeAnswers.of(snap, fw).shape(snap, pod) is not first
 
 
 def test_the_shape_leaves_out_who_the_pod_is() -> None:
     # name, uid, namespace, owner, gang and placement fields: 9 differences, one shape
     a = PodRequest("ns", "a", uid="1", gpu_count=2, owner="Deploy/x", pod_group="g", rank=0, priority=5)
     b = PodRequest("other", "b", uid="2", gpu_count=2, owner="Deploy/y", pod_group="h", rank=1, node_name="n")
-    assert pod_shape(a) == pod_shape(b)
+    assert pod_shape(a) == pod_shape(b) and shape_key(a) == shape_key(b)
     assert pod_shape(a) != pod_shape(replace(a, gpu_memory=GiB))  # what it asks is the shape
+    assert shape_key(a) != shape_key(replace(a, gpu_memory=GiB))
 
 
 def test_at_most_max_shapes_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
