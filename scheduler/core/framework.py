@@ -204,7 +204,7 @@ class Rejection:
             return [(self.texts[0], self.nodes, self.resolvable)]
         order = np.argsort(self.codes, kind="stable")
         codes = self.codes[order]
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]).tolist()
+        starts = [0, *(np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()]
         ends = [*starts[1:], codes.size]
         nodes, resolvable = self.nodes[order], self.resolvable[order]
         return [(self.texts[codes[a]], nodes[a:b], resolvable[a:b]) for a, b in zip(starts, ends, strict=True)]

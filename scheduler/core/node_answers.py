@@ -79,6 +79,7 @@ class ShapeAnswers:
         self.n = n
         self.catalog = catalog
         self.filter_at = np.full(n, -1, dtype=np.int64)  # the snapshot's change count when asked
+        self.fresh_at = -1  # the change count when every node's filter answers were last current
         # Per node: the position (in the framework's filters) of the first per-node filter that
         # turns it away (-1: none does), its reason (an index into texts[that plugin]) and whether
         # evicting pods could let the pod on.
@@ -98,16 +99,37 @@ class ShapeAnswers:
         nodes: np.ndarray,
     ) -> None:
         """Ask `plugins` (each with its position among the filters, in order) about the nodes of
-        `nodes` that changed since they were last asked."""
-        stale = nodes[self.filter_at[nodes] < snapshot.changed_at[nodes]]
-        if not stale.size or not plugins:
+        `nodes` that changed since they were last asked.
+
+        Once every node has been asked, the nodes changed since are read from the snapshot's log
+        of changes (a few nodes) rather than found by comparing every node's change count."""
+        if not plugins:
             return
         if any(len(texts) > MAX_TEXTS + self.n for texts in self.texts.values()):
             # Reasons that name changing figures (free disk) pile up: start over, every node anew.
             self.filter_at[:] = -1
+            self.fresh_at = -1
             self.texts.clear()
             self._code_of.clear()
-            stale = nodes
+        since = snapshot.changed_since(self.fresh_at) if self.fresh_at >= 0 else None
+        if since is not None:
+            if since:
+                self._ask(snapshot, cycle, plugins, np.unique(np.array(since, dtype=np.intp)))
+            self.fresh_at = snapshot.changes
+            return
+        stale = nodes[self.filter_at[nodes] < snapshot.changed_at[nodes]]
+        if stale.size:
+            self._ask(snapshot, cycle, plugins, stale)
+        if (self.filter_at >= snapshot.changed_at).all():
+            self.fresh_at = snapshot.changes
+
+    def _ask(
+        self,
+        snapshot: ClusterSnapshot,
+        cycle: Callable[[], Cycle],
+        plugins: Sequence[tuple[int, FilterPlugin]],
+        stale: np.ndarray,
+    ) -> None:
         shaped = cycle()
         self.first_fail[stale] = -1
         remaining = stale

@@ -28,6 +28,7 @@ from scheduler.core.topology import DEFAULT_TIERS
 from scheduler.core.types import LINK_AFFINITY, MigInfo, NodeState, PodRequest
 
 UNKNOWN_MODEL = -1
+CHANGE_LOG = 8192  # changes remembered node by node (ClusterSnapshot.changed_since)
 T = TypeVar("T")
 
 
@@ -169,6 +170,10 @@ class ClusterSnapshot:
         # are computed again only for the nodes that changed since they last looked.
         self.changes = 0
         self.changed_at = np.zeros(n, dtype=np.int64)
+        # The node of each of the last changes, in order: change number c is _change_log[c - 1 -
+        # _log_base]. Values kept for every node ask it which nodes changed since they last looked.
+        self._change_log: list[int] = []
+        self._log_base = 0
         # Counts changes to what nodes hold of images, weights and adapters: values that read the
         # sizes other nodes report (the largest size of an image) depend on it too.
         self.catalog = 0
@@ -487,6 +492,19 @@ class ClusterSnapshot:
     def _changed(self, node: int) -> None:
         self.changes += 1
         self.changed_at[node] = self.changes
+        log = self._change_log
+        log.append(node)
+        if len(log) > CHANGE_LOG:
+            drop = len(log) // 2
+            del log[:drop]
+            self._log_base += drop
+
+    def changed_since(self, changes: int) -> list[int] | None:
+        """The nodes of the changes after change number `changes` (a node may repeat), or None
+        when the log of changes no longer reaches back that far."""
+        if changes < self._log_base:
+            return None
+        return self._change_log[changes - self._log_base :]
 
     def _indexed(self, pod: PodRequest) -> list[tuple[dict[str, dict[int, int]], str]]:
         """The (index, key) pairs a pod counts in: `serving` and `owner_pods`."""

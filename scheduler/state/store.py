@@ -526,7 +526,7 @@ class ClusterState:
             # A report stamped ahead of this clock (node clock skew) is as new as can be: age 0.
             times, age = self._report_times, snap.report_age
             np.maximum(np.subtract(now, times, out=age), 0.0, out=age)  # never seen written: inf already
-            age[np.isposinf(times)] = np.inf  # no report at all
+            age[times == np.inf] = np.inf  # no report at all
             return snap
 
     def _build(self, now: float) -> ClusterSnapshot:
