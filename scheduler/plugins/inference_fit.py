@@ -95,11 +95,36 @@ def replica_bytes(snapshot: ClusterSnapshot, pod: PodRequest, kv_fraction: float
     """(weights bytes, KV-cache bytes) of one replica of the pod; (0, 0) when the model size is unknown."""
     weights = pod.model_bytes
     if not weights and pod.model:
-        weights = max(snapshot.models.get(pod.model, {}).values(), default=0)
+        weights = largest_reported(snapshot, pod.model)
     if weights <= 0:
         return 0, 0
     kv = pod.kv_cache_bytes or math.ceil(weights * kv_fraction)
     return weights, kv
+
+
+def largest_reported(snapshot: ClusterSnapshot, model: str) -> int:
+    """The largest size any node reports for `model` (0: none), memoised until what nodes hold changes."""
+    known: dict[str, tuple[int, int]] = snapshot.memo("largest-model-sizes", lambda _: {})
+    catalog, size = known.get(model, (-1, 0))
+    if catalog != snapshot.catalog:
+        size = max(snapshot.models.get(model, {}).values(), default=0)
+        known[model] = (snapshot.catalog, size)
+    return int(size)
+
+
+def labelled_tiers(snapshot: ClusterSnapshot, tiers: Sequence[str]) -> list[tuple[int, int]]:
+    """(column, number of domains) of each tier some node is labelled with (memoised): a tier
+    nobody labels says nothing about failure domains."""
+
+    def build(snap: ClusterSnapshot) -> list[tuple[int, int]]:
+        domains = domain_ids(snap, tiers)
+        return [
+            (t, int(domains[:, t].max()) + 1)
+            for t, label in enumerate(tiers)
+            if any(label in node.labels for node in snap.nodes)
+        ]
+
+    return snapshot.memo(("labelled-tiers", tuple(tiers)), build)
 
 
 def domain_ids(snapshot: ClusterSnapshot, tiers: Sequence[str]) -> np.ndarray:
@@ -229,13 +254,9 @@ class InferenceFit(FilterPlugin, ScorePlugin):
         domains = domain_ids(snap, self.tiers)
         total = np.zeros(nodes.size)
         weight_sum = 0.0
-        labelled = 0
-        for t, label in enumerate(self.tiers):
-            if not any(label in node.labels for node in snap.nodes):
-                continue  # a tier nobody labels says nothing about failure domains
+        for labelled, (t, size) in enumerate(labelled_tiers(snap, self.tiers)):
             weight = 0.5**labelled
-            labelled += 1
-            per_domain = np.bincount(domains[where, t], weights=counts, minlength=int(domains[:, t].max()) + 1)
+            per_domain = np.bincount(domains[where, t], weights=counts, minlength=size)
             here = per_domain[domains[nodes, t]]
             top = float(here.max(initial=0.0))
             total += weight * (1.0 - here / top if top > 0 else 1.0)
