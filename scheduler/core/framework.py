@@ -155,10 +155,22 @@ class ScorePlugin(Plugin, ABC):
     # True when the plugin's raw score for a node depends only on the pod's shape and that node's
     # own rows: the framework may keep it (core/node_answers.py).
     score_per_node: ClassVar[bool] = False
+    # True when the score is `score_from(node_values)`: values that depend only on the pod's shape
+    # and each node's own rows, combined with something across the nodes (a minimum, replicas
+    # elsewhere). The framework may keep the values (core/node_answers.py).
+    values_per_node: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         """Scores over `nodes` in 0..100, higher is better."""
+
+    def node_values(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        """Per-node values of a plugin with `values_per_node` (float64, aligned with `nodes`)."""
+        raise NotImplementedError
+
+    def score_from(self, cycle: Cycle, nodes: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The score of a plugin with `values_per_node`, from its `node_values` for `nodes`."""
+        raise NotImplementedError
 
 
 class GpuChooser(ABC):
@@ -299,6 +311,7 @@ class Framework:
         self.choosers = [plugin for plugin, _ in self.scores if isinstance(plugin, GpuChooser)]
         self.filters_per_node = [(at, plugin) for at, plugin in enumerate(self.filters) if plugin.filter_per_node]
         self.scores_per_node = [plugin for plugin, _ in self.scores if plugin.score_per_node]
+        self.values_per_node = [plugin for plugin, _ in self.scores if plugin.values_per_node]
         # Score plugins that answered NaN, an infinity or a value outside 0..100: plugin -> nodes.
         self.bad_scores: Counter[str] = Counter()
 
@@ -370,7 +383,7 @@ class Framework:
         return Decision(pod, snapshot, nodes, total, scores, rejections, notes=cycle.notes)
 
     def _kept(self, snapshot: ClusterSnapshot, pod: PodRequest) -> ShapeAnswers | None:
-        if not (self.filters_per_node or self.scores_per_node):
+        if not (self.filters_per_node or self.scores_per_node or self.values_per_node):
             return None
         return NodeAnswers.of(snapshot, self).shape(snapshot, pod)
 
@@ -397,10 +410,13 @@ class Framework:
             if kept is not None:
                 snapshot, pod = cycle.snapshot, cycle.pod
                 shaped = lambda: self._shaped(snapshot, pod)  # noqa: E731
-                kept.refresh_scores(snapshot, shaped, self.scores_per_node, nodes, self._checked)
+                kept.refresh_scores(snapshot, shaped, self.scores_per_node, self.values_per_node, nodes, self._checked)
             for scorer, weight in self.scores:
                 if kept is not None and scorer.score_per_node:
                     raw = kept.scores[scorer.name][nodes]
+                elif kept is not None and scorer.values_per_node:
+                    values = kept.values[scorer.name][nodes]
+                    raw = self._checked(scorer, cycle, np.asarray(scorer.score_from(cycle, nodes, values), np.float64))
                 else:
                     raw = self._checked(scorer, cycle, np.asarray(scorer.score(cycle, nodes), dtype=np.float64))
                 if scorer.normalize:

@@ -90,6 +90,7 @@ class ShapeAnswers:
         self._code_of: dict[str, dict[str, int]] = {}
         self.score_at = np.full(n, -1, dtype=np.int64)
         self.scores: dict[str, np.ndarray] = {}  # plugin -> (n,) float64
+        self.values: dict[str, np.ndarray] = {}  # plugin -> (n,) float64: ScorePlugin.node_values
 
     def refresh_filters(
         self,
@@ -157,19 +158,26 @@ class ShapeAnswers:
         snapshot: ClusterSnapshot,
         cycle: Callable[[], Cycle],
         plugins: Sequence[ScorePlugin],
+        with_values: Sequence[ScorePlugin],
         nodes: np.ndarray,
         checked: Callable[[ScorePlugin, Cycle, np.ndarray], np.ndarray],
     ) -> None:
-        """Score the nodes of `nodes` (all feasible for the shape) that changed since last scored.
+        """Score the nodes of `nodes` (all feasible for the shape) that changed since last scored,
+        and keep the node values of `with_values` for them.
 
         `checked` is the framework's check of a plugin's raw scores (core/framework.py)."""
+        if not (plugins or with_values):
+            return
         stale = nodes[self.score_at[nodes] < snapshot.changed_at[nodes]]
-        if not stale.size or not plugins:
+        if not stale.size:
             return
         shaped = cycle()
         for plugin in plugins:
             raw = np.asarray(plugin.score(shaped, stale), dtype=np.float64)
             self.scores.setdefault(plugin.name, np.zeros(self.n))[stale] = checked(plugin, shaped, raw)
+        for plugin in with_values:
+            values = np.asarray(plugin.node_values(shaped, stale), dtype=np.float64)
+            self.values.setdefault(plugin.name, np.zeros(self.n))[stale] = values
         self.score_at[stale] = snapshot.changes
 
 

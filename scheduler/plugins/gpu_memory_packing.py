@@ -31,6 +31,7 @@ class GpuMemoryPackingArgs(PluginArgs, frozen=True):
 
 class GpuMemoryPacking(ScorePlugin):
     name = "gpu-memory-packing"
+    values_per_node = True  # the memory of the GPUs the pod would get; the score reads their minimum
     Args = GpuMemoryPackingArgs
 
     def __init__(self, args: GpuMemoryPackingArgs, config: SchedulerConfig) -> None:
@@ -38,6 +39,15 @@ class GpuMemoryPacking(ScorePlugin):
         self.count_weight = args.count_weight
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        return self.score_from(cycle, nodes, self.node_values(cycle, nodes))
+
+    def node_values(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        """The smallest memory among the GPUs the pod would get, per node (0: none or unknown)."""
+        if not cycle.pod.wants_gpu:
+            return np.zeros(nodes.size)
+        return self._chosen_memory(cycle, nodes)
+
+    def score_from(self, cycle: Cycle, nodes: np.ndarray, values: np.ndarray) -> np.ndarray:
         snap, pod = cycle.snapshot, cycle.pod
         if not pod.wants_gpu:
             return np.zeros(nodes.size)
@@ -49,7 +59,7 @@ class GpuMemoryPacking(ScorePlugin):
             used = np.where(valid, 1000 - snap.gpu_milli_free[nodes], 0).sum(axis=1)
             used_after = (used + pod.milli_per_gpu * pod.gpus_needed) / capacity
 
-        chosen_memory = self._chosen_memory(cycle, nodes)
+        chosen_memory = values
         want = float(pod.gpu_memory)
         if not want:
             known = chosen_memory[chosen_memory > 0]

@@ -147,7 +147,8 @@ class InferenceFitArgs(PluginArgs, frozen=True):
 
 class InferenceFit(FilterPlugin, ScorePlugin):
     name = "inference-fit"
-    filter_per_node = True  # sizing only; the score spreads replicas over other nodes
+    filter_per_node = True  # sizing only
+    values_per_node = True  # the shape term; spreading reads the replicas on other nodes
 
     Args = InferenceFitArgs
 
@@ -264,11 +265,21 @@ class InferenceFit(FilterPlugin, ScorePlugin):
         return total / weight_sum if weight_sum else np.ones(nodes.size)
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        return self.score_from(cycle, nodes, self.node_values(cycle, nodes))
+
+    def node_values(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        """The shape term per node (0 when the replica's size is unknown or the term weighs nothing)."""
         weights, kv = self._sized(cycle)
+        if not (weights and self.shape_weight):
+            return np.zeros(nodes.size)
+        return self.shape(cycle, nodes, float(weights + kv))
+
+    def score_from(self, cycle: Cycle, nodes: np.ndarray, values: np.ndarray) -> np.ndarray:
+        weights, _ = self._sized(cycle)
         total = np.zeros(nodes.size)
         weight_sum = 0.0
         if weights and self.shape_weight:
-            total += self.shape_weight * self.shape(cycle, nodes, float(weights + kv))
+            total += self.shape_weight * values
             weight_sum += self.shape_weight
         if cycle.pod.owner and self.spread_weight:
             total += self.spread_weight * self.spread(cycle, nodes)
