@@ -323,14 +323,21 @@ class ExtenderService:
                     failed.update(dict.fromkeys(name_array[rejected[resolvable]].tolist(), text))
                     unresolvable.update(dict.fromkeys(name_array[rejected[~resolvable]].tolist(), text))
         passed: list[str] = name_array[decision.feasible].tolist()
+        # As kube-scheduler will send them to prioritize: as JSON over HTTP.
+        self._remember_passed(
+            pod, generation, snap, decision, msgspec.Raw(msgspec.json.encode(passed)) if as_sent else passed
+        )
+        return self._filter_result(args, passed, failed, unresolvable)
+
+    def _remember_passed(
+        self, pod: PodRequest, generation: int, snap: ClusterSnapshot, decision: Decision, sent: list[str] | msgspec.Raw
+    ) -> None:
+        """What prioritize needs to score the passed nodes without filtering them again."""
         if not pod.pod_group:
             with self.state.lock:
                 if self.state.generation == generation:
                     self._passed = (pod, generation, snap, decision.feasible)
-                    # As kube-scheduler will send them to prioritize: as JSON over HTTP.
-                    sent = msgspec.Raw(msgspec.json.encode(passed)) if as_sent else passed
                     self._remember_names(sent, snap, decision.feasible, [])
-        return self._filter_result(args, passed, failed, unresolvable)
 
     def _filter_json(
         self, snap: ClusterSnapshot, pod: PodRequest, generation: int, decision: Decision
@@ -348,11 +355,7 @@ class ExtenderService:
                 for target, nodes in ((failed, rejected[resolvable]), (unresolvable, rejected[~resolvable])):
                     if nodes.size:
                         target.append(after.join(quoted[nodes].tolist()) + after)
-        if not pod.pod_group:
-            with self.state.lock:
-                if self.state.generation == generation:
-                    self._passed = (pod, generation, snap, decision.feasible)
-                    self._remember_names(passed, snap, decision.feasible, [])
+        self._remember_passed(pod, generation, snap, decision, passed)
         failed_json, unresolvable_json = _json_object(failed), _json_object(unresolvable)
         return wire.ExtenderFilterResult(
             node_names=passed, failed_nodes=failed_json, failed_and_unresolvable_nodes=unresolvable_json
