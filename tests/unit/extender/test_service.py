@@ -19,10 +19,11 @@ import pytest
 from scheduler.core.gang_sources import K8S_POD_GROUP, PLUGINS_POD_GROUP, k8s_pod_group_size, plugins_pod_group_size
 from scheduler.core.podspec import ANN_GANG_PLAN, ANN_GPU_IDS, ANN_PLANNED_NODE, ANN_RANK, ANN_TOPOLOGY_PATH, parse_pod
 from scheduler.core.scenario import load_nodes, load_pods
+from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState, PodRequest
 from scheduler.extender import wire
 from scheduler.extender.cli import build_offline
-from scheduler.extender.service import Binder, ExtenderService
+from scheduler.extender.service import Binder, ExtenderService, NodeJson
 from scheduler.metrics import ExtenderMetrics
 from scheduler.plugins import registry
 from scheduler.state.kube import KubeError
@@ -894,6 +895,20 @@ def test_an_http_request_gets_the_answer_a_decoded_one_gets(obj: dict[str, Any],
         passed = expected["NodeNames"] or []
         expected_scores = as_json(decoded.prioritize(wire.ExtenderArgs(pod=obj, node_names=passed)))
         assert as_json(over_http.prioritize(sent(obj, passed))) == expected_scores
+
+
+def test_json_pieces_pad_names_of_any_length_with_whitespace_only() -> None:
+    # "a" is padded to the width of "long-node-name-42" and "ü" (2 bytes in UTF-8) as well
+    names = ["a", "long-node-name-42", "ü", 'quote"d']
+    pieces = NodeJson(ClusterSnapshot([gpu_node(n, 1) for n in names]))
+    index = {n: i for i, n in enumerate(pieces.snapshot.names)}
+    picked = np.array([index[n] for n in ("ü", "a", 'quote"d')], dtype=np.intp)
+    assert msgspec.json.decode(pieces.listed(picked)) == ["ü", "a", 'quote"d']
+    assert pieces.listed(picked[:0]) == b"[]"
+    entries = b"{" + pieces.entries(picked, b'"why"')[:-1] + b"}"
+    assert msgspec.json.decode(entries) == {"ü": "why", "a": "why", 'quote"d': "why"}
+    scored = msgspec.json.decode(pieces.priorities(picked, np.array([10, 0, 7])), type=list[wire.HostPriority])
+    assert [(h.host, h.score) for h in scored] == [("ü", 10), ("a", 0), ('quote"d', 7)]
 
 
 def test_prioritize_right_after_filter_scores_what_filter_passed_in_any_order_and_sees_changes() -> None:
