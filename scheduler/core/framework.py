@@ -214,6 +214,13 @@ class Rejection:
         """(reason, its nodes, whether preemption may help each) for each reason given."""
         if len(self.texts) == 1:
             return [(self.texts[0], self.nodes, self.resolvable)]
+        given = np.flatnonzero(np.bincount(self.codes)).tolist()
+        if len(given) <= 8:  # a few reasons (the usual case): a mask each is cheaper than a sort
+            groups = []
+            for code in given:
+                mask = self.codes == code
+                groups.append((self.texts[code], self.nodes[mask], self.resolvable[mask]))
+            return groups
         order = np.argsort(self.codes, kind="stable")
         codes = self.codes[order]
         starts = [0, *(np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()]

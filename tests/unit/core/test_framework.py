@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scheduler.core import gpusets
 from scheduler.core.args import PluginArgs
 from scheduler.core.config import ConfigError, SchedulerConfig
-from scheduler.core.framework import MAX_SCORE, SCORE_SLACK, Cycle, Framework, ScorePlugin, count_per_row
+from scheduler.core.framework import MAX_SCORE, SCORE_SLACK, Cycle, Framework, Rejection, ScorePlugin, count_per_row
 from scheduler.core.podspec import parse_pod
 from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.plugins import registry
@@ -245,3 +245,18 @@ def test_eligible_gpus_read_from_every_node_equal_those_built_for_the_nodes_aske
         assert cycle.eligible(nodes).tolist() == want.tolist()
         assert cycle.eligible_count(nodes).tolist() == want.sum(axis=1).tolist()
     assert cycle.eligible_count(np.arange(8)).tolist() == [5, 4, 2, 8, 3, 2, 8, 2]  # 8-3, 4, 2, 8, 4-1, ...
+
+
+@pytest.mark.parametrize("distinct", [1, 3, 12])  # one text; a mask per reason; a sort (over 8)
+def test_a_rejection_grouped_by_reason_gives_each_node_its_own_reason(distinct: int) -> None:
+    nodes = np.arange(40, dtype=np.intp) * 3
+    reasons = [f"reason {(i * 7) % distinct}" for i in range(nodes.size)]
+    resolvable = np.arange(nodes.size) % 2 == 0
+    rejection = Rejection.worded("p", nodes, reasons, resolvable, transient=False)
+    assert rejection.reasons == reasons
+    seen = {}
+    for reason, grouped_nodes, grouped_resolvable in rejection.grouped():
+        for node, may in zip(grouped_nodes.tolist(), grouped_resolvable.tolist(), strict=True):
+            seen[node] = (reason, may)
+    assert seen == {n: (r, m) for n, r, m in zip(nodes.tolist(), reasons, resolvable.tolist(), strict=True)}
+    assert len(rejection.grouped()) == distinct
