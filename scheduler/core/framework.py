@@ -353,41 +353,87 @@ class Framework:
             if error:
                 return Decision(pod, snapshot, empty, np.zeros(0), error=error, notes=cycle.notes)
         kept = self._kept(snapshot, pod) if reuse else None
-        first_fail = None  # with kept answers: per node of `nodes`, its first per-node filter to fail
+        rejections: list[Rejection] = []
         if kept is not None and nodes.size:
             kept.refresh_filters(snapshot, lambda: self._shaped(snapshot, pod), self.filters_per_node, nodes)
-            first_fail = kept.first_fail[nodes]
-        rejections: list[Rejection] = []
-        for position, plugin in enumerate(self.filters):
-            if nodes.size == 0:
-                break
-            if kept is not None and first_fail is not None and plugin.filter_per_node:
-                ok = first_fail != position
-                if ok.all():
-                    continue
-                rejected = nodes[~ok]
-                if on_filter is not None:
-                    on_filter(plugin.name, rejected.size)
-                if explain:
-                    codes, mask = kept.code[rejected], kept.resolvable[rejected]
-                    texts = kept.texts[plugin.name]
-                    rejections.append(Rejection(plugin.name, rejected, codes, texts, mask, plugin.transient))
-            else:
-                ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
-                if ok.all():
-                    continue
-                if on_filter is not None:
-                    on_filter(plugin.name, int(ok.size - np.count_nonzero(ok)))
-                if explain:
-                    rejected = nodes[~ok]
-                    words = plugin.reasons(cycle, rejected)
-                    mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
-                    rejections.append(Rejection.worded(plugin.name, rejected, words, mask, plugin.transient))
-            nodes = nodes[ok]
-            if first_fail is not None:
-                first_fail = first_fail[ok]
+            nodes = self._filter_kept(cycle, nodes, kept, rejections, on_filter, explain)
+        else:
+            nodes = self._filter(cycle, nodes, rejections, on_filter, explain)
         scores, total = self._score(cycle, nodes, kept) if score else ({}, np.zeros(nodes.size))
         return Decision(pod, snapshot, nodes, total, scores, rejections, notes=cycle.notes)
+
+    def _filter(
+        self,
+        cycle: Cycle,
+        nodes: np.ndarray,
+        rejections: list[Rejection],
+        on_filter: Callable[[str, int], None] | None,
+        explain: bool,
+    ) -> np.ndarray:
+        """Every filter in order, each over the nodes the ones before it let through."""
+        for plugin in self.filters:
+            if nodes.size == 0:
+                break
+            ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
+            if ok.all():
+                continue
+            if on_filter is not None:
+                on_filter(plugin.name, int(ok.size - np.count_nonzero(ok)))
+            if explain:
+                rejected = nodes[~ok]
+                words = plugin.reasons(cycle, rejected)
+                mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
+                rejections.append(Rejection.worded(plugin.name, rejected, words, mask, plugin.transient))
+            nodes = nodes[ok]
+        return nodes
+
+    def _filter_kept(
+        self,
+        cycle: Cycle,
+        nodes: np.ndarray,
+        kept: ShapeAnswers,
+        rejections: list[Rejection],
+        on_filter: Callable[[str, int], None] | None,
+        explain: bool,
+    ) -> np.ndarray:
+        """As `_filter`, with the per-node filters' answers read from `kept`: a node is turned away
+        by the first filter, in order, that turns it away, whether kept or run now. Each filter that
+        is run sees exactly the nodes `_filter` would show it."""
+        first_fail = kept.first_fail[nodes]  # position of each node's first per-node failure, or -1
+        failing = set(np.flatnonzero(np.bincount(first_fail.astype(np.intp) + 1)[1:]).tolist())
+        dead = np.zeros(nodes.size, dtype=bool)  # turned away by a filter run now
+        for position, plugin in enumerate(self.filters):
+            if plugin.filter_per_node:
+                if position not in failing:
+                    continue
+                at = np.flatnonzero((first_fail == position) & ~dead)
+                if not at.size:
+                    continue
+                rejected = nodes[at]
+                if on_filter is not None:
+                    on_filter(plugin.name, int(at.size))
+                if explain:
+                    codes, mask = kept.code[rejected], kept.resolvable[rejected]
+                    rejections.append(
+                        Rejection(plugin.name, rejected, codes, kept.texts[plugin.name], mask, plugin.transient)
+                    )
+                continue
+            passing = np.flatnonzero(~dead & ((first_fail < 0) | (first_fail > position)))
+            if not passing.size:
+                break
+            ok = np.asarray(plugin.filter(cycle, nodes[passing]), dtype=bool)
+            if ok.all():
+                continue
+            turned = passing[~ok]
+            dead[turned] = True
+            if on_filter is not None:
+                on_filter(plugin.name, int(turned.size))
+            if explain:
+                rejected = nodes[turned]
+                words = plugin.reasons(cycle, rejected)
+                mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
+                rejections.append(Rejection.worded(plugin.name, rejected, words, mask, plugin.transient))
+        return nodes[(first_fail < 0) & ~dead]
 
     def _kept(self, snapshot: ClusterSnapshot, pod: PodRequest) -> ShapeAnswers | None:
         if not (self.filters_per_node or self.scores_per_node or self.values_per_node):
