@@ -400,13 +400,13 @@ class Framework:
         by the first filter, in order, that turns it away, whether kept or run now. Each filter that
         is run sees exactly the nodes `_filter` would show it."""
         first_fail = kept.first_fail[nodes]  # position of each node's first per-node failure, or -1
-        failing = set(np.flatnonzero(np.bincount(first_fail.astype(np.intp) + 1)[1:]).tolist())
         dead = np.zeros(nodes.size, dtype=bool)  # turned away by a filter run now
         for position, plugin in enumerate(self.filters):
             if plugin.filter_per_node:
-                if position not in failing:
+                hits = first_fail == position
+                if not hits.any():
                     continue
-                at = np.flatnonzero((first_fail == position) & ~dead)
+                at = np.flatnonzero(hits & ~dead)
                 if not at.size:
                     continue
                 rejected = nodes[at]

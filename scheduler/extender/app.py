@@ -42,6 +42,9 @@ def create_app(
     `stale_views`: the views that may be missing changes, each with why (scheduler/state/informer.py)."""
     app = FastAPI(title="gpusched extender", docs_url=None, redoc_url=None)
     metrics = service.metrics
+    # Each verb's (and outcome's) child of the request metrics, looked up once.
+    timers: dict[str, Any] = {}
+    counters: dict[tuple[str, str], Any] = {}
 
     async def handle(
         verb: str,
@@ -86,8 +89,12 @@ def create_app(
             if outcome == "forwarded":  # the leader counts and times it
                 metrics.forwarded.labels(verb).inc()
             else:
-                metrics.request_seconds.labels(verb).observe(time.perf_counter() - started)
-                metrics.requests.labels(verb, outcome).inc()
+                timer = timers.get(verb) or timers.setdefault(verb, metrics.request_seconds.labels(verb))
+                timer.observe(time.perf_counter() - started)
+                counter = counters.get((verb, outcome))
+                if counter is None:
+                    counter = counters[verb, outcome] = metrics.requests.labels(verb, outcome)
+                counter.inc()
 
     @app.post("/filter")
     async def filter_(request: Request) -> Response:

@@ -177,6 +177,7 @@ class ExtenderService:
         self._name_cache: list[tuple[list[str] | msgspec.Raw, ClusterSnapshot, np.ndarray, list[str]]] = []
         self._passed: tuple[PodRequest, int, ClusterSnapshot, np.ndarray] | None = None
         self._node_json: NodeJson | None = None
+        self._rejection_counters: dict[str, Any] = {}  # plugin -> its child of filter_rejections
         config = state.config
         self.gangs = GangManager(framework, config.gang_ttl_s, config.gang_max_span, on_change=state.mark_changed)
         state.reservations = self.gangs.reservations
@@ -290,7 +291,10 @@ class ExtenderService:
         return self.gangs.admit(snap, pod, self._members(pod), self.state.clock(), offered)
 
     def _count_rejection(self, plugin: str, nodes: int) -> None:
-        self.metrics.filter_rejections.labels(plugin).inc(nodes)
+        counter = self._rejection_counters.get(plugin)
+        if counter is None:
+            counter = self._rejection_counters[plugin] = self.metrics.filter_rejections.labels(plugin)
+        counter.inc(nodes)
 
     def _filtered_just_now(self, pod: PodRequest, snap: ClusterSnapshot, nodes: np.ndarray) -> bool:
         """Whether every node in `nodes` passed this pod's last filter, with nothing changed since
