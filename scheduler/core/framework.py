@@ -129,7 +129,10 @@ class FilterPlugin(Plugin, ABC):
 
     @abstractmethod
     def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
-        """Boolean mask over `nodes`: True where the pod may go."""
+        """Boolean mask over `nodes`: True where the pod may go.
+
+        A node's verdict may not depend on which other nodes are asked (kube-scheduler's Filter
+        is called per node): the framework may ask about nodes an earlier filter turned away."""
 
     @abstractmethod
     def reason(self, cycle: Cycle, node: int) -> str:
@@ -397,43 +400,34 @@ class Framework:
         explain: bool,
     ) -> np.ndarray:
         """As `_filter`, with the per-node filters' answers read from `kept`: a node is turned away
-        by the first filter, in order, that turns it away, whether kept or run now. Each filter that
-        is run sees exactly the nodes `_filter` would show it."""
-        first_fail = kept.first_fail[nodes]  # position of each node's first per-node failure, or -1
-        dead = np.zeros(nodes.size, dtype=bool)  # turned away by a filter run now
+        by the first filter, in order, that turns it away, whether its answer was kept or is asked
+        now (over every candidate: a verdict does not depend on the other nodes)."""
+        fails_at = kept.first_fail[nodes]  # each node's first failing filter's position, or -1
         for position, plugin in enumerate(self.filters):
-            if plugin.filter_per_node:
-                hits = first_fail == position
-                if not hits.any():
-                    continue
-                at = np.flatnonzero(hits & ~dead)
-                if not at.size:
-                    continue
-                rejected = nodes[at]
-                if on_filter is not None:
-                    on_filter(plugin.name, int(at.size))
-                if explain:
-                    codes, mask = kept.code[rejected], kept.resolvable[rejected]
-                    rejections.append(
-                        Rejection(plugin.name, rejected, codes, kept.texts[plugin.name], mask, plugin.transient)
-                    )
+            if not plugin.filter_per_node:
+                ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
+                if not ok.all():
+                    earlier = (fails_at >= 0) & (fails_at < position)
+                    fails_at = np.where(ok | earlier, fails_at, np.int8(position))
+        for position, plugin in enumerate(self.filters):
+            hits = fails_at == position
+            if not hits.any():
                 continue
-            passing = np.flatnonzero(~dead & ((first_fail < 0) | (first_fail > position)))
-            if not passing.size:
-                break
-            ok = np.asarray(plugin.filter(cycle, nodes[passing]), dtype=bool)
-            if ok.all():
-                continue
-            turned = passing[~ok]
-            dead[turned] = True
+            rejected = nodes[hits]
             if on_filter is not None:
-                on_filter(plugin.name, int(turned.size))
-            if explain:
-                rejected = nodes[turned]
+                on_filter(plugin.name, int(rejected.size))
+            if not explain:
+                continue
+            if plugin.filter_per_node:
+                codes, mask = kept.code[rejected], kept.resolvable[rejected]
+                rejections.append(
+                    Rejection(plugin.name, rejected, codes, kept.texts[plugin.name], mask, plugin.transient)
+                )
+            else:
                 words = plugin.reasons(cycle, rejected)
                 mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
                 rejections.append(Rejection.worded(plugin.name, rejected, words, mask, plugin.transient))
-        return nodes[(first_fail < 0) & ~dead]
+        return nodes[fails_at < 0]
 
     def _kept(self, snapshot: ClusterSnapshot, pod: PodRequest) -> ShapeAnswers | None:
         if not (self.filters_per_node or self.scores_per_node or self.values_per_node):
