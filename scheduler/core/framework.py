@@ -457,7 +457,8 @@ class Framework:
             if kept is not None:
                 snapshot, pod = cycle.snapshot, cycle.pod
                 shaped = lambda: self._shaped(snapshot, pod)  # noqa: E731
-                kept.refresh_scores(snapshot, shaped, self.scores_per_node, self.values_per_node, nodes, self._checked)
+                checked = lambda plugin, _, raw: self._checked(plugin, cycle, raw)  # noqa: E731  (names the pod)
+                kept.refresh_scores(snapshot, shaped, self.scores_per_node, self.values_per_node, nodes, checked)
             for scorer, weight in self.scores:
                 if kept is not None and scorer.score_per_node:
                     raw = kept.scores[scorer.name][nodes]

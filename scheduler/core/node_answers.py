@@ -24,7 +24,8 @@ tests/unit/core/test_node_answers.py checks decisions with kept answers against 
 random event sequences.
 
 Memory: per shape, about 30 bytes per node and 8 per node and kept score (5,000 nodes: about
-0.4 MB for the default policy); at most MAX_SHAPES shapes are kept, one more starts over.
+0.4 MB for the default policy); at most MAX_SHAPES shapes are kept, the least recently asked
+making room for a new one.
 """
 
 from __future__ import annotations
@@ -194,9 +195,10 @@ class NodeAnswers:
     def shape(self, snapshot: ClusterSnapshot, pod: PodRequest) -> ShapeAnswers:
         """The answers kept for the pod's shape."""
         shape = shape_key(pod)
-        entry = self.shapes.get(shape)
+        entry = self.shapes.pop(shape, None)  # put back last: the least recently used go first
         if entry is None or entry.catalog != snapshot.catalog:
             if entry is None and len(self.shapes) >= MAX_SHAPES:
-                self.shapes.clear()
-            entry = self.shapes[shape] = ShapeAnswers(len(snapshot), snapshot.catalog)
+                del self.shapes[next(iter(self.shapes))]
+            entry = ShapeAnswers(len(snapshot), snapshot.catalog)
+        self.shapes[shape] = entry
         return entry

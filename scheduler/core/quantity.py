@@ -51,8 +51,8 @@ class QuantityError(ValueError):
 
 
 def _parse(text: str | int | float) -> Decimal:
-    # Pods repeat a few quantities ("4", "32Gi"): strings are parsed once.
-    return _parse_text(text) if type(text) is str else _parse_any(text)
+    # Pods repeat a few quantities ("4", "32Gi"): short strings are parsed once.
+    return _parse_text(text) if type(text) is str and len(text) <= 32 else _parse_any(text)
 
 
 def _parse_any(text: str | int | float) -> Decimal:

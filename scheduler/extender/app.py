@@ -78,7 +78,7 @@ def create_app(
                 # bind waits on the API server: keep the event loop free for filter calls meanwhile
                 result = await run_in_threadpool(run, args) if blocking else run(args)
                 return _json(result)
-            except msgspec.DecodeError as exc:  # a part decoded only when needed (SentArgs.node_names)
+            except wire.MalformedRequest as exc:
                 outcome = "bad_request"
                 return on_bad_input(f"gpusched: malformed {verb} request: {exc}")
             except Exception as exc:  # a bug must not crash kube-scheduler's cycle; say what broke

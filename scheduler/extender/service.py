@@ -95,17 +95,23 @@ def _node_names(args: wire.ExtenderArgs | wire.SentArgs) -> list[str] | msgspec.
 
 
 class NodeJson:
-    """Each node's name as JSON, for the verbs' answers over HTTP, as items of one fixed width.
+    """Each node's name as JSON, for the verbs' answers over HTTP, built once per snapshot.
 
     Every quoted name is padded with spaces (JSON whitespace) to the longest one's width, so that
     the names of thousands of nodes are copied into an answer as fixed-width items of a numpy
-    array, in C, rather than joined from Python objects. Built once per snapshot.
+    array, in C, rather than joined from Python objects. Where padding would more than double an
+    answer (a few names much longer than the rest), answers are joined from the names as they are.
     """
 
     def __init__(self, snapshot: ClusterSnapshot) -> None:
         self.snapshot = snapshot
         quoted = [msgspec.json.encode(name) for name in snapshot.names]
-        width = max(1, *map(len, quoted)) if quoted else 1
+        lengths = [len(q) for q in quoted]
+        width = max(lengths, default=1)
+        self.uniform = min(lengths, default=width) == width  # no padding at all
+        self.fixed = width * len(quoted) <= 2 * sum(lengths) + 16 * len(quoted)
+        self.spaceless = not any(b" " in q for q in quoted)  # node names have none (DNS names)
+        self.quoted = np.array(quoted, dtype=object)
         self.names = np.array([q.ljust(width) for q in quoted], dtype=f"S{width}")
         # A HostPriority up to its score, and each score to the end of its entry (`"Score": 7},`).
         self.hosts = np.array([b'{"Host":' + q.ljust(width) + b',"Score":' for q in quoted], dtype=f"S{width + 17}")
@@ -115,14 +121,27 @@ class NodeJson:
         """A JSON array of the nodes' names."""
         if not nodes.size:
             return b"[]"
+        if not self.fixed:
+            return b"[" + b",".join(self.quoted[nodes].tolist()) + b"]"
         items = np.empty(nodes.size, dtype=[("name", self.names.dtype), ("comma", "S1")])
         items["name"] = self.names.take(nodes)
         items["comma"] = b","
         return b"[" + items.tobytes()[:-1] + b"]"
 
+    def compact(self, nodes: np.ndarray, listed: bytes) -> bytes:
+        """`listed` (this object's JSON array of `nodes`) as kube-scheduler encodes such a list:
+        without whitespace."""
+        if self.uniform or not self.fixed:
+            return listed
+        if self.spaceless:
+            return listed.replace(b" ", b"")
+        return b"[" + b",".join(self.quoted[nodes].tolist()) + b"]"
+
     def entries(self, nodes: np.ndarray, value: bytes) -> bytes:
         """`"name":value,` for each node: entries of a JSON object, each ending with a comma."""
         after = b":" + value + b","
+        if not self.fixed:
+            return after.join(self.quoted[nodes].tolist()) + after
         items = np.empty(nodes.size, dtype=[("name", self.names.dtype), ("value", f"S{len(after)}")])
         items["name"] = self.names.take(nodes)
         items["value"] = after
@@ -132,6 +151,10 @@ class NodeJson:
         """A JSON array of HostPriority: each node with its level."""
         if not nodes.size:
             return b"[]"
+        if not self.fixed:
+            hosts = self.quoted[nodes].tolist()
+            pieces = [b'{"Host":%s,"Score":%d}' % pair for pair in zip(hosts, levels.tolist(), strict=True)]
+            return b"[" + b",".join(pieces) + b"]"
         items = np.empty(nodes.size, dtype=[("host", self.hosts.dtype), ("score", self.scores.dtype)])
         items["host"] = self.hosts.take(nodes)
         items["score"] = self.scores.take(levels)
@@ -236,13 +259,13 @@ class ExtenderService:
         the JSON as sent when the request came from HTTP (wire.SentArgs), which is then not decoded.
         """
         sent = _node_names(args)
-        if sent is not None:
-            for at, (known_names, known_snap, indices, unknown) in enumerate(self._name_cache):
-                if known_snap is snap and type(known_names) is type(sent) and known_names == sent:
-                    if at:  # the most recently used first: the full list must outlive each pod's passed list
-                        self._name_cache.insert(0, self._name_cache.pop(at))
-                    return indices, unknown
-        names = self._names(args)
+        key = sent if sent is not None else self._names(args)  # the names of the Nodes sent
+        for at, (known_names, known_snap, indices, unknown) in enumerate(self._name_cache):
+            if known_snap is snap and type(known_names) is type(key) and known_names == key:
+                if at:  # the most recently used first: the full list must outlive each pod's passed list
+                    self._name_cache.insert(0, self._name_cache.pop(at))
+                return indices, unknown
+        names = key if isinstance(key, list) else self._names(args)
         get = snap.index.get
         found = [get(name) for name in names]
         if None in found:
@@ -251,8 +274,7 @@ class ExtenderService:
         else:
             unknown = []
         indices = np.array(found, dtype=np.intp)
-        if sent is not None:
-            self._remember_names(sent, snap, indices, unknown)
+        self._remember_names(key, snap, indices, unknown)
         return indices, unknown
 
     def _remember_names(
@@ -265,7 +287,10 @@ class ExtenderService:
         """The node names the request carries (NodeNames, else the names of its Nodes)."""
         sent = _node_names(args)
         if isinstance(sent, msgspec.Raw):
-            sent = msgspec.json.decode(sent, type=list[str])
+            try:
+                sent = msgspec.json.decode(sent, type=list[str])
+            except msgspec.DecodeError as exc:
+                raise wire.MalformedRequest(f"NodeNames: {exc}") from exc
         if sent is not None:
             return sent  # the request's own list: kept, never changed
         items = args.nodes.items if args.nodes is not None else []
@@ -382,7 +407,7 @@ class ExtenderService:
         encoded once per snapshot: no Python string per node is made or read (thousands of them,
         cold in the CPU's caches between kube-scheduler's calls, cost more than the decision)."""
         json = self._json_of(snap)
-        passed = msgspec.Raw(json.listed(decision.feasible))
+        listed = json.listed(decision.feasible)
         failed: list[bytes] = []
         unresolvable: list[bytes] = []
         for rejection in decision.rejections:
@@ -391,16 +416,19 @@ class ExtenderService:
                 for target, nodes in ((failed, rejected[resolvable]), (unresolvable, rejected[~resolvable])):
                     if nodes.size:
                         target.append(json.entries(nodes, text))
-        self._remember_passed(pod, generation, snap, decision, passed)
+        # As kube-scheduler will send them to prioritize.
+        self._remember_passed(pod, generation, snap, decision, msgspec.Raw(json.compact(decision.feasible, listed)))
+        passed = msgspec.Raw(listed)
         failed_json, unresolvable_json = _json_object(failed), _json_object(unresolvable)
         return wire.ExtenderFilterResult(
             node_names=passed, failed_nodes=failed_json, failed_and_unresolvable_nodes=unresolvable_json
         )
 
     def _json_of(self, snap: ClusterSnapshot) -> NodeJson:
-        if self._node_json is None or self._node_json.snapshot is not snap:
-            self._node_json = NodeJson(snap)
-        return self._node_json
+        current = self._node_json  # once: a bind's rebuild may drop it meanwhile (filter holds no lock here)
+        if current is None or current.snapshot is not snap:
+            current = self._node_json = NodeJson(snap)
+        return current
 
     @staticmethod
     def _filter_result(

@@ -20,6 +20,10 @@ class ExtenderArgs(msgspec.Struct, rename="pascal"):
     node_names: list[str] | None = None
 
 
+class MalformedRequest(ValueError):
+    """A part of a request decoded only when needed (SentArgs.node_names) is not what it must be."""
+
+
 class SentArgs(msgspec.Struct, rename="pascal"):
     """ExtenderArgs as the app decodes them: NodeNames kept as the JSON sent (thousands of names
     that kube-scheduler sends again and again), decoded only when it is a list not seen lately."""

@@ -83,6 +83,10 @@ class GpuFit(FilterPlugin):
             cycle.eligible(nodes).sum(axis=1),
             np.where(free, snap.gpu_memory[nodes], 0).max(axis=1),
             snap.gpu_mig[nodes].sum(axis=1),
+            # the model of the largest free GPU, which the memory floor's reason names
+            np.take_along_axis(
+                snap.gpu_model[nodes], np.argmax(np.where(free, snap.gpu_memory[nodes], -1), axis=1)[:, None], axis=1
+            )[:, 0],
         ]
         if pod.wants_mig:
             features = [

@@ -216,9 +216,13 @@ def test_the_shape_leaves_out_who_the_pod_is() -> None:
     assert shape_key(a) != shape_key(replace(a, gpu_memory=GiB))
 
 
-def test_at_most_max_shapes_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_at_most_max_shapes_are_kept_the_least_recently_asked_going_first(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(node_answers, "MAX_SHAPES", 2)
     snap, answers = cluster(), NodeAnswers()
-    for count in (1, 2, 3):  # the third shape starts over
-        answers.shape(snap, PodRequest("", "", gpu_count=count))
-    assert len(answers.shapes) == 1
+    one, two, three = (PodRequest("", "", gpu_count=count) for count in (1, 2, 3))
+    first = answers.shape(snap, one)
+    answers.shape(snap, two)
+    assert answers.shape(snap, one) is first  # asked again: now the most recent
+    answers.shape(snap, three)  # makes room: two goes
+    assert [key[0] for key in answers.shapes] == [1, 3]  # shape_key starts with gpu_count
+    assert answers.shape(snap, one) is first

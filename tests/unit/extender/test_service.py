@@ -897,18 +897,46 @@ def test_an_http_request_gets_the_answer_a_decoded_one_gets(obj: dict[str, Any],
         assert as_json(over_http.prioritize(sent(obj, passed))) == expected_scores
 
 
-def test_json_pieces_pad_names_of_any_length_with_whitespace_only() -> None:
-    # "a" is padded to the width of "long-node-name-42" and "ü" (2 bytes in UTF-8) as well
-    names = ["a", "long-node-name-42", "ü", 'quote"d']
+@pytest.mark.parametrize(
+    ("names", "fixed"),
+    [
+        # "a" padded to the width of "long-node-name-42"; "ü" is 2 bytes in UTF-8; a quote escaped
+        pytest.param(["a", "long-node-name-42", "ü", 'quote"d'], True, id="padded to one width"),
+        # 4 quoted names of 3 to 9 bytes and one of 202: padding would more than double an answer
+        pytest.param(["a", "bb", "ü", 'quote"d', "x" * 200], False, id="joined as they are"),
+    ],
+)
+def test_json_pieces_for_names_of_any_length(names: list[str], fixed: bool) -> None:
     pieces = NodeJson(ClusterSnapshot([gpu_node(n, 1) for n in names]))
+    assert pieces.fixed is fixed
     index = {n: i for i, n in enumerate(pieces.snapshot.names)}
     picked = np.array([index[n] for n in ("ü", "a", 'quote"d')], dtype=np.intp)
-    assert msgspec.json.decode(pieces.listed(picked)) == ["ü", "a", 'quote"d']
+    listed = pieces.listed(picked)
+    assert msgspec.json.decode(listed) == ["ü", "a", 'quote"d']
+    # kube-scheduler sends the list back compact, as Go's encoder writes it
+    assert pieces.compact(picked, listed) == msgspec.json.encode(["ü", "a", 'quote"d'])
     assert pieces.listed(picked[:0]) == b"[]"
     entries = b"{" + pieces.entries(picked, b'"why"')[:-1] + b"}"
     assert msgspec.json.decode(entries) == {"ü": "why", "a": "why", 'quote"d': "why"}
     scored = msgspec.json.decode(pieces.priorities(picked, np.array([10, 0, 7])), type=list[wire.HostPriority])
     assert [(h.host, h.score) for h in scored] == [("ü", 10), ("a", 0), ('quote"d', 7)]
+
+
+def test_prioritize_over_http_after_filter_filters_nothing_again_whatever_the_names() -> None:
+    names = ["a", "node-with-a-longer-name", "tiny", "node-7"]
+    service, _ = offline_service([gpu_node(n, 1 if n == "tiny" else 4) for n in names])
+    service.filter(sent(pod("p", 2), names))
+    passed = msgspec.json.decode(msgspec.json.encode(service.filter(sent(pod("p", 2), names))))["NodeNames"]
+    assert passed == ["a", "node-with-a-longer-name", "node-7"]  # 2 GPUs do not fit tiny's 1
+    decided: list[PodRequest] = []
+    decoded: list[object] = []
+    decide, read_names = service.framework.decide, service._names
+    service.framework.decide = lambda snap, p, *a, **k: decided.append(p) or decide(snap, p, *a, **k)  # type: ignore[method-assign]
+    service._names = lambda args: decoded.append(args) or read_names(args)  # type: ignore[method-assign]
+    scores = msgspec.json.decode(service.prioritize(sent(pod("p", 2), passed)), type=list[wire.HostPriority])
+    assert sorted(h.host for h in scores) == sorted(passed)
+    # The names were the list filter remembered (not decoded again), scored from the filter's pass.
+    assert decoded == [] and decided == []
 
 
 def test_prioritize_right_after_filter_scores_what_filter_passed_in_any_order_and_sees_changes() -> None:

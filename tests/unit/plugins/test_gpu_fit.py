@@ -70,6 +70,8 @@ def run(nodes: list[NodeState], p: PodRequest, pods: tuple[PodRequest, ...] = ()
     every = np.arange(len(nodes))
     ok = np.asarray(plugin.filter(cycle, every), dtype=bool)
     reasons = {snap.names[i]: plugin.reason(cycle, int(i)) for i in every[~ok]}
+    # The grouped wording (each situation worded once) gives every node its own reason.
+    assert plugin.reasons(cycle, every[~ok]) == list(reasons.values())
     return ok.tolist(), reasons
 
 
@@ -209,6 +211,18 @@ def run(nodes: list[NodeState], p: PodRequest, pods: tuple[PodRequest, ...] = ()
             # 40 GiB < 60 GiB on every GPU of a100
             {"a100": "needs 1 GPU with 60.0GiB each, 0 free have it (largest 40.0GiB, A100-40GB)"},
             id="memory floor",
+        ),
+        pytest.param(
+            [gpu_node("x", model="A100-80GB"), gpu_node("y", model="H100-80GB")],
+            req(1, memory_gib=90),
+            (),
+            [False, False],
+            # both 80 GiB < 90 GiB, in the same situation but for the model each reason names
+            {
+                "x": "needs 1 GPU with 90.0GiB each, 0 free have it (largest 80.0GiB, A100-80GB)",
+                "y": "needs 1 GPU with 90.0GiB each, 0 free have it (largest 80.0GiB, H100-80GB)",
+            },
+            id="memory floor on two models of one size",
         ),
         pytest.param(
             [mixed()],
