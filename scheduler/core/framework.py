@@ -213,23 +213,30 @@ class Rejection:
         texts = self.texts
         return [texts[code] for code in self.codes.tolist()]
 
-    def grouped(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(reason, its nodes, whether preemption may help each) for each reason given."""
-        if len(self.texts) == 1:
-            return [(self.texts[0], self.nodes, self.resolvable)]
-        given = np.flatnonzero(np.bincount(self.codes)).tolist()
-        if len(given) <= 8:  # a few reasons (the usual case): a mask each is cheaper than a sort
-            groups = []
-            for code in given:
-                mask = self.codes == code
-                groups.append((self.texts[code], self.nodes[mask], self.resolvable[mask]))
-            return groups
-        order = np.argsort(self.codes, kind="stable")
-        codes = self.codes[order]
-        starts = [0, *(np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()]
-        ends = [*starts[1:], codes.size]
-        nodes, resolvable = self.nodes[order], self.resolvable[order]
-        return [(self.texts[codes[a]], nodes[a:b], resolvable[a:b]) for a, b in zip(starts, ends, strict=True)]
+    def grouped(self) -> list[tuple[str, np.ndarray, bool]]:
+        """(reason, its nodes, whether preemption may help there) for each reason and
+        resolvability given: the extender answers each group once, into FailedNodes or
+        FailedAndUnresolvableNodes."""
+        keys = 2 * self.codes + self.resolvable
+        if not keys.size:
+            return []
+        if keys.min() == keys.max():  # one reason, alike everywhere (the usual case)
+            return [(self.texts[int(keys[0]) // 2], self.nodes, bool(keys[0] % 2))]
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        starts = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist()]
+        ends = [*starts[1:], keys.size]
+        nodes = self.nodes[order]
+        return [
+            (self.texts[int(keys[a]) // 2], nodes[a:b], bool(keys[a] % 2)) for a, b in zip(starts, ends, strict=True)
+        ]
+
+
+def _rejection(plugin: FilterPlugin, cycle: Cycle, rejected: np.ndarray) -> Rejection:
+    """The rejection of `rejected` by `plugin`, worded and judged now."""
+    words = plugin.reasons(cycle, rejected)
+    mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
+    return Rejection.worded(plugin.name, rejected, words, mask, plugin.transient)
 
 
 @dataclass(slots=True)
@@ -383,10 +390,7 @@ class Framework:
             if on_filter is not None:
                 on_filter(plugin.name, int(ok.size - np.count_nonzero(ok)))
             if explain:
-                rejected = nodes[~ok]
-                words = plugin.reasons(cycle, rejected)
-                mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
-                rejections.append(Rejection.worded(plugin.name, rejected, words, mask, plugin.transient))
+                rejections.append(_rejection(plugin, cycle, nodes[~ok]))
             nodes = nodes[ok]
         return nodes
 
@@ -424,9 +428,7 @@ class Framework:
                     Rejection(plugin.name, rejected, codes, kept.texts[plugin.name], mask, plugin.transient)
                 )
             else:
-                words = plugin.reasons(cycle, rejected)
-                mask = np.asarray(plugin.resolvable_nodes(cycle, rejected), dtype=bool)
-                rejections.append(Rejection.worded(plugin.name, rejected, words, mask, plugin.transient))
+                rejections.append(_rejection(plugin, cycle, rejected))
         return nodes[fails_at < 0]
 
     def _kept(self, snapshot: ClusterSnapshot, pod: PodRequest) -> ShapeAnswers | None:
@@ -457,7 +459,7 @@ class Framework:
             if kept is not None:
                 snapshot, pod = cycle.snapshot, cycle.pod
                 shaped = lambda: self._shaped(snapshot, pod)  # noqa: E731
-                checked = lambda plugin, _, raw: self._checked(plugin, cycle, raw)  # noqa: E731  (names the pod)
+                checked = lambda plugin, raw: self._checked(plugin, cycle, raw)  # noqa: E731  (names the pod)
                 kept.refresh_scores(snapshot, shaped, self.scores_per_node, self.values_per_node, nodes, checked)
             for scorer, weight in self.scores:
                 if kept is not None and scorer.score_per_node:

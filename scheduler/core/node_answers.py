@@ -161,12 +161,12 @@ class ShapeAnswers:
         plugins: Sequence[ScorePlugin],
         with_values: Sequence[ScorePlugin],
         nodes: np.ndarray,
-        checked: Callable[[ScorePlugin, Cycle, np.ndarray], np.ndarray],
+        checked: Callable[[ScorePlugin, np.ndarray], np.ndarray],
     ) -> None:
         """Score the nodes of `nodes` (all feasible for the shape) that changed since last scored,
         and keep the node values of `with_values` for them.
 
-        `checked` is the framework's check of a plugin's raw scores (core/framework.py)."""
+        `checked` is the framework's check of a plugin's raw scores for the decision's pod."""
         if not (plugins or with_values):
             return
         stale = nodes[self.score_at[nodes] < snapshot.changed_at[nodes]]
@@ -175,7 +175,7 @@ class ShapeAnswers:
         shaped = cycle()
         for plugin in plugins:
             raw = np.asarray(plugin.score(shaped, stale), dtype=np.float64)
-            self.scores.setdefault(plugin.name, np.zeros(self.n))[stale] = checked(plugin, shaped, raw)
+            self.scores.setdefault(plugin.name, np.zeros(self.n))[stale] = checked(plugin, raw)
         for plugin in with_values:
             values = np.asarray(plugin.node_values(shaped, stale), dtype=np.float64)
             self.values.setdefault(plugin.name, np.zeros(self.n))[stale] = values

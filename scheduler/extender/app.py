@@ -11,6 +11,7 @@ naming the stale views, and `/readyz` answers 503 naming them: no pod is placed 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -43,8 +44,7 @@ def create_app(
     app = FastAPI(title="gpusched extender", docs_url=None, redoc_url=None)
     metrics = service.metrics
     # Each verb's (and outcome's) child of the request metrics, looked up once.
-    timers: dict[str, Any] = {}
-    counters: dict[tuple[str, str], Any] = {}
+    timer, counter = functools.cache(metrics.request_seconds.labels), functools.cache(metrics.requests.labels)
 
     async def handle(
         verb: str,
@@ -89,12 +89,8 @@ def create_app(
             if outcome == "forwarded":  # the leader counts and times it
                 metrics.forwarded.labels(verb).inc()
             else:
-                timer = timers.get(verb) or timers.setdefault(verb, metrics.request_seconds.labels(verb))
-                timer.observe(time.perf_counter() - started)
-                counter = counters.get((verb, outcome))
-                if counter is None:
-                    counter = counters[verb, outcome] = metrics.requests.labels(verb, outcome)
-                counter.inc()
+                timer(verb).observe(time.perf_counter() - started)
+                counter(verb, outcome).inc()
 
     @app.post("/filter")
     async def filter_(request: Request) -> Response:

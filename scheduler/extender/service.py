@@ -31,6 +31,7 @@ Verb behaviour (also in the README):
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import time
@@ -200,7 +201,7 @@ class ExtenderService:
         self._name_cache: list[tuple[list[str] | msgspec.Raw, ClusterSnapshot, np.ndarray, list[str]]] = []
         self._passed: tuple[PodRequest, int, ClusterSnapshot, np.ndarray] | None = None
         self._node_json: NodeJson | None = None
-        self._rejection_counters: dict[str, Any] = {}  # plugin -> its child of filter_rejections
+        self._rejections = functools.cache(metrics.filter_rejections.labels)  # each plugin's child, looked up once
         config = state.config
         self.gangs = GangManager(framework, config.gang_ttl_s, config.gang_max_span, on_change=state.mark_changed)
         state.reservations = self.gangs.reservations
@@ -316,10 +317,7 @@ class ExtenderService:
         return self.gangs.admit(snap, pod, self._members(pod), self.state.clock(), offered)
 
     def _count_rejection(self, plugin: str, nodes: int) -> None:
-        counter = self._rejection_counters.get(plugin)
-        if counter is None:
-            counter = self._rejection_counters[plugin] = self.metrics.filter_rejections.labels(plugin)
-        counter.inc(nodes)
+        self._rejections(plugin).inc(nodes)
 
     def _filtered_just_now(self, pod: PodRequest, snap: ClusterSnapshot, nodes: np.ndarray) -> bool:
         """Whether every node in `nodes` passed this pod's last filter, with nothing changed since
@@ -375,14 +373,8 @@ class ExtenderService:
         name_array = snap.name_array
         for rejection in decision.rejections:
             for reason, rejected, resolvable in rejection.grouped():
-                text = "gpusched: " + reason
-                if resolvable.all():
-                    failed.update(dict.fromkeys(name_array[rejected].tolist(), text))
-                elif not resolvable.any():
-                    unresolvable.update(dict.fromkeys(name_array[rejected].tolist(), text))
-                else:
-                    failed.update(dict.fromkeys(name_array[rejected[resolvable]].tolist(), text))
-                    unresolvable.update(dict.fromkeys(name_array[rejected[~resolvable]].tolist(), text))
+                target = failed if resolvable else unresolvable
+                target.update(dict.fromkeys(name_array[rejected].tolist(), "gpusched: " + reason))
         passed: list[str] = name_array[decision.feasible].tolist()
         # As kube-scheduler will send them to prioritize: as JSON over HTTP.
         self._remember_passed(
@@ -412,10 +404,8 @@ class ExtenderService:
         unresolvable: list[bytes] = []
         for rejection in decision.rejections:
             for reason, rejected, resolvable in rejection.grouped():
-                text = msgspec.json.encode("gpusched: " + reason)
-                for target, nodes in ((failed, rejected[resolvable]), (unresolvable, rejected[~resolvable])):
-                    if nodes.size:
-                        target.append(json.entries(nodes, text))
+                target = failed if resolvable else unresolvable
+                target.append(json.entries(rejected, msgspec.json.encode("gpusched: " + reason)))
         # As kube-scheduler will send them to prioritize.
         self._remember_passed(pod, generation, snap, decision, msgspec.Raw(json.compact(decision.feasible, listed)))
         passed = msgspec.Raw(listed)
@@ -460,15 +450,11 @@ class ExtenderService:
                 levels = np.zeros(len(snap), dtype=np.intp)
                 levels[decision.feasible] = self._levels(decision)
                 levels = levels[nodes]
-            known = self._priorities(snap, nodes, levels)
+            known = self._json_of(snap).priorities(nodes, levels)
         if unknown:
             rest = msgspec.json.encode([wire.HostPriority(host=name, score=0) for name in unknown])
             return msgspec.Raw(known[:-1] + (b"," if nodes.size else b"") + rest[1:])
         return msgspec.Raw(known)
-
-    def _priorities(self, snap: ClusterSnapshot, nodes: np.ndarray, levels: np.ndarray) -> bytes:
-        """JSON of [{"Host": name, "Score": level}] for `nodes`."""
-        return self._json_of(snap).priorities(nodes, levels)
 
     @staticmethod
     def _levels(decision: Decision) -> np.ndarray:

@@ -247,16 +247,26 @@ def test_eligible_gpus_read_from_every_node_equal_those_built_for_the_nodes_aske
     assert cycle.eligible_count(np.arange(8)).tolist() == [5, 4, 2, 8, 3, 2, 8, 2]  # 8-3, 4, 2, 8, 4-1, ...
 
 
-@pytest.mark.parametrize("distinct", [1, 3, 12])  # one text; a mask per reason; a sort (over 8)
-def test_a_rejection_grouped_by_reason_gives_each_node_its_own_reason(distinct: int) -> None:
-    nodes = np.arange(40, dtype=np.intp) * 3
+@pytest.mark.parametrize(
+    ("distinct", "alike", "groups"),
+    [
+        (1, True, 1),  # one reason, preemption helping nowhere: one group
+        (1, False, 2),  # one reason, helping on every other node: 2 groups
+        (3, False, 6),  # 3 reasons x (helps, does not): i*7 % 3 and i % 2 meet in all 6 pairs
+        (12, False, 12),  # i*7 % 12 has the parity of i (7 odd, 12 even): each reason on one side only
+    ],
+)
+def test_a_rejection_grouped_by_reason_and_resolvability_gives_each_node_its_own(
+    distinct: int, alike: bool, groups: int
+) -> None:
+    nodes = np.arange(48, dtype=np.intp) * 3
     reasons = [f"reason {(i * 7) % distinct}" for i in range(nodes.size)]
-    resolvable = np.arange(nodes.size) % 2 == 0
+    resolvable = np.zeros(nodes.size, dtype=bool) if alike else np.arange(nodes.size) % 2 == 0
     rejection = Rejection.worded("p", nodes, reasons, resolvable, transient=False)
     assert rejection.reasons == reasons
     seen = {}
-    for reason, grouped_nodes, grouped_resolvable in rejection.grouped():
-        for node, may in zip(grouped_nodes.tolist(), grouped_resolvable.tolist(), strict=True):
+    for reason, grouped_nodes, may in rejection.grouped():
+        for node in grouped_nodes.tolist():
             seen[node] = (reason, may)
     assert seen == {n: (r, m) for n, r, m in zip(nodes.tolist(), reasons, resolvable.tolist(), strict=True)}
-    assert len(rejection.grouped()) == distinct
+    assert len(rejection.grouped()) == groups
