@@ -73,21 +73,6 @@ class GpuFit(FilterPlugin):
         snap, pod = cycle.snapshot, cycle.pod
         usable = snap.gpu_valid[nodes] & snap.gpu_healthy[nodes]
         free = usable & (snap.gpu_milli_free[nodes] >= pod.milli_per_gpu)
-        features = [
-            snap.ready[nodes],
-            snap.gpu_alloc[nodes],
-            snap.gpu_alloc[nodes] - snap.gpu_used_api[nodes],
-            free.sum(axis=1),
-            np.where(usable, snap.gpu_milli_free[nodes], 0).max(axis=1),
-            snap.has_report[nodes],
-            cycle.eligible(nodes).sum(axis=1),
-            np.where(free, snap.gpu_memory[nodes], 0).max(axis=1),
-            snap.gpu_mig[nodes].sum(axis=1),
-            # the model of the largest free GPU, which the memory floor's reason names
-            np.take_along_axis(
-                snap.gpu_model[nodes], np.argmax(np.where(free, snap.gpu_memory[nodes], -1), axis=1)[:, None], axis=1
-            )[:, 0],
-        ]
         if pod.wants_mig:
             features = [
                 snap.ready[nodes],
@@ -95,6 +80,21 @@ class GpuFit(FilterPlugin):
                 snap.mig_free_of(pod.mig_profile)[nodes],
                 snap.mig_total_of(pod.mig_profile)[nodes],
                 snap.gpu_mig[nodes].any(axis=1),
+            ]
+        else:
+            free_memory = np.where(free, snap.gpu_memory[nodes], -1)  # -1: not free
+            largest = free_memory.argmax(axis=1)  # the largest free GPU: the memory floor's reason names its model
+            features = [
+                snap.ready[nodes],
+                snap.gpu_alloc[nodes],
+                snap.gpu_alloc[nodes] - snap.gpu_used_api[nodes],
+                free.sum(axis=1),
+                np.where(usable, snap.gpu_milli_free[nodes], 0).max(axis=1),
+                snap.has_report[nodes],
+                cycle.eligible(nodes).sum(axis=1),
+                np.maximum(free_memory.max(axis=1), 0),
+                snap.gpu_mig[nodes].sum(axis=1),
+                snap.gpu_model[nodes, largest],
             ]
         if pod.gpu_models:
             ids = snap.model_ids(pod.gpu_models)
