@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from scheduler.core.scenario import interconnect_links, pod_object
 from scheduler.core.types import GpuInfo, NodeState
@@ -153,3 +156,17 @@ def whole_gpu(index: int, holders: list[str] | None = None) -> dict[str, Any]:
     """A report's entry for a whole H100 80GB that is not MIG-enabled."""
     gpu = report_object("x", gpus=index + 1, holders={index: holders or []})["spec"]["gpus"][index]
     return {**gpu, "migEnabled": False}
+
+
+def kubeconfig(path: Path, server: str, token: str = "t") -> Path:
+    """A kubeconfig at `path` for one API server (`server`, e.g. http://127.0.0.1:PORT) and a token."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

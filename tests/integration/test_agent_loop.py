@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpu_agent import fake_nvml
@@ -31,6 +30,7 @@ from gpu_agent.metrics import serve
 from gpu_agent.nvml_reader import NvmlReader, NvmlReadError
 from gpu_agent.podresources.client import PodResourcesClient
 from gpu_agent.publisher import Backoff, KubernetesSink, MemorySink, Publisher
+from tests.builders import kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -207,25 +207,10 @@ class FakeApi(BaseHTTPRequestHandler):
         return None
 
 
-def kubeconfig(path: Path, port: int) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-                "users": [{"name": "u", "user": {"token": "agent-token"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    return path
-
-
 def test_api_outage_then_recovery_publishes_the_latest_report(reader: NvmlReader, tmp_path: Path) -> None:
     port = free_port()
-    sink = KubernetesSink(str(kubeconfig(tmp_path / "kubeconfig", port)), timeout=(0.5, 2))
+    config = kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}", token="agent-token")
+    sink = KubernetesSink(str(config), timeout=(0.5, 2))
     publisher = Publisher(sink, heartbeat=30, min_interval=0.05, backoff=Backoff(initial=0.05, maximum=0.4, jitter=0))
     agent = Agent(AgentConfig(node_name="a100-2", interval=0.1, disk_probe_bytes=0), reader, publisher=publisher)
     stop = threading.Event()

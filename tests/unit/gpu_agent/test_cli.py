@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pynvml
 import pytest
-import yaml
 
 from gpu_agent import cli, fake_nvml
+from tests.builders import kubeconfig
 
 REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / "tests" / "fixtures" / "nvml"
@@ -115,22 +115,8 @@ def test_once_write_to_an_unreachable_api_fails_with_status_1(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    rc = cli.main(
-        ["--once", "--fake-nvml", "l4x4", "--kubeconfig", str(kubeconfig), "--hf-cache", str(tmp_path / "none")]
-    )
+    config = kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{port}")
+    rc = cli.main(["--once", "--fake-nvml", "l4x4", "--kubeconfig", str(config), "--hf-cache", str(tmp_path / "none")])
     assert rc == cli.EXIT_WRITE_FAILED
     assert "writing the report failed: API unreachable" in capsys.readouterr().err
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gpu_agent.publisher import ApplyError, Backoff, KubernetesSink, MemorySink, Publisher
+from tests.builders import kubeconfig
 
 
 class Clock:
@@ -206,20 +206,8 @@ def closed_port() -> int:
 
 
 def test_kubernetes_sink_raises_apply_error_fast_when_the_api_is_unreachable(tmp_path: Path) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{closed_port()}"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    sink = KubernetesSink(str(kubeconfig), timeout=(1.0, 1.0))
+    config = kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{closed_port()}")
+    sink = KubernetesSink(str(config), timeout=(1.0, 1.0))
     clock = Clock()
     pub = Publisher(sink, heartbeat=30, min_interval=0, clock=clock, backoff=Backoff(jitter=0))
     pub.offer(report())

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-import yaml
 
 from scheduler.state.informer import (
     POD_GROUPS,
@@ -31,6 +30,7 @@ from scheduler.state.informer import (
     stale_views,
 )
 from scheduler.state.kube import Kube, KubeError, load_api_client
+from tests.builders import kubeconfig
 
 PATH = "/api/v1/things"
 WAIT_S = 20.0  # the longest a test waits for the informer; a pass never comes near it
@@ -186,19 +186,7 @@ def api(tmp_path: Path) -> Iterator[Callable[[Script], Running]]:
     def start(script: Script) -> Running:
         server = ApiServer(script)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        kubeconfig = tmp_path / f"kubeconfig-{server.server_port}"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-                    "users": [{"name": "u", "user": {"token": "t"}}],
-                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                    "current-context": "x",
-                }
-            )
-        )
+        config = kubeconfig(tmp_path / f"kubeconfig-{server.server_port}", f"http://127.0.0.1:{server.server_port}")
         seen: dict[str, Any] = {}
         restarts: list[str] = []
 
@@ -212,7 +200,7 @@ def api(tmp_path: Path) -> Iterator[Callable[[Script], Running]]:
             lambda o: seen.pop(o["metadata"]["name"], None),
         )
         informer = Informer(
-            Kube(load_api_client(str(kubeconfig))),
+            Kube(load_api_client(str(config))),
             "things",
             PATH,
             handlers,

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
 from scheduler.state.kube import Kube, KubeError, load_api_client
+from tests.builders import kubeconfig
 
 ANSWERS = {
     # path -> (status, declared length, body sent)
@@ -44,17 +44,9 @@ def kube(tmp_path: Path) -> Iterator[Kube]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "x",
-    }
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    config = kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{server.server_port}")
     try:
-        yield Kube(load_api_client(str(tmp_path / "kubeconfig"), retries=False))
+        yield Kube(load_api_client(str(config), retries=False))
     finally:
         server.shutdown()
         server.server_close()
