@@ -132,11 +132,14 @@ class Env:
             self.report(name, gpus, **report)
 
     def report(self, name: str, gpus: int, **kwargs: Any) -> None:
-        body = report_object(name, gpus=gpus, **kwargs)
+        self.apply_report(report_object(name, gpus=gpus, **kwargs))
+
+    def apply_report(self, body: dict[str, Any]) -> None:
+        """Write a GPUNodeReport as the agent does (server-side apply), whatever it says."""
         k8s.request(
             self.api,
             "PATCH",
-            f"{REPORTS}/{name}",
+            f"{REPORTS}/{body['metadata']['name']}",
             body,
             content_type="application/apply-patch+yaml",
             query={"fieldManager": "e2e", "force": "true"},

@@ -9,10 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from localcluster import k8s
 from scheduler.plugins.disk_fit import UNCHECKED
 from tests.builders import GiB, report_object
-from tests.e2e.gpusched_env import REPORTS, Env
+from tests.e2e.gpusched_env import Env
 
 pytestmark = pytest.mark.e2e
 
@@ -26,14 +25,7 @@ def node_with_disks(env: Env, name: str, disk: dict[str, Any] | None) -> None:
     body = report_object(name, gpus=8)
     if disk is not None:
         body["spec"]["disk"] = disk
-    k8s.request(
-        env.api,
-        "PATCH",
-        f"{REPORTS}/{name}",
-        body,
-        content_type="application/apply-patch+yaml",
-        query={"fieldManager": "e2e", "force": "true"},
-    )
+    env.apply_report(body)
 
 
 def disks(image_free_gib: int, cache_free_gib: int) -> dict[str, Any]:

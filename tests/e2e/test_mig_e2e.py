@@ -15,7 +15,7 @@ from localcluster import k8s
 from localcluster.k8s import MERGE_PATCH
 from scheduler.core.podspec import ANN_GPU_MEMORY
 from tests.builders import mig_gpu, mig_pod, pod, report_object, with_gpus
-from tests.e2e.gpusched_env import REPORTS, Env
+from tests.e2e.gpusched_env import Env
 from tests.e2e.test_shared_gpu_e2e import shipped  # noqa: F401  (the fixture, shared)
 
 pytestmark = pytest.mark.e2e
@@ -34,9 +34,7 @@ def sliced_node(env: Env, name: str) -> None:
     status = {"status": {"capacity": allocatable, "allocatable": allocatable}}
     k8s.request(env.api, "PATCH", f"/api/v1/nodes/{name}/status", status, content_type=MERGE_PATCH)
     instances = [("3g.47gb", []), ("1g.12gb", ["gone/leftover"]), ("1g.12gb", []), ("1g.12gb", [])]
-    report = with_gpus(report_object(name), [mig_gpu(0, instances)])
-    query = {"fieldManager": "e2e", "force": "true"}
-    k8s.request(env.api, "PATCH", f"{REPORTS}/{name}", report, content_type="application/apply-patch+yaml", query=query)
+    env.apply_report(with_gpus(report_object(name), [mig_gpu(0, instances)]))
 
 
 def create(env: Env, obj: dict[str, Any]) -> None:

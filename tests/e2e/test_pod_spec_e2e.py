@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from localcluster import k8s
 from tests.builders import report_object
-from tests.e2e.gpusched_env import REPORTS, Env
+from tests.e2e.gpusched_env import Env
 
 pytestmark = pytest.mark.e2e
 
@@ -21,14 +20,7 @@ def nvml_named_node(env: Env, name: str, model: str, memory: int) -> None:
     report = report_object(name, 8, model=model)
     for gpu in report["spec"]["gpus"]:
         gpu["memoryTotalBytes"] = memory
-    k8s.request(
-        env.api,
-        "PATCH",
-        f"{REPORTS}/{name}",
-        report,
-        content_type="application/apply-patch+yaml",
-        query={"fieldManager": "e2e", "force": "true"},
-    )
+    env.apply_report(report)
 
 
 def failed_scheduling(env: Env, name: str) -> list[str]:
