@@ -220,8 +220,11 @@ class Rejection:
         keys = 2 * self.codes + self.resolvable
         if not keys.size:
             return []
-        if keys.min() == keys.max():  # one reason, alike everywhere (the usual case)
-            return [(self.texts[int(keys[0]) // 2], self.nodes, bool(keys[0] % 2))]
+        low, high = int(keys.min()), int(keys.max())
+        if low == high:  # one reason, alike everywhere (the usual case)
+            return [(self.texts[low // 2], self.nodes, bool(low % 2))]
+        if high < 2**16:
+            keys = keys.astype(np.uint16)  # a stable sort of 16-bit keys is a radix sort: linear
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         starts = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist()]
@@ -413,11 +416,12 @@ class Framework:
                 if not ok.all():
                     earlier = (fails_at >= 0) & (fails_at < position)
                     fails_at = np.where(ok | earlier, fails_at, np.int8(position))
-        for position, plugin in enumerate(self.filters):
-            hits = fails_at == position
-            if not hits.any():
-                continue
-            rejected = nodes[hits]
+        turned_away = np.bincount(fails_at + 1, minlength=len(self.filters) + 1)[1:]  # per position
+        if not turned_away.any():
+            return nodes
+        for position in np.flatnonzero(turned_away).tolist():
+            plugin = self.filters[position]
+            rejected = nodes[fails_at == position]
             if on_filter is not None:
                 on_filter(plugin.name, int(rejected.size))
             if not explain:

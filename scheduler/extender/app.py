@@ -31,7 +31,9 @@ JSON = "application/json"
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(content=msgspec.json.encode(body), status_code=status, media_type=JSON)
+    """`body` encoded, or as it is when already JSON (msgspec.Raw)."""
+    content = memoryview(body) if isinstance(body, msgspec.Raw) else msgspec.json.encode(body)
+    return Response(content=content, status_code=status, media_type=JSON)
 
 
 def create_app(

@@ -114,6 +114,7 @@ class NodeJson:
         self.spaceless = not any(b" " in q for q in quoted)  # node names have none (DNS names)
         self.quoted = np.array(quoted, dtype=object)
         self.names = np.array([q.ljust(width) for q in quoted], dtype=f"S{width}")
+        self.items = np.array([q.ljust(width) + b"," for q in quoted], dtype=f"S{width + 1}")  # array items
         # A HostPriority up to its score, and each score to the end of its entry (`"Score": 7},`).
         self.hosts = np.array([b'{"Host":' + q.ljust(width) + b',"Score":' for q in quoted], dtype=f"S{width + 17}")
         self.scores = np.array([b"%2d}," % level for level in range(MAX_EXTENDER_SCORE + 1)], dtype="S4")
@@ -124,10 +125,7 @@ class NodeJson:
             return b"[]"
         if not self.fixed:
             return b"[" + b",".join(self.quoted[nodes].tolist()) + b"]"
-        items = np.empty(nodes.size, dtype=[("name", self.names.dtype), ("comma", "S1")])
-        items["name"] = self.names.take(nodes)
-        items["comma"] = b","
-        return b"[" + items.tobytes()[:-1] + b"]"
+        return b"".join((b"[", _buffer(self.items.take(nodes))[:-1], b"]"))
 
     def compact(self, nodes: np.ndarray, listed: bytes) -> bytes:
         """`listed` (this object's JSON array of `nodes`) as kube-scheduler encodes such a list:
@@ -138,7 +136,7 @@ class NodeJson:
             return listed.replace(b" ", b"")
         return b"[" + b",".join(self.quoted[nodes].tolist()) + b"]"
 
-    def entries(self, nodes: np.ndarray, value: bytes) -> bytes:
+    def entries(self, nodes: np.ndarray, value: bytes) -> bytes | memoryview:
         """`"name":value,` for each node: entries of a JSON object, each ending with a comma."""
         after = b":" + value + b","
         if not self.fixed:
@@ -146,7 +144,7 @@ class NodeJson:
         items = np.empty(nodes.size, dtype=[("name", self.names.dtype), ("value", f"S{len(after)}")])
         items["name"] = self.names.take(nodes)
         items["value"] = after
-        return items.tobytes()
+        return _buffer(items)
 
     def priorities(self, nodes: np.ndarray, levels: np.ndarray) -> bytes:
         """A JSON array of HostPriority: each node with its level."""
@@ -159,12 +157,19 @@ class NodeJson:
         items = np.empty(nodes.size, dtype=[("host", self.hosts.dtype), ("score", self.scores.dtype)])
         items["host"] = self.hosts.take(nodes)
         items["score"] = self.scores.take(levels)
-        return b"[" + items.tobytes()[:-1] + b"]"
+        return b"".join((b"[", _buffer(items)[:-1], b"]"))
 
 
-def _json_object(entries: list[bytes]) -> msgspec.Raw:
-    """A JSON object from entries that each end with a comma."""
-    return msgspec.Raw(b"{" + b"".join(entries)[:-1] + b"}") if entries else msgspec.Raw(b"{}")
+def _buffer(items: np.ndarray) -> memoryview:
+    """The bytes of an array of fixed-width JSON pieces, not copied."""
+    return memoryview(items.view(np.uint8).data)
+
+
+def _json_object(entries: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """The pieces of a JSON object, from entries that each end with a comma."""
+    if not entries:
+        return [b"{}"]
+    return [b"{", *entries[:-1], memoryview(entries[-1])[:-1], b"}"]
 
 
 class Binder(Protocol):
@@ -208,6 +213,9 @@ class ExtenderService:
         # state.snapshot so that scrapes of an idle extender see report ages as of the scrape.
         metrics.watch_cluster(self.state.snapshot, self.state.lock)
         metrics.watch_framework(framework)
+        # Read at each scrape, not written by every decision.
+        metrics.snapshot_age.set_function(self._view_age)
+        metrics.assumed_pods.set_function(lambda: len(self.state.assumed))
         metrics.watch_gangs(self.gangs)
         metrics.watch_layout(self.state.snapshot, self.state.lock, config)
 
@@ -230,12 +238,15 @@ class ExtenderService:
             gc.collect()
             gc.freeze()
             self._restore_gangs(snap)
+        self._view_age()
+        return snap
+
+    def _view_age(self) -> float:
+        """Seconds since the cluster view last changed, as far as decisions and scrapes have seen."""
         if self.state.changes != self._changes_seen:
             self._changes_seen = self.state.changes
             self.last_change_at = time.time()
-        self.metrics.snapshot_age.set(time.time() - self.last_change_at)
-        self.metrics.assumed_pods.set(len(self.state.assumed))
-        return snap
+        return time.time() - self.last_change_at
 
     def _restore_gangs(self, snap: ClusterSnapshot) -> None:
         """Gangs whose binding was under way when the last extender stopped hold their plan's GPUs
@@ -330,7 +341,9 @@ class ExtenderService:
         return nodes is feasible or bool(np.isin(nodes, feasible).all())
 
     # -------------------------------------------------------------------- verbs
-    def filter(self, args: wire.ExtenderArgs | wire.SentArgs) -> wire.ExtenderFilterResult:
+    def filter(self, args: wire.ExtenderArgs | wire.SentArgs) -> wire.ExtenderFilterResult | msgspec.Raw:
+        """The ExtenderFilterResult; over HTTP (wire.SentArgs), when it tells gpusched's decision
+        alone, as its JSON."""
         pod = self.state.parse_pod(args.pod)
         if self.offline and not pod.node_name:
             self.state.upsert_pod(args.pod)
@@ -392,26 +405,32 @@ class ExtenderService:
                     self._passed = (pod, generation, snap, decision.feasible)
                     self._remember_names(sent, snap, decision.feasible, [])
 
-    def _filter_json(
-        self, snap: ClusterSnapshot, pod: PodRequest, generation: int, decision: Decision
-    ) -> wire.ExtenderFilterResult:
-        """The filter answer with its node lists and maps as JSON, joined from each node's name
+    def _filter_json(self, snap: ClusterSnapshot, pod: PodRequest, generation: int, decision: Decision) -> msgspec.Raw:
+        """The filter answer (an ExtenderFilterResult) as JSON, joined once from each node's name
         encoded once per snapshot: no Python string per node is made or read (thousands of them,
         cold in the CPU's caches between kube-scheduler's calls, cost more than the decision)."""
         json = self._json_of(snap)
         listed = json.listed(decision.feasible)
-        failed: list[bytes] = []
-        unresolvable: list[bytes] = []
+        failed: list[bytes | memoryview] = []
+        unresolvable: list[bytes | memoryview] = []
         for rejection in decision.rejections:
             for reason, rejected, resolvable in rejection.grouped():
                 target = failed if resolvable else unresolvable
                 target.append(json.entries(rejected, msgspec.json.encode("gpusched: " + reason)))
         # As kube-scheduler will send them to prioritize.
         self._remember_passed(pod, generation, snap, decision, msgspec.Raw(json.compact(decision.feasible, listed)))
-        passed = msgspec.Raw(listed)
-        failed_json, unresolvable_json = _json_object(failed), _json_object(unresolvable)
-        return wire.ExtenderFilterResult(
-            node_names=passed, failed_nodes=failed_json, failed_and_unresolvable_nodes=unresolvable_json
+        return msgspec.Raw(
+            b"".join(
+                [
+                    b'{"Nodes":null,"NodeNames":',
+                    listed,
+                    b',"FailedNodes":',
+                    *_json_object(failed),
+                    b',"FailedAndUnresolvableNodes":',
+                    *_json_object(unresolvable),
+                    b',"Error":""}',
+                ]
+            )
         )
 
     def _json_of(self, snap: ClusterSnapshot) -> NodeJson:

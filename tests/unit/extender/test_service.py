@@ -101,7 +101,9 @@ def offline_service(
 
 
 def filter_(service: ExtenderService, obj: dict[str, Any], nodes: Sequence[str]) -> wire.ExtenderFilterResult:
-    return service.filter(wire.ExtenderArgs(pod=obj, node_names=list(nodes)))
+    answer = service.filter(wire.ExtenderArgs(pod=obj, node_names=list(nodes)))
+    assert isinstance(answer, wire.ExtenderFilterResult)  # JSON only for requests as sent over HTTP
+    return answer
 
 
 def prioritize(service: ExtenderService, obj: dict[str, Any], nodes: Sequence[str]) -> list[wire.HostPriority]:
@@ -1011,6 +1013,19 @@ def test_explain_and_metrics_show_where_the_kubelet_contradicts_the_annotation()
     assert explained is not None and explained["gpuIds"] == {"annotation": [0], "kubelet": [1], "counted": [1]}
     assert service.metrics.registry.get_sample_value("gpusched_gpu_assignment_disagreements_total") == 1.0
     assert held(service)["default/p"] == ("n0", (1,), 1000)  # GPU 0 is the free one now
+
+
+def test_view_age_and_assumed_pods_are_read_at_each_scrape() -> None:
+    service, _ = offline_service([gpu_node("n0", 2)])
+    sample = service.metrics.registry.get_sample_value
+    assert sample("gpusched_assumed_pods") == 0.0
+    service.state.upsert_pod(pod("p", 1))
+    assert bind(service, pod("p", 1), "n0").error == ""
+    assert sample("gpusched_assumed_pods") == 1.0  # bound by gpusched, not shown bound by the API yet
+    service.last_change_at -= 100.0  # the last change seen, 100 s earlier
+    assert (sample("gpusched_snapshot_age_seconds") or 0.0) >= 100.0
+    service.state.mark_changed()
+    assert (sample("gpusched_snapshot_age_seconds") or 0.0) < 100.0  # a scrape sees the change itself
 
 
 def test_a_member_waits_for_its_pod_group_and_is_planned_once_it_arrives() -> None:
