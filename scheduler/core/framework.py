@@ -197,6 +197,8 @@ class Rejection:
     texts: Sequence[str]
     resolvable: np.ndarray  # aligned with `nodes`: evicting pods could let the pod on
     transient: bool  # the plugin's rejections may clear by themselves (a report turning fresh)
+    # grouped(), where the rejection was made grouped
+    groups: Sequence[tuple[str, np.ndarray, bool]] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def worded(
@@ -217,14 +219,16 @@ class Rejection:
         """(reason, its nodes, whether preemption may help there) for each reason and
         resolvability given: the extender answers each group once, into FailedNodes or
         FailedAndUnresolvableNodes."""
+        if self.groups is not None:
+            return list(self.groups)
         keys = 2 * self.codes + self.resolvable
         if not keys.size:
             return []
         low, high = int(keys.min()), int(keys.max())
         if low == high:  # one reason, alike everywhere (the usual case)
             return [(self.texts[low // 2], self.nodes, bool(low % 2))]
-        if high < 2**16:
-            keys = keys.astype(np.uint16)  # a stable sort of 16-bit keys is a radix sort: linear
+        if high < 2**16:  # a stable sort of 8- or 16-bit keys is a radix sort: linear
+            keys = keys.astype(np.uint8 if high < 2**8 else np.uint16)
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         starts = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist()]
@@ -233,6 +237,28 @@ class Rejection:
         return [
             (self.texts[int(keys[a]) // 2], nodes[a:b], bool(keys[a] % 2)) for a, b in zip(starts, ends, strict=True)
         ]
+
+
+def _kept_rejection(
+    plugin: FilterPlugin, kept: ShapeAnswers, parts: list[tuple[int, np.ndarray]], rejected: np.ndarray
+) -> Rejection:
+    """The rejection of `rejected` by a filter whose answers are kept: the nodes of each failure
+    key of the plugin (`parts`, in order) one after another in `rejected`."""
+    texts, codes, resolvable = kept.texts[plugin.name], kept.key_code, kept.key_resolvable
+    groups, start = [], 0
+    for key, part in parts:
+        groups.append((texts[codes[key]], rejected[start : start + part.size], resolvable[key]))
+        start += part.size
+    sizes = [part.size for _, part in parts]
+    return Rejection(
+        plugin.name,
+        rejected,
+        np.repeat([codes[key] for key, _ in parts], sizes),
+        texts,
+        np.repeat(np.array([resolvable[key] for key, _ in parts], dtype=bool), sizes),
+        plugin.transient,
+        groups,
+    )
 
 
 def _rejection(plugin: FilterPlugin, cycle: Cycle, rejected: np.ndarray) -> Rejection:
@@ -408,32 +434,46 @@ class Framework:
     ) -> np.ndarray:
         """As `_filter`, with the per-node filters' answers read from `kept`: a node is turned away
         by the first filter, in order, that turns it away, whether its answer was kept or is asked
-        now (over every candidate: a verdict does not depend on the other nodes)."""
-        fails_at = kept.first_fail[nodes]  # each node's first failing filter's position, or -1
+        now (over every candidate: a verdict does not depend on the other nodes).
+
+        The candidates are sorted once by failure key (a radix sort while keys are small): the
+        feasible nodes and each reason's nodes come out together, each in candidate order."""
+        keys = kept.fail_key[nodes]
         for position, plugin in enumerate(self.filters):
             if not plugin.filter_per_node:
                 ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
                 if not ok.all():
-                    earlier = (fails_at >= 0) & (fails_at < position)
-                    fails_at = np.where(ok | earlier, fails_at, np.int8(position))
-        turned_away = np.bincount(fails_at + 1, minlength=len(self.filters) + 1)[1:]  # per position
-        if not turned_away.any():
+                    later = kept.positions()[keys] > position  # no filter before this one turned it away
+                    keys = np.where(~ok & later, kept.key(position, -1, False), keys)
+        top = int(keys.max(initial=0))
+        if top == 0:
             return nodes
-        for position in np.flatnonzero(turned_away).tolist():
-            plugin = self.filters[position]
-            rejected = nodes[fails_at == position]
+        if top < 2**16:
+            keys = keys.astype(np.uint8 if top < 2**8 else np.uint16)
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        cuts = (np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist()
+        grouped = nodes[order]
+        feasible = grouped[:0]
+        by_position: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for start, end in zip([0, *cuts], [*cuts, grouped.size], strict=True):
+            key = int(ordered[start])
+            if key:
+                by_position.setdefault(kept.key_position[key], []).append((key, grouped[start:end]))
+            else:
+                feasible = grouped[start:end]
+        for position in sorted(by_position):
+            plugin, parts = self.filters[position], by_position[position]
+            rejected = parts[0][1] if len(parts) == 1 else np.concatenate([part for _, part in parts])
             if on_filter is not None:
                 on_filter(plugin.name, int(rejected.size))
             if not explain:
                 continue
             if plugin.filter_per_node:
-                codes, mask = kept.code[rejected], kept.resolvable[rejected]
-                rejections.append(
-                    Rejection(plugin.name, rejected, codes, kept.texts[plugin.name], mask, plugin.transient)
-                )
+                rejections.append(_kept_rejection(plugin, kept, parts, rejected))
             else:
                 rejections.append(_rejection(plugin, cycle, rejected))
-        return nodes[fails_at < 0]
+        return feasible
 
     def _kept(self, snapshot: ClusterSnapshot, pod: PodRequest) -> ShapeAnswers | None:
         if not (self.filters_per_node or self.scores_per_node or self.values_per_node):

@@ -17,13 +17,14 @@ What such a plugin may read, so that a kept answer is the answer it would give n
   spreading) and not the candidate set (a minimum over the nodes scored).
 
 The per-node answers are the same whether asked for one node or for all. Kept per node: which
-per-node filter turns it away first (so that a decision finds every rejection with one comparison
-per plugin), with its reason and whether preemption may help there; and raw scores (normalising
+per-node filter turns it away first, with its reason and whether preemption may help there, as one
+small key (so that a decision sorts its candidates by key once and has the feasible nodes and every
+rejection, grouped by reason, without a pass per plugin or per reason); and raw scores (normalising
 over the feasible nodes is done per decision, by the framework). The unit test
 tests/unit/core/test_node_answers.py checks decisions with kept answers against fresh ones over
 random event sequences.
 
-Memory: per shape, about 30 bytes per node and 8 per node and kept score (5,000 nodes: about
+Memory: per shape, about 20 bytes per node and 8 per node and kept score (5,000 nodes: about
 0.4 MB for the default policy); at most MAX_SHAPES shapes are kept, the least recently asked
 making room for a new one.
 """
@@ -73,6 +74,9 @@ def pod_shape(pod: PodRequest) -> PodRequest:
     return replace(pod, **IDENTITY)
 
 
+PASSES = 127  # the position of a node no filter turns away: after every filter's
+
+
 class ShapeAnswers:
     """One pod shape's kept answers over every node of a snapshot."""
 
@@ -81,17 +85,39 @@ class ShapeAnswers:
         self.catalog = catalog
         self.filter_at = np.full(n, -1, dtype=np.int64)  # the snapshot's change count when asked
         self.fresh_at = -1  # the change count when every node's filter answers were last current
-        # Per node: the position (in the framework's filters) of the first per-node filter that
-        # turns it away (-1: none does), its reason (an index into texts[that plugin]) and whether
-        # evicting pods could let the pod on.
-        self.first_fail = np.full(n, -1, dtype=np.int8)
-        self.code = np.zeros(n, dtype=np.int32)
-        self.resolvable = np.zeros(n, dtype=bool)
+        # Per node, its failure: the first per-node filter that turns it away, with its reason and
+        # whether evicting pods could let the pod on, as a key into the tables below (0: none
+        # does). A decision sorts its candidates by key once and has every rejection grouped.
+        self.fail_key = np.zeros(n, dtype=np.int32)
         self.texts: dict[str, list[str]] = {}
         self._code_of: dict[str, dict[str, int]] = {}
+        self._key_of: dict[tuple[int, int, bool], int] = {}
+        # Per key: the filter's position (in the framework's filters), the reason (an index into
+        # texts[that plugin]; -1 for a filter whose answers are not kept) and resolvability.
+        self.key_position: list[int] = [PASSES]
+        self.key_code: list[int] = [-1]
+        self.key_resolvable: list[bool] = [False]
+        self._positions: np.ndarray | None = None
         self.score_at = np.full(n, -1, dtype=np.int64)
         self.scores: dict[str, np.ndarray] = {}  # plugin -> (n,) float64
         self.values: dict[str, np.ndarray] = {}  # plugin -> (n,) float64: ScorePlugin.node_values
+
+    def key(self, position: int, code: int, resolvable: bool) -> int:
+        """The failure key of a filter's reason, made on first use."""
+        found = self._key_of.get((position, code, resolvable))
+        if found is None:
+            found = self._key_of[(position, code, resolvable)] = len(self.key_position)
+            self.key_position.append(position)
+            self.key_code.append(code)
+            self.key_resolvable.append(resolvable)
+            self._positions = None
+        return found
+
+    def positions(self) -> np.ndarray:
+        """Each key's filter position (PASSES for key 0), as an array to index with keys."""
+        if self._positions is None:
+            self._positions = np.array(self.key_position, dtype=np.int16)
+        return self._positions
 
     def refresh_filters(
         self,
@@ -113,6 +139,9 @@ class ShapeAnswers:
             self.fresh_at = -1
             self.texts.clear()
             self._code_of.clear()
+            self._key_of.clear()
+            del self.key_position[1:], self.key_code[1:], self.key_resolvable[1:]
+            self._positions = None
         since = snapshot.changed_since(self.fresh_at) if self.fresh_at >= 0 else None
         if since is not None:
             if since:
@@ -133,7 +162,7 @@ class ShapeAnswers:
         stale: np.ndarray,
     ) -> None:
         shaped = cycle()
-        self.first_fail[stale] = -1
+        self.fail_key[stale] = 0
         remaining = stale
         for position, plugin in plugins:
             if not remaining.size:
@@ -148,9 +177,10 @@ class ShapeAnswers:
                     if text not in code_of:
                         code_of[text] = len(texts)
                         texts.append(text)
-                self.first_fail[rejected] = position
-                self.code[rejected] = [code_of[text] for text in words]
-                self.resolvable[rejected] = np.asarray(plugin.resolvable_nodes(shaped, rejected), dtype=bool)
+                mask = np.asarray(plugin.resolvable_nodes(shaped, rejected), dtype=bool).tolist()
+                self.fail_key[rejected] = [
+                    self.key(position, code_of[text], resolvable) for text, resolvable in zip(words, mask, strict=True)
+                ]
                 remaining = remaining[ok]
         self.filter_at[stale] = snapshot.changes
 

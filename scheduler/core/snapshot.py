@@ -130,6 +130,9 @@ class ClusterSnapshot:
         self.cuda = np.full(n, -1, dtype=np.int64)
         self.has_report = np.zeros(n, dtype=bool)
         self.report_age = np.full(n, np.inf, dtype=np.float64)
+        # At least the largest report_age of the nodes with a report, where known (ClusterState
+        # sets both before each decision); inf when unknown, which is always safe.
+        self.oldest_report_age = np.inf
         self.ready = np.zeros(n, dtype=bool)
         self.pull_bw = np.zeros(n, dtype=np.float64)
         self.download_bw = np.zeros(n, dtype=np.float64)
@@ -192,6 +195,7 @@ class ClusterSnapshot:
         self.has_report[i] = node.has_report
         if node.report_age_s is not None:
             self.report_age[i] = node.report_age_s
+            self.oldest_report_age = np.inf  # no longer known
         self.cuda[i] = version_code(node.cuda) if node.cuda else -1
         self.pull_bw[i] = node.pull_bytes_per_s
         self.download_bw[i] = node.download_bytes_per_s

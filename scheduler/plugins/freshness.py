@@ -42,6 +42,8 @@ class Freshness(FilterPlugin, ScorePlugin):
         snap = cycle.snapshot
         if not (cycle.pod.wants_gpu or cycle.pod.wants_mig):
             return np.ones(nodes.size, dtype=bool)
+        if snap.oldest_report_age <= self.config.report_ttl_s and not self.require_report:
+            return np.ones(nodes.size, dtype=bool)  # every report is fresh: no node's need be read
         fresh = snap.report_age[nodes] <= self.config.report_ttl_s
         if self.require_report:
             return fresh

@@ -82,8 +82,8 @@ class ClusterState:
         self._snapshot: ClusterSnapshot | None = None
         self._merged: dict[str, NodeState] = {}  # node name -> what the snapshot holds for it (age aside)
         self._last_parsed: tuple[tuple[Any, Any], PodRequest] | None = None  # see parse_pod
-        # Per snapshot index: when the report was written; -inf (infinitely old) without one, or
-        # without a readable time.
+        # Per snapshot index: when the report was written; inf: no report; -inf (infinitely old):
+        # a report with no readable time.
         self._report_times = np.zeros(0)
         self._static_report_times: dict[str, float] = {}
         self._alive_at: dict[str, float] = {}  # node name -> when its agent was last seen alive
@@ -471,7 +471,7 @@ class ClusterState:
             # readable time is as good as infinitely old.
             return self._alive_at.get(name, -np.inf)
         stamp = self._static_report_times.get(name)
-        return stamp if stamp is not None else -np.inf
+        return stamp if stamp is not None else (-np.inf if node.has_report else np.inf)
 
     def _refresh_node(self, name: str) -> None:
         """A node's Node object, report or pull rate changed: update its rows if its content did."""
@@ -527,7 +527,9 @@ class ClusterState:
             self._sync_reservations(snap)
             # A report stamped ahead of this clock (node clock skew) is as new as can be: age 0.
             times, age = self._report_times, snap.report_age
-            np.maximum(np.subtract(now, times, out=age), 0.0, out=age)  # no report, or no time: inf
+            np.maximum(np.subtract(now, times, out=age), 0.0, out=age)  # no readable time: inf already
+            age[times == np.inf] = np.inf  # no report at all
+            snap.oldest_report_age = max(now - float(times.min(initial=np.inf)), 0.0)  # of the nodes with one
             return snap
 
     def _build(self, now: float) -> ClusterSnapshot:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from scheduler.core import node_answers
 from scheduler.core import snapshot as snapshot_module
-from scheduler.core.framework import Decision, Framework
+from scheduler.core.framework import Decision, Framework, Rejection
 from scheduler.core.node_answers import NodeAnswers, pod_shape, shape_key
 from scheduler.core.snapshot import ClusterSnapshot, SnapshotError
 from scheduler.core.types import PodRequest
@@ -48,9 +48,18 @@ def assert_same(kept: Decision, fresh: Decision) -> None:
     for name, values in fresh.scores.items():
         assert kept.scores[name].tolist() == values.tolist(), name
     assert np.array_equal(kept.total, fresh.total)
-    assert [(r.plugin, r.nodes.tolist(), r.reasons, r.resolvable.tolist(), r.transient) for r in kept.rejections] == [
-        (r.plugin, r.nodes.tolist(), r.reasons, r.resolvable.tolist(), r.transient) for r in fresh.rejections
-    ]
+    assert [rejection(r) for r in kept.rejections] == [rejection(r) for r in fresh.rejections]
+    # The extender answers each group once: every node in its group, with its own reason
+    for r in kept.rejections:
+        grouped = {(n, reason, resolvable) for reason, nodes, resolvable in r.grouped() for n in nodes.tolist()}
+        assert grouped == set(zip(r.nodes.tolist(), r.reasons, r.resolvable.tolist(), strict=True))
+        assert sum(nodes.size for _, nodes, _ in r.grouped()) == r.nodes.size
+
+
+def rejection(r: Rejection) -> tuple[str, list[tuple[int, str, bool]], bool]:
+    """A rejection's plugin, each node with its reason and resolvability (in node order: the
+    kept path lists each reason's nodes together), and whether it is transient."""
+    return r.plugin, sorted(zip(r.nodes.tolist(), r.reasons, r.resolvable.tolist(), strict=True)), r.transient
 
 
 # ------------------------------------------------------------------ pods asked about

@@ -36,6 +36,9 @@ def run(
     fresh = Freshness.create(args, cycle.config)
     every = np.arange(len(ages))
     ok = np.asarray(fresh.filter(cycle, every), dtype=bool)
+    # The same verdicts when the snapshot knows its oldest report's age, as ClusterState sets it
+    snap.oldest_report_age = max((age for age in ages if age is not None), default=0.0)
+    assert np.asarray(fresh.filter(cycle, every), dtype=bool).tolist() == ok.tolist()
     return ok.tolist(), {snap.names[i]: fresh.reason(cycle, int(i)) for i in every[~ok]}
 
 
