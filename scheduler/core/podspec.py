@@ -114,6 +114,8 @@ def _mig_resources(pod_spec: Mapping[str, Any], errors: list[str]) -> tuple[str,
                     errors.append(f"containers[{container.get('name', '?')}] {key}: {exc}")
                     continue
                 total[profile] = combine(total.get(profile, 0), count)
+    if not (app or init):
+        return "", 0  # no MIG resource at all (nearly every pod)
     counts = {p: max(app.get(p, 0), init.get(p, 0)) for p in app.keys() | init.keys()}
     asked_for = sorted(p for p, n in counts.items() if n > 0)
     if len(asked_for) > 1:

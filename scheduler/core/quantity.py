@@ -50,11 +50,6 @@ class QuantityError(ValueError):
     """A value that is not a Kubernetes quantity."""
 
 
-def _parse(text: str | int | float) -> Decimal:
-    # Pods repeat a few quantities ("4", "32Gi"): short strings are parsed once.
-    return _parse_text(text) if type(text) is str and len(text) <= 32 else _parse_any(text)
-
-
 def _parse_any(text: str | int | float) -> Decimal:
     if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise QuantityError(f"not a quantity: {text!r}")
@@ -72,17 +67,27 @@ def _parse_any(text: str | int | float) -> Decimal:
     return value
 
 
-_parse_text = lru_cache(maxsize=4096)(_parse_any)
+def _whole_and_milli(text: str | int | float) -> tuple[int, int]:
+    value = _parse_any(text)
+    return math.ceil(value), math.ceil(_CONTEXT.multiply(value, 1000))
+
+
+# Pods repeat a few quantities ("4", "32Gi"): short strings are parsed once.
+_short = lru_cache(maxsize=4096)(_whole_and_milli)
+
+
+def _parsed(text: str | int | float) -> tuple[int, int]:
+    return _short(text) if type(text) is str and len(text) <= 32 else _whole_and_milli(text)
 
 
 def parse_quantity(text: str | int | float) -> int:
     """Whole units of a quantity, rounded up ("1.5Gi" -> 1610612736, "500m" -> 1)."""
-    return math.ceil(_parse(text))
+    return _parsed(text)[0]
 
 
 def parse_milli(text: str | int | float) -> int:
     """Milli-units of a quantity, rounded up ("500m" -> 500, "2" -> 2000, "500u" -> 1), as CPU is counted."""
-    return math.ceil(_CONTEXT.multiply(_parse(text), 1000))
+    return _parsed(text)[1]
 
 
 def parse_version(text: str) -> tuple[int, ...]:
