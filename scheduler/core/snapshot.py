@@ -129,10 +129,12 @@ class ClusterSnapshot:
         self.memory_free = np.zeros(n, dtype=np.int64)
         self.cuda = np.full(n, -1, dtype=np.int64)
         self.has_report = np.zeros(n, dtype=bool)
-        self.report_age = np.full(n, np.inf, dtype=np.float64)
-        # At least the largest report_age of the nodes with a report, where known (ClusterState
-        # sets both before each decision); inf when unknown, which is always safe.
-        self.oldest_report_age = np.inf
+        # When each node's report was written, on the clock of `read_at` (inf: no report; -inf: a
+        # report with no readable time, infinitely old): from the nodes' report ages as loaded,
+        # until ClusterState hands over its live times (use_report_times) before each decision.
+        self.read_at = 0.0
+        self._loaded_report_time = np.full(n, np.inf, dtype=np.float64)
+        self.report_time = self._loaded_report_time
         self.ready = np.zeros(n, dtype=bool)
         self.pull_bw = np.zeros(n, dtype=np.float64)
         self.download_bw = np.zeros(n, dtype=np.float64)
@@ -186,6 +188,21 @@ class ClusterSnapshot:
         for pod in pods:
             self.place_bound(pod)
 
+    @property
+    def report_age(self) -> np.ndarray:
+        """Seconds since each node's report was written, as of `read_at` (inf: no report, or no
+        readable time; 0 for a time ahead of that clock). Computed on each read: the plugins on a
+        decision's path read `report_time`."""
+        age = np.maximum(self.read_at - self.report_time, 0.0)
+        age[self.report_time == np.inf] = np.inf
+        return age
+
+    def use_report_times(self, times: np.ndarray, now: float) -> None:
+        """Take `times` (one per node, as `report_time`; the caller keeps them current) as the
+        reports' times, and `now` as the time the next decisions are made at."""
+        self.report_time = times
+        self.read_at = now
+
     # ----------------------------------------------------------------- loading
     def _load_node(self, i: int, node: NodeState) -> None:
         self.gpu_alloc[i] = node.gpu_count
@@ -193,9 +210,7 @@ class ClusterSnapshot:
         self.memory_free[i] = node.memory
         self.ready[i] = node.ready and node.schedulable
         self.has_report[i] = node.has_report
-        if node.report_age_s is not None:
-            self.report_age[i] = node.report_age_s
-            self.oldest_report_age = np.inf  # no longer known
+        self._loaded_report_time[i] = np.inf if node.report_age_s is None else self.read_at - node.report_age_s
         self.cuda[i] = version_code(node.cuda) if node.cuda else -1
         self.pull_bw[i] = node.pull_bytes_per_s
         self.download_bw[i] = node.download_bytes_per_s
@@ -361,7 +376,6 @@ class ClusterSnapshot:
         for counts in (*self.mig_free.values(), *self.mig_total.values()):
             counts[i] = 0
         self.link_affinity[i] = 0.0
-        self.report_age[i] = np.inf
         self.nodes[i] = node
         if (node.images, node.models, node.lora_adapters) != (old.images, old.models, old.lora_adapters):
             self.catalog += 1

@@ -42,22 +42,25 @@ class Freshness(FilterPlugin, ScorePlugin):
         snap = cycle.snapshot
         if not (cycle.pod.wants_gpu or cycle.pod.wants_mig):
             return np.ones(nodes.size, dtype=bool)
-        if snap.oldest_report_age <= self.config.report_ttl_s and not self.require_report:
-            return np.ones(nodes.size, dtype=bool)  # every report is fresh: no node's need be read
-        fresh = snap.report_age[nodes] <= self.config.report_ttl_s
+        # Fresh: written at most the TTL before now, or ahead of now (clock skew). A node without
+        # a report has time inf: it passes unless a report is required.
+        oldest_fresh = snap.read_at - self.config.report_ttl_s
         if self.require_report:
-            return fresh
-        return fresh | ~snap.has_report[nodes]
+            return (snap.report_time[nodes] >= oldest_fresh) & snap.has_report[nodes]
+        if snap.report_time.min(initial=np.inf) >= oldest_fresh:
+            return np.ones(nodes.size, dtype=bool)  # every report is fresh: one pass, no node looked up
+        return snap.report_time[nodes] >= oldest_fresh
 
     def reason(self, cycle: Cycle, node: int) -> str:
         snap = cycle.snapshot
         if not snap.has_report[node]:
             return "node has no GPUNodeReport (requireReport is on)"
-        return f"GPUNodeReport is stale: {snap.report_age[node]:.0f}s old, TTL {self.config.report_ttl_s:.0f}s"
+        age = snap.read_at - snap.report_time[node]
+        return f"GPUNodeReport is stale: {age:.0f}s old, TTL {self.config.report_ttl_s:.0f}s"
 
     def score(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
         snap = cycle.snapshot
         # A report stamped ahead of this clock (node clock skew) counts as new, never newer.
-        age = np.minimum(np.maximum(snap.report_age[nodes], 0.0), self.config.report_ttl_s)
+        age = np.minimum(np.maximum(snap.read_at - snap.report_time[nodes], 0.0), self.config.report_ttl_s)
         fresh = 100.0 - 50.0 * age / self.config.report_ttl_s
         return np.where(snap.has_report[nodes], fresh, self.score_missing)

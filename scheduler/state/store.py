@@ -18,8 +18,8 @@ the same name starts without a report until its agent writes one.
 
 All mutation happens under `lock`, and readers decide under it too, so a decision sees one
 consistent state; an event waits at most one decision (about a millisecond). `generation` moves
-whenever something that can change a decision changed (report ages aside: they are refreshed from
-the report times on every read, so a report goes stale on time even when nothing changes).
+whenever something that can change a decision changed (report ages aside: the snapshot holds each
+report's time and the time of the read, so a report goes stale on time even when nothing changes).
 """
 
 from __future__ import annotations
@@ -525,11 +525,7 @@ class ClusterState:
                 self._snapshot = self._build(now)
             snap = self._snapshot
             self._sync_reservations(snap)
-            # A report stamped ahead of this clock (node clock skew) is as new as can be: age 0.
-            times, age = self._report_times, snap.report_age
-            np.maximum(np.subtract(now, times, out=age), 0.0, out=age)  # no readable time: inf already
-            age[times == np.inf] = np.inf  # no report at all
-            snap.oldest_report_age = max(now - float(times.min(initial=np.inf)), 0.0)  # of the nodes with one
+            snap.use_report_times(self._report_times, now)  # no pass over the nodes: read where needed
             return snap
 
     def _build(self, now: float) -> ClusterSnapshot:

@@ -140,7 +140,7 @@ def update(node: int, change: str) -> Event:
 
 def age(node: int, seconds: float) -> Event:
     def run(snap: ClusterSnapshot) -> None:
-        snap.report_age[node] = seconds  # as ClusterState sets it before each decision
+        snap.report_time[node] = snap.read_at - seconds  # as ClusterState keeps it
 
     return run
 

@@ -36,9 +36,6 @@ def run(
     fresh = Freshness.create(args, cycle.config)
     every = np.arange(len(ages))
     ok = np.asarray(fresh.filter(cycle, every), dtype=bool)
-    # The same verdicts when the snapshot knows its oldest report's age, as ClusterState sets it
-    snap.oldest_report_age = max((age for age in ages if age is not None), default=0.0)
-    assert np.asarray(fresh.filter(cycle, every), dtype=bool).tolist() == ok.tolist()
     return ok.tolist(), {snap.names[i]: fresh.reason(cycle, int(i)) for i in every[~ok]}
 
 
@@ -124,11 +121,11 @@ def test_scores(ages: list[float | None], args: dict[str, Any] | None, ttl: floa
 
 
 def test_a_report_stamped_ahead_of_the_clock_scores_100_at_most() -> None:
-    # The extender's store sets report_age = now - reportTime (scheduler/state/store.py, snapshot()),
-    # which is negative when the agent's clock runs ahead of the extender's. Such a report is as new
-    # as it gets: 100 (the documented range is 0..100), not 100 - 50*(-30)/90 = 116.7.
+    # The extender's store hands the snapshot each report's reportTime (scheduler/state/store.py),
+    # which is after now when the agent's clock runs ahead of the extender's. Such a report is as
+    # new as it gets: 100 (the documented range is 0..100), not 100 - 50*(-30)/90 = 116.7.
     snap = snapshot([0.0, 0.0])
-    snap.report_age[0] = -30.0
+    snap.report_time[0] = snap.read_at + 30.0
     config = SchedulerConfig()
     got = plugin().score(Cycle(snap, GPU_POD, config), np.arange(2))
     assert got.tolist() == pytest.approx([100.0, 100.0])
