@@ -444,13 +444,12 @@ class Framework:
                 ok = np.asarray(plugin.filter(cycle, nodes), dtype=bool)
                 if not ok.all():
                     later = kept.positions()[keys] > position  # no filter before this one turned it away
-                    keys = np.where(~ok & later, kept.key(position, -1, False), keys)
-        top = int(keys.max(initial=0))
-        if top == 0:
+                    key = kept.key(position, -1, False)  # made first: it may widen the keys
+                    keys = keys.astype(kept.fail_key.dtype, copy=False)
+                    keys = np.where(~ok & later, keys.dtype.type(key), keys)
+        if not keys.any():
             return nodes
-        if top < 2**16:
-            keys = keys.astype(np.uint8 if top < 2**8 else np.uint16)
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys, kind="stable")  # a radix sort of 8- and 16-bit keys
         ordered = keys[order]
         cuts = (np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist()
         grouped = nodes[order]

@@ -135,6 +135,7 @@ class ClusterSnapshot:
         self.read_at = 0.0
         self._loaded_report_time = np.full(n, np.inf, dtype=np.float64)
         self.report_time = self._loaded_report_time
+        self._earliest_report_time: float | None = None  # as ClusterState keeps it; None: find it
         self.ready = np.zeros(n, dtype=bool)
         self.pull_bw = np.zeros(n, dtype=np.float64)
         self.download_bw = np.zeros(n, dtype=np.float64)
@@ -197,11 +198,19 @@ class ClusterSnapshot:
         age[self.report_time == np.inf] = np.inf
         return age
 
-    def use_report_times(self, times: np.ndarray, now: float) -> None:
-        """Take `times` (one per node, as `report_time`; the caller keeps them current) as the
-        reports' times, and `now` as the time the next decisions are made at."""
+    def use_report_times(self, times: np.ndarray, now: float, earliest: float) -> None:
+        """Take `times` (one per node, as `report_time`; the caller keeps them current, and
+        `earliest`, their minimum) as the reports' times, and `now` as the time the next decisions
+        are made at."""
         self.report_time = times
         self.read_at = now
+        self._earliest_report_time = earliest
+
+    def earliest_report_time(self) -> float:
+        """The earliest report time (inf without any report; -inf with one of no readable time)."""
+        if self._earliest_report_time is None:
+            return float(self.report_time.min(initial=np.inf))
+        return self._earliest_report_time
 
     # ----------------------------------------------------------------- loading
     def _load_node(self, i: int, node: NodeState) -> None:

@@ -47,8 +47,8 @@ class Freshness(FilterPlugin, ScorePlugin):
         oldest_fresh = snap.read_at - self.config.report_ttl_s
         if self.require_report:
             return (snap.report_time[nodes] >= oldest_fresh) & snap.has_report[nodes]
-        if snap.report_time.min(initial=np.inf) >= oldest_fresh:
-            return np.ones(nodes.size, dtype=bool)  # every report is fresh: one pass, no node looked up
+        if snap.earliest_report_time() >= oldest_fresh:
+            return np.ones(nodes.size, dtype=bool)  # every report is fresh: no node's is read
         return snap.report_time[nodes] >= oldest_fresh
 
     def reason(self, cycle: Cycle, node: int) -> str:

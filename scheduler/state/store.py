@@ -85,6 +85,7 @@ class ClusterState:
         # Per snapshot index: when the report was written; inf: no report; -inf (infinitely old):
         # a report with no readable time.
         self._report_times = np.zeros(0)
+        self._earliest_report = (np.inf, -1)  # the earliest of _report_times, and its node (-1: none)
         self._static_report_times: dict[str, float] = {}
         self._alive_at: dict[str, float] = {}  # node name -> when its agent was last seen alive
         self.generation = 0  # moves on every change that can alter a decision
@@ -194,7 +195,7 @@ class ClusterState:
         snap = self._snapshot
         i = snap.index.get(name) if snap is not None else None
         if i is not None and name in self._merged:
-            self._report_times[i] = self._report_time(name, self._merged[name])
+            self._set_report_time(i, self._report_time(name, self._merged[name]))
 
     def delete_report(self, obj: Mapping[str, Any]) -> None:
         name = _name(obj)
@@ -473,6 +474,21 @@ class ClusterState:
         stamp = self._static_report_times.get(name)
         return stamp if stamp is not None else (-np.inf if node.has_report else np.inf)
 
+    def _set_report_time(self, i: int, time: float) -> None:
+        """Write node `i`'s report time, keeping the earliest without a pass over the nodes: times
+        move forward, so only a new time for the earliest node itself makes it look again."""
+        self._report_times[i] = time
+        earliest, at = self._earliest_report
+        if time <= earliest:
+            self._earliest_report = (time, i)
+        elif i == at:
+            self._find_earliest_report()
+
+    def _find_earliest_report(self) -> None:
+        times = self._report_times
+        at = int(times.argmin()) if times.size else -1
+        self._earliest_report = (float(times[at]), at) if at >= 0 else (np.inf, -1)
+
     def _refresh_node(self, name: str) -> None:
         """A node's Node object, report or pull rate changed: update its rows if its content did."""
         snap = self._snapshot
@@ -483,7 +499,7 @@ class ClusterState:
             self._rebuild_later()
             return
         merged = self._merge(name, self.clock())
-        self._report_times[i] = self._report_time(name, merged)
+        self._set_report_time(i, self._report_time(name, merged))
         if merged == self._merged.get(name):
             return  # a heartbeat: only the report time moved
         self._merged[name] = merged
@@ -525,7 +541,7 @@ class ClusterState:
                 self._snapshot = self._build(now)
             snap = self._snapshot
             self._sync_reservations(snap)
-            snap.use_report_times(self._report_times, now)  # no pass over the nodes: read where needed
+            snap.use_report_times(self._report_times, now, self._earliest_report[0])  # no pass over the nodes
             return snap
 
     def _build(self, now: float) -> ClusterSnapshot:
@@ -535,6 +551,7 @@ class ClusterState:
         self._merged = {name: self._merge(name, now) for name in names}
         nodes = [self._merged[name] for name in names]
         self._report_times = np.array([self._report_time(n.name, n) for n in nodes], dtype=np.float64)
+        self._find_earliest_report()
         holding = [p for p in (self._holding(k) for k in [*self.pods, *self.assumed]) if p is not None]
         unique = list({p.key: p for p in holding}.values())
         self.gpu_assignments.retain(p.key for p in unique)

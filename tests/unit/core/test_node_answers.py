@@ -15,11 +15,13 @@ from hypothesis import strategies as st
 
 from scheduler.core import node_answers
 from scheduler.core import snapshot as snapshot_module
-from scheduler.core.framework import Decision, Framework, Rejection
+from scheduler.core.config import SchedulerConfig
+from scheduler.core.framework import Cycle, Decision, FilterPlugin, Framework, Rejection
 from scheduler.core.node_answers import NodeAnswers, pod_shape, shape_key
 from scheduler.core.snapshot import ClusterSnapshot, SnapshotError
 from scheduler.core.types import PodRequest
 from scheduler.plugins import registry
+from scheduler.plugins.freshness import Freshness
 from tests.builders import gpu_node
 
 GiB = 2**30
@@ -235,3 +237,35 @@ def test_at_most_max_shapes_are_kept_the_least_recently_asked_going_first(monkey
     answers.shape(snap, three)  # makes room: two goes
     assert [key[0] for key in answers.shapes] == [1, 3]  # shape_key starts with gpu_count
     assert answers.shape(snap, one) is first
+
+
+class EachOwnReason(FilterPlugin):
+    """Turns away every odd node, each with a reason of its own: many failure keys."""
+
+    name = "each-own"
+    filter_per_node = True
+
+    def filter(self, cycle: Cycle, nodes: np.ndarray) -> np.ndarray:
+        return nodes % 2 == 0
+
+    def reason(self, cycle: Cycle, node: int) -> str:
+        return f"node {node} is odd"
+
+    def resolvable(self, cycle: Cycle, node: int) -> bool:
+        return node % 4 == 1
+
+
+def test_more_reasons_than_8_bit_keys_hold_give_the_same_decision() -> None:
+    # 600 nodes: 300 odd ones, each with its own reason (300 keys > 255); node 3 also stale
+    config = SchedulerConfig()
+    nodes = [gpu_node(f"n{i:03d}", gpus=1, report_age_s=500.0 if i in (3, 4) else 0.0) for i in range(600)]
+    snap = ClusterSnapshot(nodes)
+    framework = Framework(config, (), [EachOwnReason.create(None, config), Freshness.create(None, config)], [])
+    pod = PodRequest("ns", "p", gpu_count=1)
+    for _ in range(2):  # the second time from the kept answers
+        kept = framework.decide(snap, pod, reuse=True)
+        assert_same(kept, framework.decide(snap, pod))
+    answers = NodeAnswers.of(snap, framework).shape(snap, pod)
+    assert answers.fail_key.dtype == np.uint16 and len(answers.key_position) > 256
+    # n003: odd, turned away by each-own (first in order), not by freshness; n004: by freshness
+    assert kept.rejected_by[3] == "each-own" and kept.rejected_by[4] == "freshness"

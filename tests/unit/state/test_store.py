@@ -111,6 +111,7 @@ def test_the_agents_lease_keeps_an_unchanged_report_fresh() -> None:
         state.upsert_lease(lease("n0", datetime.fromtimestamp(clock.now, UTC)))
     ages = state.snapshot().report_age.tolist()
     assert ages == [0.0, 120.0]  # n0 renewed just now; n1 last seen alive at the relist, 120 s ago
+    assert state.snapshot().earliest_report_time() == clock.now - 120.0  # kept through the renewals
     assert state.rebuilds == 1  # renewals touch no node's rows
 
 

@@ -78,6 +78,8 @@ def _sorted_free(snap: ClusterSnapshot, i: int) -> list[int]:
 
 def assert_same(live: ClusterSnapshot, fresh: ClusterSnapshot) -> None:
     assert live.names == fresh.names
+    # The earliest report time, kept through every write, is the earliest of the times
+    assert live.earliest_report_time() == float(live.report_time.min(initial=np.inf))
     for name in (
         "gpu_valid",
         "gpu_mig",
