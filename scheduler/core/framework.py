@@ -380,7 +380,8 @@ class Framework:
         extender's filter verb needs no scores. `on_filter(plugin, count)` hears how many nodes
         each filter plugin turned away. `reuse=True` takes the answers of per-node plugins kept for
         the pod's shape where the node has not changed since (core/node_answers.py): the same
-        decision, except that those plugins leave no notes for /explain.
+        decision, except that each of those filters lists its rejected nodes grouped by reason
+        (each reason's in candidate order) and those plugins leave no notes for /explain.
         """
         nodes = np.arange(len(snapshot), dtype=np.intp) if candidates is None else np.asarray(candidates, np.intp)
         cycle = Cycle(snapshot, pod, self.config)
@@ -463,11 +464,11 @@ class Framework:
                 feasible = grouped[start:end]
         for position in sorted(by_position):
             plugin, parts = self.filters[position], by_position[position]
-            rejected = parts[0][1] if len(parts) == 1 else np.concatenate([part for _, part in parts])
             if on_filter is not None:
-                on_filter(plugin.name, int(rejected.size))
+                on_filter(plugin.name, sum(part.size for _, part in parts))
             if not explain:
                 continue
+            rejected = parts[0][1] if len(parts) == 1 else np.concatenate([part for _, part in parts])
             if plugin.filter_per_node:
                 rejections.append(_kept_rejection(plugin, kept, parts, rejected))
             else:

@@ -24,8 +24,8 @@ over the feasible nodes is done per decision, by the framework). The unit test
 tests/unit/core/test_node_answers.py checks decisions with kept answers against fresh ones over
 random event sequences.
 
-Memory: per shape, about 20 bytes per node and 8 per node and kept score (5,000 nodes: about
-0.4 MB for the default policy); at most MAX_SHAPES shapes are kept, the least recently asked
+Memory: per shape, about 17 bytes per node and 8 per node and kept score or value (5,000 nodes:
+about 0.33 MB for the default policy); at most MAX_SHAPES shapes are kept, the least recently asked
 making room for a new one.
 """
 

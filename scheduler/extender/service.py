@@ -78,9 +78,11 @@ MAX_EXTENDER_SCORE = 10
 
 
 def summarize(reasons: Iterable[str], most: int = 4) -> str:
-    """Reasons counted like kube-scheduler's own messages: "2 <reason>, 1 <reason>"."""
+    """Reasons counted like kube-scheduler's own messages: "2 <reason>, 1 <reason>", the most
+    frequent first and ties in the reasons' order (whatever order the nodes came in)."""
     counts = Counter(reasons)
-    parts = [f"{n} {reason}" for reason, n in counts.most_common(most)]
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    parts = [f"{n} {reason}" for reason, n in ranked[:most]]
     if len(counts) > most:
         parts.append(f"{len(counts) - most} more reasons")
     return ", ".join(parts)
@@ -215,7 +217,7 @@ class ExtenderService:
         metrics.watch_framework(framework)
         # Read at each scrape, not written by every decision.
         metrics.snapshot_age.set_function(self._view_age)
-        metrics.assumed_pods.set_function(lambda: len(self.state.assumed))
+        metrics.assumed_pods.set_function(self._assumed_now)
         metrics.watch_gangs(self.gangs)
         metrics.watch_layout(self.state.snapshot, self.state.lock, config)
 
@@ -240,6 +242,11 @@ class ExtenderService:
             self._restore_gangs(snap)
         self._view_age()
         return snap
+
+    def _assumed_now(self) -> int:
+        """Pods gpusched bound that the API does not show bound yet, whose hold has not lapsed."""
+        now = self.state.clock()
+        return sum(1 for _, deadline in list(self.state.assumed.values()) if deadline >= now)
 
     def _view_age(self) -> float:
         """Seconds since the cluster view last changed, as far as decisions and scrapes have seen."""

@@ -34,12 +34,13 @@ class SentArgs(msgspec.Struct, rename="pascal"):
 
 
 class ExtenderFilterResult(msgspec.Struct, rename="pascal"):
-    """Lists and maps as values, or as their JSON when answering SentArgs (service._filter_json)."""
+    """Over HTTP, service._filter_json writes gpusched's own answer in this shape as JSON directly:
+    keep the two in step."""
 
     nodes: NodeList | None = None
-    node_names: list[str] | msgspec.Raw | None = None
-    failed_nodes: dict[str, str] | msgspec.Raw = {}
-    failed_and_unresolvable_nodes: dict[str, str] | msgspec.Raw = {}
+    node_names: list[str] | None = None
+    failed_nodes: dict[str, str] = {}
+    failed_and_unresolvable_nodes: dict[str, str] = {}
     error: str = ""
 
 

@@ -475,8 +475,8 @@ class ClusterState:
         return stamp if stamp is not None else (-np.inf if node.has_report else np.inf)
 
     def _set_report_time(self, i: int, time: float) -> None:
-        """Write node `i`'s report time, keeping the earliest without a pass over the nodes: times
-        move forward, so only a new time for the earliest node itself makes it look again."""
+        """Write node `i`'s report time, keeping the earliest without a pass over the nodes: only a
+        later time for the node that held the earliest makes it look again."""
         self._report_times[i] = time
         earliest, at = self._earliest_report
         if time <= earliest:

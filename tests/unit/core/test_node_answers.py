@@ -255,10 +255,19 @@ class EachOwnReason(FilterPlugin):
         return node % 4 == 1
 
 
-def test_more_reasons_than_8_bit_keys_hold_give_the_same_decision() -> None:
-    # 600 nodes: 300 odd ones, each with its own reason (300 keys > 255); node 3 also stale
+@pytest.mark.parametrize(
+    "count",
+    [
+        # 300 odd nodes, each with its own reason: 300 keys > 255, widened while asking each-own
+        pytest.param(600, id="widened by the kept filter"),
+        # 255 odd nodes: keys 1..255 fill 8 bits; freshness's key is the 256th, made mid-decision
+        pytest.param(510, id="widened by the filter not kept"),
+    ],
+)
+def test_more_reasons_than_8_bit_keys_hold_give_the_same_decision(count: int) -> None:
     config = SchedulerConfig()
-    nodes = [gpu_node(f"n{i:03d}", gpus=1, report_age_s=500.0 if i in (3, 4) else 0.0) for i in range(600)]
+    # n003 and n004 are stale too
+    nodes = [gpu_node(f"n{i:03d}", gpus=1, report_age_s=500.0 if i in (3, 4) else 0.0) for i in range(count)]
     snap = ClusterSnapshot(nodes)
     framework = Framework(config, (), [EachOwnReason.create(None, config), Freshness.create(None, config)], [])
     pod = PodRequest("ns", "p", gpu_count=1)

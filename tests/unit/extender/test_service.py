@@ -23,7 +23,7 @@ from scheduler.core.snapshot import ClusterSnapshot
 from scheduler.core.types import NodeState, PodRequest
 from scheduler.extender import wire
 from scheduler.extender.cli import build_offline
-from scheduler.extender.service import Binder, ExtenderService, NodeJson
+from scheduler.extender.service import Binder, ExtenderService, NodeJson, summarize
 from scheduler.metrics import ExtenderMetrics
 from scheduler.plugins import registry
 from scheduler.state.kube import KubeError
@@ -1015,6 +1015,12 @@ def test_explain_and_metrics_show_where_the_kubelet_contradicts_the_annotation()
     assert held(service)["default/p"] == ("n0", (1,), 1000)  # GPU 0 is the free one now
 
 
+def test_reasons_are_summarised_most_frequent_first_ties_by_reason() -> None:
+    # 2 b, then a tie of 1 a and 1 c: alphabetical, whichever node came first; 5 reasons > 4 shown
+    assert summarize(["c", "b", "a", "b"]) == "2 b, 1 a, 1 c"
+    assert summarize(["e", "d", "c", "b", "a"]) == "1 a, 1 b, 1 c, 1 d, 1 more reasons"
+
+
 def test_view_age_and_assumed_pods_are_read_at_each_scrape() -> None:
     service, _ = offline_service([gpu_node("n0", 2)])
     sample = service.metrics.registry.get_sample_value
@@ -1022,6 +1028,11 @@ def test_view_age_and_assumed_pods_are_read_at_each_scrape() -> None:
     service.state.upsert_pod(pod("p", 1))
     assert bind(service, pod("p", 1), "n0").error == ""
     assert sample("gpusched_assumed_pods") == 1.0  # bound by gpusched, not shown bound by the API yet
+    service.state.bind_outcome_unknown("default/p")  # held for ASSUME_TTL_S only
+    clock = service.state.clock
+    service.state.clock = lambda: clock() + ASSUME_TTL_S + 1.0
+    assert sample("gpusched_assumed_pods") == 0.0  # its hold lapsed: not counted, no decision needed
+    service.state.clock = clock
     service.last_change_at -= 100.0  # the last change seen, 100 s earlier
     assert (sample("gpusched_snapshot_age_seconds") or 0.0) >= 100.0
     service.state.mark_changed()
